@@ -1,0 +1,35 @@
+"""Turn (prompt, response) text pairs into the shared batch layout: a token is trained where
+`action_mask` is 1 (the same convention for SFT, DPO and RL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from openk1.models.forward import encode_prompts
+
+
+def encode_responses(tokenizer: Any, responses: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Right-padded response ids [B, T] ending in EOS, action_mask [B, T], and how many were
+    truncated to `max_tokens` (those lose their EOS: the model is not taught to stop there)."""
+    encoded = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+               for r in responses]
+    truncated = sum(len(ids) > max_tokens for ids in encoded)
+    encoded = [ids[:max_tokens] for ids in encoded]
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, seq in enumerate(encoded):
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return ids, mask, truncated
+
+
+def encode_pairs(tokenizer: Any, prompts: list[str], responses: list[str],
+                 max_response_tokens: int) -> dict[str, Any]:
+    """The batch dict for an SFT/DPO step: prompt_ids/prompt_mask [B, P], response_ids/action_mask [B, T]."""
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
+    response_ids, action_mask, truncated = encode_responses(tokenizer, responses, max_response_tokens)
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
+            "action_mask": action_mask, "truncated": truncated}

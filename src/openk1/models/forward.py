@@ -1,0 +1,79 @@
+"""Model forward passes shared by rollout, SFT, RL and DPO: [prompt | response] -> log-probs.
+
+Layout: prompts are left-padded [B, P], responses right-padded [B, T]; the concatenation
+[B, L = P + T] keeps every real token contiguous, so position ids are a cumulative sum of the
+attention mask and one forward pass scores every response token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from openk1.algo.logprobs import token_logprobs
+
+
+def encode_prompts(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids [B, P] and mask [B, P] (special tokens as the tokenizer adds them)."""
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, seq in enumerate(encoded):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] positions counting real tokens only (pads get 0)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def trim(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+         action_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop prompt columns that are padding in every row and response columns past the longest."""
+    first = int((prompt_mask.sum(0) > 0).nonzero()[0]) if prompt_mask.any() else 0
+    width = int(action_mask.sum(-1).max()) if action_mask.any() else 1
+    return (prompt_ids[:, first:], prompt_mask[:, first:],
+            response_ids[:, :width], action_mask[:, :width])
+
+
+def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      response_ids: torch.Tensor, action_mask: torch.Tensor,
+                      chunk_size: int | None = None) -> torch.Tensor:
+    """log pi(response token | prefix) for every response position, [B, T] (0 where masked).
+
+    prompt_ids/prompt_mask [B, P] (left-padded), response_ids/action_mask [B, T] (right-padded).
+    """
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)            # [B, L]
+    attention_mask = torch.cat([prompt_mask, action_mask], dim=1)       # [B, L]
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask), use_cache=False)
+    P = prompt_ids.shape[1]
+    logits = out.logits[:, P - 1:-1]                                    # [B, T, V]
+    return token_logprobs(logits, response_ids, chunk_size=chunk_size) * action_mask
+
+
+def cached_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   cache: Any = None) -> tuple[torch.Tensor, Any]:
+    """Logits of the last position [B, V] and the updated KV cache.
+
+    input_ids [B, n] are the new tokens (the whole prompt on the first call), attention_mask
+    [B, P + t] covers every token so far. Transformers 5 names the cache `cache`; 4.x named it
+    `past_key_values`: both are accepted.
+    """
+    name = _cache_arg(model)
+    n = input_ids.shape[1]
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask)[:, -n:], use_cache=True,
+                logits_to_keep=1, **({name: cache} if cache is not None else {}))
+    new_cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    return out.logits[:, -1].float(), new_cache
+
+
+def _cache_arg(model: Any) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -1,0 +1,35 @@
+"""Load and save any Hugging Face causal LM + tokenizer from a local directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from openk1.errors import OpenK1Error
+from openk1.report.run_dir import atomic_dir
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+    """(model, tokenizer) from a `save_pretrained` directory; a clear error if it is not one."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise OpenK1Error(f"{path}: not a model directory (no config.json); "
+                          "make one with `openk1 init-model --out DIR`")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise OpenK1Error(f"{path}: cannot load model or tokenizer ({exc})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def save_model(model: PreTrainedModel, tokenizer: Any, path: str | Path) -> None:
+    """save_pretrained into a temporary folder, then rename it to `path`."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))

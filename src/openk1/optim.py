@@ -1,0 +1,52 @@
+"""Optimizer, learning-rate schedule and the guarded optimizer step shared by every trainer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from openk1.config import Section
+
+
+class OptimConfig(Section):
+    lr: float = 1e-3
+    lr_min: float = 1e-4          # end of the cosine decay (SFT/pretrain)
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def cosine_lr(step: int, total: int, lr_max: float, lr_min: float, warmup: int) -> float:
+    """Linear warm-up to lr_max over `warmup` steps, then cosine decay to lr_min at `total`.
+
+    >>> cosine_lr(0, 100, 1.0, 0.1, 10), cosine_lr(10, 100, 1.0, 0.1, 10), cosine_lr(100, 100, 1.0, 0.1, 10)
+    (0.1, 1.0, 0.1)
+    """
+    if step < warmup:
+        return lr_max * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def guarded_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> dict[str, float]:
+    """Clip and step; a non-finite gradient skips the step (reported as `skipped` = 1)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": float("nan"), "skipped": 1.0}
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"grad_norm": float(norm), "skipped": 0.0}

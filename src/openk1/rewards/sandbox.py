@@ -1,0 +1,455 @@
+"""Run untrusted programs inside bubblewrap (`bwrap`): the code-reward sandbox (SPEC §6).
+
+Each run gets fresh namespaces (`--unshare-all`: no network, own PID/IPC/UTS/cgroup and a user
+namespace with no capabilities), a root made of read-only binds of the system directories, a
+private size-capped tmpfs at /tmp as its working directory (the program's files are copied in
+from memory, never from a host path), an empty environment, and resource limits applied by
+`prlimit` inside the sandbox (CPU seconds, address space, processes, file size). The parent
+enforces a wall-clock limit and an output cap, and SIGKILLs the whole process group at the end;
+the PID namespace takes every descendant with it. When the scorer runs as root, bwrap itself is
+started as `nobody`, so the program maps to an unprivileged host user (RLIMIT_NPROC is not
+enforced for host root).
+
+Departure from the report: Kimi's sandbox is a crun container service on reused cgroups; this is
+one bwrap process per run, with the same isolation goals and no daemon.
+
+>>> box = Sandbox()
+>>> box.run({"main.py": "print(input()[::-1])"}, box.python_argv("main.py"), "abc").stdout
+'cba\\n'
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Self
+
+OK, TLE, MLE, RE, OLE = "OK", "TLE", "MLE", "RE", "OLE"
+STATUSES: tuple[str, ...] = (OK, TLE, MLE, RE, OLE)
+
+WORKDIR = "/tmp"
+PYLIB_DIR = "/opt/pylib"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+INNER_UID = 1000  # the program's uid inside its user namespace
+NOBODY = 65534  # host uid/gid bwrap runs as when the scorer is root
+INSTALL_HINT = "bubblewrap (bwrap) is required to run untrusted code: apt-get install bubblewrap"
+SYSTEM_PATHS: tuple[str, ...] = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+)
+MLE_MARKERS: tuple[str, ...] = ("MemoryError", "std::bad_alloc", "Cannot allocate memory")
+READ_CHUNK = 1 << 16
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+class SandboxUnavailable(RuntimeError):
+    """bwrap is missing or cannot create its namespaces on this machine."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-run limits. cpu_s/memory_mb/processes/file_size_mb are rlimits of the program."""
+
+    wall_s: float = 5.0
+    cpu_s: float = 2.0
+    memory_mb: int = 512  # RLIMIT_AS (virtual address space)
+    processes: int = 8  # RLIMIT_NPROC (tasks, threads included) inside its own user namespace
+    file_size_mb: int = 16  # RLIMIT_FSIZE: largest file it may write
+    tmpfs_mb: int = 64  # total size of the writable /tmp
+    output_bytes: int = 1 << 20  # cap on stdout, and separately on stderr
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """Outcome of one run. status: OK | TLE | MLE | RE | OLE; exit_code is 128+n for signal n."""
+
+    status: str
+    stdout: str
+    stderr: str
+    exit_code: int
+    wall_s: float
+    raw_stdout: bytes = field(default=b"", repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+def default_python() -> str:
+    """The interpreter programs run under: Debian's /usr/bin/python3 when present, as it needs
+    nothing outside /usr; otherwise the scorer's own base interpreter."""
+    if os.path.exists("/usr/bin/python3"):
+        return "/usr/bin/python3"
+    return os.path.realpath(os.path.join(sys.base_prefix, "bin", "python3"))
+
+
+def module_paths(names: Iterable[str]) -> tuple[str, ...]:
+    """Host paths (package dirs or single-module files) of the importable top-level modules
+    `names`, to bind read-only into the sandbox with `Sandbox(python_modules=...)`."""
+    import importlib.util
+
+    paths = []
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"{name} is not importable here; pip install it")
+        is_pkg = spec.submodule_search_locations is not None
+        paths.append(os.path.dirname(spec.origin) if is_pkg else spec.origin)
+    return tuple(paths)
+
+
+@functools.cache
+def _probe(box: Sandbox) -> None:
+    """Run `python -c pass` in `box` once; raise SandboxUnavailable with the reason if it fails
+    (no user namespaces, or an interpreter the sandbox user cannot read)."""
+    result = box.run({}, box.python_argv("-c", "pass"), "", Limits())
+    if not result.ok:
+        raise SandboxUnavailable(
+            f"cannot run {box.python} in a bwrap sandbox here (exit {result.exit_code}): "
+            f"{result.stderr.strip()[-500:]}"
+        )
+
+
+def _namespace_args() -> list[str]:
+    return [
+        "--unshare-all",
+        "--unshare-user",
+        "--uid",
+        str(INNER_UID),
+        "--gid",
+        str(INNER_UID),
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+    ]
+
+
+def _fs_args(tmpfs_mb: int, extra_ro: Sequence[tuple[str, str]]) -> list[str]:
+    """Read-only system dirs, /proc of the new PID namespace, a minimal /dev, a private /tmp."""
+    args: list[str] = []
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    for src, dest in extra_ro:
+        args += ["--ro-bind", src, dest]
+    size = str(tmpfs_mb << 20)
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", "1048576", "--tmpfs", "/dev/shm"]
+    args += ["--size", size, "--tmpfs", WORKDIR, "--remount-ro", "/", "--chdir", WORKDIR]
+    return args
+
+
+def _prlimit_argv(limits: Limits, with_nproc: bool = True) -> list[str]:
+    """Limits set inside the sandbox, just before exec: they bind the program, not bwrap."""
+    cpu = max(1, int(limits.cpu_s + 0.999))
+    argv = [
+        "prlimit",
+        f"--cpu={cpu}:{cpu + 1}",
+        f"--as={limits.memory_mb << 20}",
+        f"--fsize={limits.file_size_mb << 20}",
+        "--core=0",
+    ]
+    if with_nproc:
+        argv.append(f"--nproc={limits.processes}")
+    return argv + ["--"]
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding `data`, positioned at its start (bwrap copies it in)."""
+    fd = os.memfd_create(re.sub(r"[^\w.-]", "_", name)[:200] or "file")
+    view, written = memoryview(data), 0
+    while written < len(data):
+        written += os.write(fd, view[written:])
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _as_bytes(data: str | bytes) -> bytes:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _read_capped(
+    proc: subprocess.Popen[bytes], deadline: float, cap: int
+) -> tuple[bytes, bytes, bool, bool]:
+    """Read stdout/stderr until both close and the process exits, the deadline passes, or one
+    stream exceeds `cap` bytes. Returns (stdout, stderr, timed_out, overflow)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    pidfd = os.pidfd_open(proc.pid)  # readable once the process has exited
+    sel = selectors.DefaultSelector()
+    for fd in (out_fd, err_fd, pidfd):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    timed_out = overflow = False
+    try:
+        while sel.get_map() and not (timed_out or overflow):
+            remaining = deadline - time.monotonic()
+            timed_out = remaining <= 0
+            for key, _ in [] if timed_out else sel.select(remaining):
+                chunk = b"" if key.fd == pidfd else os.read(key.fd, READ_CHUNK)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                bufs[key.fd] += chunk
+                overflow = overflow or len(bufs[key.fd]) > cap
+    finally:
+        sel.close()
+        os.close(pidfd)
+    return bytes(bufs[out_fd][:cap]), bytes(bufs[err_fd][:cap]), timed_out, overflow
+
+
+def _kill_and_reap(proc: subprocess.Popen[bytes]) -> int:
+    """SIGKILL the whole process group (the leader is not reaped yet, so its pgid cannot have
+    been reused) and reap the leader; bwrap's PID namespace takes every other descendant.
+    Returns the exit code, 128+n for signal n."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    code = proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return code if code >= 0 else 128 - code
+
+
+def _classify(
+    code: int, timed_out: bool, overflow: bool, wall_s: float, stderr: str, limits: Limits
+) -> str:
+    """OLE > TLE (wall limit, SIGXCPU, or SIGKILL by the hard CPU limit) > OK > MLE > RE."""
+    cpu_killed = code == 128 + signal.SIGKILL and wall_s >= limits.cpu_s
+    if overflow:
+        return OLE
+    if timed_out or code == 128 + signal.SIGXCPU or cpu_killed:
+        return TLE
+    if code == 0:
+        return OK
+    if any(marker in stderr for marker in MLE_MARKERS):
+        return MLE
+    return RE
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How runs are isolated. Thread-safe: one Sandbox can serve a whole SandboxPool.
+
+    python: interpreter used by `python_argv` (read-only bound when outside /usr).
+    python_modules: host package dirs/files bound read-only under /opt/pylib (on PYTHONPATH).
+    allow_unsandboxed: where bwrap is missing, run with rlimits only (and warn on every run).
+    """
+
+    python: str = field(default_factory=default_python)
+    python_modules: tuple[str, ...] = ()
+    allow_unsandboxed: bool = False
+    bwrap: str | None = field(default_factory=lambda: shutil.which("bwrap"))
+
+    def __post_init__(self) -> None:
+        if self.bwrap is None and not self.allow_unsandboxed:
+            raise SandboxUnavailable(INSTALL_HINT)
+        if self.bwrap is not None:
+            _probe(self)
+
+    def python_argv(self, *args: str) -> list[str]:
+        """argv that runs Python on `args` (no user site-packages)."""
+        return [self.python, "-s", *args]
+
+    def run(
+        self,
+        files: Mapping[str, str | bytes],
+        cmd: Sequence[str],
+        stdin: str | bytes = "",
+        limits: Limits = Limits(),
+        executable: Iterable[str] = (),
+    ) -> ExecResult:
+        """Write `files` (name -> content) into a fresh /tmp, run `cmd` there on `stdin`."""
+        bad = [name for name in files if not FILE_NAME_RE.fullmatch(name)]
+        if bad:
+            raise ValueError(f"sandbox file names must be plain names, got {bad}")
+        if self.bwrap is None:
+            return self._run_unsandboxed(files, cmd, stdin, limits, set(executable))
+        fds = [_memfd(name, _as_bytes(data)) for name, data in files.items()]
+        stdin_fd = _memfd("stdin", _as_bytes(stdin))
+        try:
+            argv = self._bwrap_argv(files, fds, set(executable), limits) + list(cmd)
+            return _execute(argv, stdin_fd, fds, self._env(), limits, os.geteuid() == 0)
+        finally:
+            for fd in (*fds, stdin_fd):
+                os.close(fd)
+
+    def _bwrap_argv(
+        self, files: Mapping[str, object], fds: list[int], executable: set[str], limits: Limits
+    ) -> list[str]:
+        assert self.bwrap is not None
+        argv = [self.bwrap, *_namespace_args(), *_fs_args(limits.tmpfs_mb, self._extra_binds())]
+        for name, fd in zip(files, fds):
+            argv += ["--perms", "0755" if name in executable else "0644"]
+            argv += ["--file", str(fd), f"{WORKDIR}/{name}"]
+        argv += ["--clearenv", *[a for k, v in self._env().items() for a in ("--setenv", k, v)]]
+        return argv + ["--", *_prlimit_argv(limits)]
+
+    def _extra_binds(self) -> list[tuple[str, str]]:
+        binds = [(path, f"{PYLIB_DIR}/{os.path.basename(path)}") for path in self.python_modules]
+        real = os.path.realpath(self.python)
+        if not real.startswith("/usr/"):
+            prefix = os.path.dirname(os.path.dirname(real))
+            binds.append((prefix, prefix))
+        return binds
+
+    def _env(self) -> dict[str, str]:
+        env = {
+            "PATH": SANDBOX_PATH,
+            "HOME": WORKDIR,
+            "TMPDIR": WORKDIR,
+            "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONIOENCODING": "utf-8",
+        }
+        if self.python_modules:
+            env["PYTHONPATH"] = PYLIB_DIR
+        return env
+
+    def _run_unsandboxed(
+        self,
+        files: Mapping[str, str | bytes],
+        cmd: Sequence[str],
+        stdin: str | bytes,
+        limits: Limits,
+        executable: set[str],
+    ) -> ExecResult:
+        warnings.warn(
+            f"running untrusted code WITHOUT a sandbox (allow_unsandboxed=True); {INSTALL_HINT}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        env = self._env()
+        if self.python_modules:
+            env["PYTHONPATH"] = os.pathsep.join(os.path.dirname(p) for p in self.python_modules)
+        with tempfile.TemporaryDirectory(prefix="openk1-unsandboxed-") as tmp:
+            for name, data in files.items():
+                path = os.path.join(tmp, name)
+                with open(path, "wb") as f:
+                    f.write(_as_bytes(data))
+                os.chmod(path, 0o755 if name in executable else 0o644)
+            argv = _prlimit_argv(limits, with_nproc=False) + list(cmd)
+            stdin_fd = _memfd("stdin", _as_bytes(stdin))
+            try:
+                return _execute(argv, stdin_fd, [], env, limits, False, cwd=tmp)
+            finally:
+                os.close(stdin_fd)
+
+
+def _execute(
+    argv: list[str],
+    stdin_fd: int,
+    pass_fds: list[int],
+    env: dict[str, str],
+    limits: Limits,
+    drop_to_nobody: bool,
+    cwd: str | None = None,
+) -> ExecResult:
+    """Spawn argv in its own process group; enforce wall time and output cap; kill all."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        stdin=stdin_fd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=pass_fds,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+        user=NOBODY if drop_to_nobody else None,
+        group=NOBODY if drop_to_nobody else None,
+        extra_groups=[] if drop_to_nobody else None,
+    )
+    try:
+        out, err, timed_out, overflow = _read_capped(
+            proc, start + limits.wall_s, limits.output_bytes
+        )
+    finally:
+        code = _kill_and_reap(proc)
+    wall = time.monotonic() - start
+    stderr = err.decode(errors="replace")
+    status = _classify(code, timed_out, overflow, wall, stderr, limits)
+    return ExecResult(status, out.decode(errors="replace"), stderr, code, wall, out)
+
+
+def run(
+    files: Mapping[str, str | bytes],
+    cmd: Sequence[str],
+    stdin: str | bytes = "",
+    limits: Limits = Limits(),
+    *,
+    allow_unsandboxed: bool = False,
+) -> ExecResult:
+    """Run `cmd` on `stdin` in a fresh default Sandbox holding `files`."""
+    return Sandbox(allow_unsandboxed=allow_unsandboxed).run(files, cmd, stdin, limits)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run for SandboxPool.map."""
+
+    files: Mapping[str, str | bytes]
+    cmd: Sequence[str]
+    stdin: str | bytes = ""
+    limits: Limits = Limits()
+    executable: tuple[str, ...] = ()
+
+
+class SandboxPool:
+    """Runs many sandboxed programs in parallel (threads; the work happens in subprocesses).
+
+    >>> with SandboxPool(workers=2) as pool:                     # doctest: +SKIP
+    ...     results = pool.map([Job({"a.py": "print(1)"}, pool.sandbox.python_argv("a.py"))])
+    """
+
+    def __init__(self, workers: int = 2, sandbox: Sandbox | None = None) -> None:
+        self.sandbox = sandbox if sandbox is not None else Sandbox()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
+
+    def submit(self, job: Job) -> Future[ExecResult]:
+        box = self.sandbox
+        return self._executor.submit(
+            box.run, job.files, job.cmd, job.stdin, job.limits, job.executable
+        )
+
+    def map(self, jobs: Iterable[Job]) -> list[ExecResult]:
+        """Results in the order of `jobs`."""
+        return [future.result() for future in [self.submit(job) for job in jobs]]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

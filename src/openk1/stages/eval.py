@@ -1,0 +1,87 @@
+"""`openk1 eval`: held-out accuracy and mean response tokens with the training verifier.
+
+accuracy = mean reward over all samples (k per problem, sampled as in training: the report's
+Pass@1 averaged over samples); mean_tokens = mean number of generated tokens per response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from openk1.config import Section, StageConfig
+from openk1.data.io import load_problems, write_jsonl
+from openk1.models.io import load_model
+from openk1.report.run_dir import RunDir
+from openk1.rewards.scoring import score_many
+from openk1.rollout.hf import HFEngine, SamplingConfig
+from openk1.types import Problem
+
+
+class EvalSettings(Section):
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    batch_size: int = 256
+    max_problems: int = 0          # 0 = every problem of the file
+    seed: int = 1234
+    score_workers: int = 0         # >0: verifiers in that many processes
+
+
+class EvalConfig(StageConfig):
+    eval: EvalSettings = EvalSettings()
+
+
+def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: EvalSettings,
+             keep_samples: bool = False) -> dict[str, Any]:
+    """Sample, verify and summarise; the same verifiers as RL (`score_many`)."""
+    if settings.max_problems:
+        problems = problems[:settings.max_problems]
+    sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
+                              max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
+    k = settings.samples_per_prompt
+    was_training = model.training
+    model.eval()
+    rollout = HFEngine(model, tokenizer, sampling).generate([p.prompt for p in problems], k, settings.seed)
+    model.train(was_training)
+    repeated = [p for p in problems for _ in range(k)]
+    scores = score_many(rollout.texts, repeated, settings.score_workers)
+    rewards = torch.tensor([s.reward for s in scores])
+    result: dict[str, Any] = {
+        "accuracy": float(rewards.mean()),
+        "mean_tokens": float(rollout.lengths.float().mean()),
+        "problems": len(problems),
+        "samples": len(scores),
+        "accuracy_by_difficulty": _by_difficulty(repeated, rewards),
+    }
+    if keep_samples:
+        result["rows"] = [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "response": t,
+                           "reward": s.reward, "verdict": s.verdict, "tokens": int(n)}
+                          for p, t, s, n in zip(repeated, rollout.texts, scores, rollout.lengths)]
+    return result
+
+
+def _by_difficulty(problems: list[Problem], rewards: torch.Tensor) -> dict[str, float]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for p, r in zip(problems, rewards.tolist()):
+        groups[str(p.difficulty)].append(r)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    model, tokenizer = load_model(cfg.model)
+    problems = load_problems(cfg.data)
+    start = time.perf_counter()
+    result = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=bool(cfg.out))
+    result["wall_seconds"] = time.perf_counter() - start
+    rows = result.pop("rows", [])
+    if cfg.out:
+        run_dir = RunDir(cfg.out, tensorboard=False)
+        run_dir.write_config(cfg)
+        write_jsonl(run_dir.path / "samples.jsonl", rows)
+        run_dir.write_summary(result)
+    return result

@@ -1,0 +1,225 @@
+"""`openk1 rl`: Kimi k1.5 online policy mirror descent (report §2.3, SPEC §5).
+
+Each iteration i:
+  1. sample `prompts_per_iter` problems; the current policy pi_theta_i writes k responses each;
+  2. verify them (the same verifiers as `openk1 eval`), add the length penalty if it is on;
+  3. advantages r_j - b with b the per-prompt mean reward (or tau log Z);
+  4. log pi_theta_i of every response is frozen: the rollout's own log-probs, no extra pass;
+  5. `minibatches_per_iter` x `epochs_per_iter` optimizer steps on the OPMD surrogate
+     -(r - b) l + tau/2 (l - l_old)^2 (gradient clipping; a non-finite loss skips the step);
+  6. the updated policy is the next iteration's reference; the optimizer is reset.
+No value network, no PPO ratio, no clipping of the objective.
+
+Departures from the report, all documented choices: the report does not give tau, k, batch
+sizes, learning rate, steps per iteration or temperature; defaults here are ours, sized for
+the CPU demo. The log-ratio level (sequence as written, or token) is an option.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm import tqdm
+
+from openk1.algo.aggregate import global_normaliser
+from openk1.algo.opmd import compute_advantages, opmd_loss
+from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from openk1.config import StageConfig
+from openk1.data.io import load_problems
+from openk1.data.samplers import UniformSampler
+from openk1.models.forward import response_logprobs, trim
+from openk1.models.io import load_model, save_model
+from openk1.optim import OptimConfig, guarded_step, make_optimizer
+from openk1.report.run_dir import RunDir
+from openk1.rewards.length import length_penalty_weight, length_rewards
+from openk1.rewards.scoring import score_many
+from openk1.rollout.hf import HFEngine, SamplingConfig
+from openk1.stages.eval import EvalSettings, evaluate
+from openk1.types import Problem, Rollout
+
+
+class RLConfig(StageConfig):
+    eval_data: str = ""                      # held-out problems for accuracy
+    iterations: int = 20
+    prompts_per_iter: int = 32
+    samples_per_prompt: int = 8              # k
+    tau: float = 0.01                        # KL weight; scale depends on logratio_level
+    baseline: Literal["mean", "log_z"] = "mean"            # report: mean reward "in practice"
+    logratio_level: Literal["sequence", "token"] = "sequence"  # report's equation: sequence
+    aggregation: Literal["seq_mean", "token_mean", "seq_mean_token_mean"] = "seq_mean"
+    minibatches_per_iter: int = 2
+    epochs_per_iter: int = 2                 # optimizer steps = minibatches x epochs
+    micro_batch_size: int = 64
+    reset_optimizer: bool = True             # report: each iteration is a new problem
+    optim: OptimConfig = OptimConfig(lr=3e-4, warmup_steps=0)
+    sampling: SamplingConfig = SamplingConfig()
+    length_penalty_weight: float = 0.0       # report §2.3.3; 0 = off
+    length_penalty_warmup: int = 0           # iterations of plain RL before it turns on
+    eval_every: int = 5
+    eval_at_start: bool = True
+    eval: EvalSettings = EvalSettings()
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 2
+    score_workers: int = 0
+    resume: bool = False
+
+
+def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: int,
+                cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Verified rewards [B] (+ the length penalty once it is on), correctness [B] and metrics."""
+    repeated = [p for p in problems for _ in range(k)]
+    scores = score_many(rollout.texts, repeated, cfg.score_workers)
+    correct = torch.tensor([s.reward >= 1.0 for s in scores])
+    rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+    weight = length_penalty_weight(iteration, cfg.length_penalty_weight, cfg.length_penalty_warmup)
+    group_ids = torch.arange(len(problems)).repeat_interleave(k)
+    if weight > 0:
+        rewards = rewards + weight * length_rewards(rollout.lengths, correct, group_ids).float()
+    return rewards, correct, {"reward/length_weight": weight}
+
+
+def update(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
+           advantages: torch.Tensor, cfg: RLConfig, generator: torch.Generator) -> dict[str, float]:
+    """M = minibatches x epochs optimizer steps on the OPMD surrogate; returns mean metrics."""
+    B = advantages.shape[0]
+    totals: dict[str, float] = {}
+    steps = 0
+    model.train()
+    for _ in range(cfg.epochs_per_iter):
+        for minibatch in torch.randperm(B, generator=generator).chunk(cfg.minibatches_per_iter):
+            stats = _minibatch_step(model, optimizer, rollout, advantages, minibatch, cfg)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+            steps += 1
+    return {f"update/{k}": v / max(steps, 1) for k, v in totals.items()} | {"update/steps": steps}
+
+
+def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
+                    advantages: torch.Tensor, index: torch.Tensor, cfg: RLConfig) -> dict[str, float]:
+    """One optimizer step over `index`, accumulated over micro-batches with one normaliser."""
+    normaliser = global_normaliser(cfg.aggregation, rollout.action_mask[index])
+    loss_sum, finite, metrics = 0.0, True, {}
+    for micro in index.split(cfg.micro_batch_size):
+        prompt_ids, prompt_mask, response_ids, action_mask = trim(
+            rollout.prompt_ids[micro], rollout.prompt_mask[micro],
+            rollout.response_ids[micro], rollout.action_mask[micro])
+        logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask)  # [b, T]
+        logp_old = rollout.logp[micro][:, :response_ids.shape[1]]                           # [b, T]
+        loss, metrics = opmd_loss(logp, logp_old, advantages[micro], action_mask, cfg.tau,
+                                  level=cfg.logratio_level, aggregation=cfg.aggregation,
+                                  normaliser=normaliser)
+        if not torch.isfinite(loss):
+            finite = False
+            break
+        loss.backward()
+        loss_sum += float(loss)
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": float("nan"), "skipped": 1.0, "grad_norm": float("nan")}
+    stats = guarded_step(model, optimizer, cfg.optim.grad_clip)
+    return {"loss": loss_sum, **stats, **{k: float(v) for k, v in metrics.items()}}
+
+
+def iteration_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Tensor,
+                      seconds: dict[str, float]) -> dict[str, float]:
+    lengths = rollout.lengths.float()
+    stops = rollout.stop_reason
+    return {
+        "reward/mean": float(rewards.mean()),
+        "accuracy/train": float(correct.float().mean()),
+        "response_tokens/mean": float(lengths.mean()),
+        "response_tokens/max": float(lengths.max()),
+        **{f"stop/{r}": stops.count(r) / len(stops) for r in ("eos", "max_tokens")},
+        **{f"time/{k}": v for k, v in seconds.items()},
+        "throughput/generated_tokens_per_s": float(lengths.sum()) / max(seconds["rollout"], 1e-9),
+    }
+
+
+def run(cfg: RLConfig) -> dict[str, Any]:
+    problems = load_problems(cfg.data)
+    held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
+    run_dir = RunDir(cfg.out)
+    start_iteration, model_path = 0, cfg.model
+    if cfg.resume:
+        checkpoint = latest_checkpoint(run_dir.path)
+        model_path = str(checkpoint / "model")
+    model, tokenizer = load_model(model_path)
+    optimizer = make_optimizer(model, cfg.optim)
+    sampler = UniformSampler(len(problems), cfg.seed)
+    if cfg.resume:
+        state = load_state(checkpoint, optimizer)
+        sampler.load_state_dict(state["sampler"])
+        start_iteration = state["step"]
+        run_dir.truncate_metrics(start_iteration)
+    run_dir.write_config(cfg)
+    engine = HFEngine(model, tokenizer, cfg.sampling)
+    summary = train(model, tokenizer, optimizer, engine, sampler, problems, held_out, cfg,
+                    run_dir, start_iteration)
+    save_model(model, tokenizer, run_dir.path / "model")
+    summary["model"] = str(run_dir.path / "model")
+    run_dir.write_summary(summary)
+    run_dir.close()
+    return summary
+
+
+def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: HFEngine,
+          sampler: UniformSampler, problems: list[Problem], held_out: list[Problem],
+          cfg: RLConfig, run_dir: RunDir, start_iteration: int) -> dict[str, Any]:
+    """The iteration loop: rollout -> reward -> update -> (eval, checkpoint)."""
+    k, last_eval = cfg.samples_per_prompt, {}
+    if held_out and cfg.eval_at_start and start_iteration == 0:
+        last_eval = _evaluate(model, tokenizer, held_out, cfg, run_dir, 0)
+    bar = tqdm(range(start_iteration, cfg.iterations), desc="rl", unit="iter", dynamic_ncols=True,
+               initial=start_iteration, total=cfg.iterations)
+    for iteration in bar:
+        if cfg.reset_optimizer:
+            optimizer = make_optimizer(model, cfg.optim)
+        metrics = _iteration(model, optimizer, engine, sampler, problems, cfg, iteration)
+        step = iteration + 1
+        run_dir.log(step, metrics)
+        if held_out and (step % cfg.eval_every == 0 or step == cfg.iterations):
+            last_eval = _evaluate(model, tokenizer, held_out, cfg, run_dir, step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+            save_checkpoint(run_dir.path, step, model, tokenizer,
+                            None if cfg.reset_optimizer else optimizer,
+                            {"sampler": sampler.state_dict()}, cfg.keep_checkpoints)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
+                        acc=f"{last_eval.get('accuracy', float('nan')):.3f}",
+                        tok_s=f"{metrics['throughput/generated_tokens_per_s']:.0f}")
+    return {"iterations": cfg.iterations, **{k2: v for k2, v in last_eval.items()
+                                             if k2 in ("accuracy", "mean_tokens", "accuracy_by_difficulty")}}
+
+
+def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, sampler: UniformSampler,
+               problems: list[Problem], cfg: RLConfig, iteration: int) -> dict[str, Any]:
+    k, seconds = cfg.samples_per_prompt, {}
+    indices = sampler.sample(iteration, cfg.prompts_per_iter)
+    batch = [problems[i] for i in indices]
+    t0 = time.perf_counter()
+    model.eval()
+    rollout = engine.generate([p.prompt for p in batch], k, seed=cfg.seed * 1_000_003 + iteration)
+    t1 = time.perf_counter()
+    rewards, correct, reward_metrics = rewards_for(rollout, batch, k, iteration, cfg)
+    group_ids = torch.arange(len(batch)).repeat_interleave(k)
+    advantages, adv_metrics = compute_advantages(rewards, group_ids, cfg.tau, cfg.baseline)
+    sampler.update(indices, correct.float().view(len(batch), k).mean(-1).tolist())
+    t2 = time.perf_counter()
+    generator = torch.Generator().manual_seed(cfg.seed * 7_919 + iteration)
+    update_metrics = update(model, optimizer, rollout, advantages, cfg, generator)
+    seconds = {"rollout": t1 - t0, "reward": t2 - t1, "update": time.perf_counter() - t2}
+    return {"iteration": iteration + 1, **iteration_metrics(rollout, rewards, correct, seconds),
+            **reward_metrics, **{k2: float(v) for k2, v in adv_metrics.items()}, **update_metrics}
+
+
+def _evaluate(model: Any, tokenizer: Any, held_out: list[Problem], cfg: RLConfig,
+              run_dir: RunDir, step: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    result = evaluate(model, tokenizer, held_out, cfg.eval)
+    flat = {"eval/accuracy": result["accuracy"], "eval/mean_tokens": result["mean_tokens"],
+            "time/eval": time.perf_counter() - t0,
+            **{f"eval/accuracy_d{d}": a for d, a in result["accuracy_by_difficulty"].items()}}
+    run_dir.log(step, flat)
+    return result

@@ -1,0 +1,61 @@
+"""The typed records that flow through openk1: Problem -> Rollout -> Batch.
+
+Shape symbols used across the code base:
+    B  number of sequences in a batch (prompts x samples_per_prompt)
+    P  prompt length (left-padded),  T  response length (right-padded),  L = P + T
+    V  vocabulary size,  k  samples per prompt
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+ProblemType = Literal["math", "code", "freeform"]
+PROBLEM_TYPES: tuple[str, ...] = ("math", "code", "freeform")
+
+StopReason = Literal["eos", "max_tokens", "budget", "repeat"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One dataset row (DESIGN.md "Dataset rows"); `extra` keeps every other input field."""
+
+    prompt: str
+    answer: str
+    type: ProblemType = "math"
+    id: str = ""
+    domain: str = ""
+    tags: tuple[str, ...] = ()
+    difficulty: float | int | str | None = None
+    tests: tuple[dict[str, Any], ...] = ()
+    solutions: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rollout:
+    """What the rollout engine returns for B sequences; it knows nothing about rewards.
+
+    prompt_ids   [B, P]  left-padded prompt tokens
+    prompt_mask  [B, P]  1 on real prompt tokens
+    response_ids [B, T]  sampled tokens, right-padded with pad_token_id
+    action_mask  [B, T]  1 on generated tokens (including the EOS that ended a response)
+    logp         [B, T]  log pi(token) under the policy that sampled it (0 where mask is 0)
+    stop_reason  B strings: "eos" | "max_tokens" | "budget" | "repeat"
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    action_mask: torch.Tensor
+    logp: torch.Tensor
+    stop_reason: list[str]
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """[B] number of generated tokens of each response."""
+        return self.action_mask.sum(-1)

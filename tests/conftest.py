@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny random model saved the way `openk1 init-model` saves it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from openk1.models.io import save_model
+    from openk1.models.tiny import TinyModelConfig, char_tokenizer, tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    tokenizer = char_tokenizer()
+    size = TinyModelConfig(hidden=32, layers=2, heads=2, kv_heads=2, intermediate=64)
+    save_model(tiny_llama(size, tokenizer, seed=0), tokenizer, path)
+    return path
+
+
+@pytest.fixture()
+def tiny(tiny_model_dir: Path):
+    from openk1.models.io import load_model
+
+    return load_model(tiny_model_dir)

@@ -1,0 +1,74 @@
+import torch
+
+from openk1.models.forward import response_logprobs
+from openk1.rollout.hf import HFEngine, SamplingConfig, sample_tokens
+
+PROMPTS = ["12+3=", "7+845=", "1+1="]   # different lengths: exercises left padding
+
+
+def test_rollout_logp_equals_fresh_forward(tiny):
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, SamplingConfig(temperature=1.0, max_new_tokens=24))
+    rollout = engine.generate(PROMPTS, samples_per_prompt=3, seed=0)
+    assert rollout.response_ids.shape[0] == 9
+    fresh = response_logprobs(model, rollout.prompt_ids, rollout.prompt_mask,
+                              rollout.response_ids, rollout.action_mask)
+    mask = rollout.action_mask.bool()
+    assert mask.sum() > 20
+    assert torch.allclose(rollout.logp[mask], fresh[mask].detach(), atol=1e-4)
+    assert (rollout.logp[~mask] == 0).all()
+
+
+def test_each_row_matches_an_unpadded_single_run(tiny):
+    """Batched (padded) log-probs equal those of each sequence scored alone, without padding."""
+    model, tokenizer = tiny
+    rollout = HFEngine(model, tokenizer, SamplingConfig(max_new_tokens=16)).generate(PROMPTS, 1, seed=3)
+    for row in range(3):
+        p_mask = rollout.prompt_mask[row].bool()
+        a_mask = rollout.action_mask[row].bool()
+        alone = response_logprobs(model, rollout.prompt_ids[row][p_mask][None], p_mask[p_mask][None].long(),
+                                  rollout.response_ids[row][a_mask][None], a_mask[a_mask][None].long())
+        assert torch.allclose(alone[0].detach(), rollout.logp[row][a_mask], atol=1e-4)
+
+
+def test_deterministic_under_seed_and_seed_matters(tiny):
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, SamplingConfig(max_new_tokens=12))
+    a = engine.generate(PROMPTS, 2, seed=7)
+    b = engine.generate(PROMPTS, 2, seed=7)
+    c = engine.generate(PROMPTS, 2, seed=8)
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_stop_reasons_and_mask(tiny):
+    model, tokenizer = tiny
+    rollout = HFEngine(model, tokenizer, SamplingConfig(max_new_tokens=5)).generate(PROMPTS, 4, seed=0)
+    for row, reason in enumerate(rollout.stop_reason):
+        n = int(rollout.action_mask[row].sum())
+        last = int(rollout.response_ids[row, n - 1])
+        if reason == "eos":
+            assert last == tokenizer.eos_token_id
+        else:
+            assert reason == "max_tokens" and n == 5 and last != tokenizer.eos_token_id
+        # the mask is a prefix of ones
+        assert rollout.action_mask[row, :n].all() and not rollout.action_mask[row, n:].any()
+
+
+def test_eos_stops_and_is_trained():
+    """Forcing EOS: a model whose logits always favour EOS stops after one token."""
+    logits = torch.full((4, 10), -5.0)
+    logits[:, 2] = 5.0
+    g = torch.Generator().manual_seed(0)
+    assert sample_tokens(logits, 0.0, 1.0, g).tolist() == [2, 2, 2, 2]
+
+
+def test_top_p_keeps_only_the_nucleus():
+    # probs 0.5, 0.3, 0.2 -> top_p 0.6 keeps tokens 0 and 1 (0.5 < 0.6, 0.8 >= 0.6)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    tokens = sample_tokens(logits, 1.0, 0.6, g)
+    assert set(tokens.tolist()) == {0, 1}
+    share = (tokens == 0).float().mean().item()
+    assert abs(share - 0.5 / 0.8) < 0.04        # renormalised: 0.625
+    assert sample_tokens(logits[:1], 1.0, 0.4, g).item() == 0   # only the top token

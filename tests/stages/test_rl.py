@@ -1,0 +1,66 @@
+"""RL stage on a tiny random model: metrics, checkpoints, exact resume, bad input."""
+
+import json
+
+import pytest
+
+from openk1.config import build
+from openk1.data.io import write_jsonl
+from openk1.report.run_dir import read_metrics
+from openk1.stages import rl
+
+VOLATILE = ("time/", "throughput/")
+
+
+def problems(tmp_path):
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "type": "math", "difficulty": 1}
+            for a in range(1, 5) for b in range(1, 4)]
+    path = tmp_path / "train.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def config(tmp_path, model, out, **extra):
+    values = {"model": str(model), "data": str(problems(tmp_path)), "out": str(out),
+              "eval_data": str(problems(tmp_path)), "iterations": 4, "prompts_per_iter": 3,
+              "samples_per_prompt": 4, "eval_every": 2, "checkpoint_every": 2,
+              "sampling": {"max_new_tokens": 6}, "eval": {"samples_per_prompt": 1, "max_new_tokens": 6},
+              "optim": {"lr": 0.01, "warmup_steps": 0}, **extra}
+    return build(rl.RLConfig, values)
+
+
+def stable(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+def test_rl_writes_run_directory(tmp_path, tiny_model_dir):
+    summary = rl.run(config(tmp_path, tiny_model_dir, tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "model/config.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").iterdir())
+    rows = read_metrics(run / "metrics.jsonl")
+    train = [r for r in rows if "reward/mean" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(r["update/steps"] == 4 for r in train)       # 2 mini-batches x 2 epochs
+    assert {"time/rollout", "time/reward", "time/update"} <= set(train[0])
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2, 4]
+    assert json.loads((run / "summary.json").read_text())["accuracy"] == summary["accuracy"]
+
+
+def test_resume_logs_the_same_metrics(tmp_path, tiny_model_dir):
+    full = tmp_path / "full"
+    rl.run(config(tmp_path, tiny_model_dir, full))
+    part = tmp_path / "part"
+    rl.run(config(tmp_path, tiny_model_dir, part, iterations=2))     # "interrupted" after 2
+    with (part / "metrics.jsonl").open("a") as f:                    # a half-logged iteration
+        f.write(json.dumps({"step": 3, "reward/mean": 123.0}) + "\n")
+    rl.run(config(tmp_path, tiny_model_dir, part, resume=True))
+    assert stable(read_metrics(part / "metrics.jsonl")) == stable(read_metrics(full / "metrics.jsonl"))
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, tiny_model_dir):
+    from openk1.errors import OpenK1Error
+
+    with pytest.raises(OpenK1Error, match="no checkpoint"):
+        rl.run(config(tmp_path, tiny_model_dir, tmp_path / "empty", resume=True))
