@@ -1,19 +1,20 @@
 """Synthetic arithmetic: a verifiable task family small enough for RL on a laptop CPU.
 
-Problem at difficulty d (1..5): add an operand of d digits to one of 1..d digits. Each problem
+Problem at difficulty d (1..5) adds two operands whose digit counts come from `LEVELS`
+(level 1: 2-digit + 1-digit, ..., level 5: 4-digit + 4-digit); every level has hundreds of
+distinct problems or more, so held-out problems are never seen in training. Each problem
 has a reference answer and two response formats, written as ordinary dataset rows:
 
     short:  \\boxed{432}
-    long:   plan: add 347 and 85 digit by digit from the right.
-            7+5=12, write 2 carry 1
-            4+8+1=12, wait: 4+8+1=13, write 3 carry 1      <- an occasional slip, corrected
-            3+0+1=4, write 4 carry 0
-            result 432
-            check: 432-85=347, ok
+    long:   plan 3 columns
+            7+5=12 c1
+            4+8+1=12 wait 13 c1          <- an occasional slip, corrected
+            3+0+1=4 c0
+            check 432-85=347 ok
             \\boxed{432}
 
 The long trace shows planning (the plan line), evaluation (the check), reflection and
-correction (the "wait:" lines). Carries make higher difficulties genuinely harder for a tiny
+correction (the "wait" slips). Carries make higher difficulties genuinely harder for a tiny
 model, which leaves RL clear room to improve.
 """
 
@@ -32,15 +33,24 @@ class TaskConfig(Section):
     seed: int = 0
     train_problems: int = 4000
     heldout_problems: int = 200
-    min_difficulty: int = 1
+    min_difficulty: int = 1        # see LEVELS
     max_difficulty: int = 3
     slip_rate: float = 0.15
 
 
+# difficulty -> (digits of a, digits of b)
+LEVELS: dict[int, tuple[int, int]] = {1: (2, 1), 2: (2, 2), 3: (3, 2), 4: (3, 3), 5: (4, 4)}
+
+
+def number(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
 def operands(rng: random.Random, difficulty: int) -> tuple[int, int]:
-    a = rng.randint(10 ** (difficulty - 1), 10**difficulty - 1)
-    b_digits = rng.randint(1, difficulty)
-    return a, rng.randint(0 if b_digits == 1 else 10 ** (b_digits - 1), 10**b_digits - 1)
+    """Two operands of the level's sizes, in random order."""
+    a_digits, b_digits = LEVELS[difficulty]
+    a, b = number(rng, a_digits), number(rng, b_digits)
+    return (a, b) if rng.random() < 0.5 else (b, a)
 
 
 def prompt_text(a: int, b: int) -> str:
@@ -52,18 +62,18 @@ def short_response(a: int, b: int) -> str:
 
 
 def long_response(a: int, b: int, rng: random.Random, slip_rate: float) -> str:
-    """Digit-by-digit addition with a plan, occasional corrected slips and a final check."""
-    lines = [f"plan: add {a} and {b} digit by digit from the right."]
+    """Column-by-column addition: a plan, occasional corrected slips and a final check."""
     da, db = str(a)[::-1], str(b)[::-1]
-    carry = 0
-    for i in range(max(len(da), len(db))):
+    columns = max(len(da), len(db))
+    lines, carry = [f"plan {columns} columns"], 0
+    for i in range(columns):
         x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
         expr = f"{x}+{y}" + (f"+{carry}" if carry else "")
         total = x + y + carry
-        slip = f"{expr}={total + rng.choice((-1, 1)) if total else 1}, wait: " if rng.random() < slip_rate else ""
+        slip = f"{abs(total + rng.choice((-1, 1)))} wait " if rng.random() < slip_rate else ""
         carry = total // 10
-        lines.append(f"{slip}{expr}={total}, write {total % 10} carry {carry}")
-    lines += [f"result {a + b}", f"check: {a + b}-{b}={a}, ok", short_response(a, b)]
+        lines.append(f"{expr}={slip}{total} c{carry}")
+    lines += [f"check {a + b}-{b}={a} ok", short_response(a, b)]
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ from openk1.data.io import load_problems
 from openk1.data.samplers import UniformSampler
 from openk1.models.forward import response_logprobs, trim
 from openk1.models.io import load_model, save_model
-from openk1.optim import OptimConfig, guarded_step, make_optimizer
+from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
 from openk1.report.run_dir import RunDir
 from openk1.rewards.length import length_penalty_weight, length_rewards
 from openk1.rewards.scoring import score_many
@@ -90,11 +90,24 @@ def update(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
     model.train()
     for _ in range(cfg.epochs_per_iter):
         for minibatch in torch.randperm(B, generator=generator).chunk(cfg.minibatches_per_iter):
+            set_lr(optimizer, iteration_lr(steps, cfg.optim))
             stats = _minibatch_step(model, optimizer, rollout, advantages, minibatch, cfg)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value
             steps += 1
     return {f"update/{k}": v / max(steps, 1) for k, v in totals.items()} | {"update/steps": steps}
+
+
+def iteration_lr(step: int, optim: OptimConfig) -> float:
+    """Linear warm-up over the first `warmup_steps` optimizer steps of every iteration.
+
+    After a reset, Adam's first steps move every weight by about lr whatever its gradient's
+    size (m / sqrt(v) is +-1); ramping the LR over the iteration's first steps tames that.
+
+    >>> [iteration_lr(s, OptimConfig(lr=1.0, warmup_steps=4)) for s in range(5)]
+    [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    return optim.lr * min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else optim.lr
 
 
 def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
@@ -172,7 +185,7 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
     k, last_eval = cfg.samples_per_prompt, {}
     if held_out and cfg.eval_at_start and start_iteration == 0:
         last_eval = _evaluate(model, tokenizer, held_out, cfg, run_dir, 0)
-    bar = tqdm(range(start_iteration, cfg.iterations), desc="rl", unit="iter", dynamic_ncols=True,
+    bar = tqdm(range(start_iteration, cfg.iterations), desc="rl", unit="iter", dynamic_ncols=True, mininterval=1.0,
                initial=start_iteration, total=cfg.iterations)
     for iteration in bar:
         if cfg.reset_optimizer:

@@ -7,6 +7,7 @@ mask convention RL uses. Departures from the report (§2.5.2): no packing and on
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -27,6 +28,7 @@ from openk1.stages.eval import EvalSettings, evaluate
 
 class SFTConfig(StageConfig):
     epochs: int = 1
+    max_steps: int = 0             # stop after this many optimizer steps (0 = all epochs)
     batch_size: int = 32
     max_response_tokens: int = 256
     optim: OptimConfig = OptimConfig()
@@ -54,27 +56,30 @@ def train(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], cfg: SFTConf
     """The SFT loop: shuffled mini-batches, warm-up + cosine LR, guarded steps."""
     optimizer = make_optimizer(model, cfg.optim)
     total = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
+    total = min(total, cfg.max_steps) if cfg.max_steps else total
     model.train()
-    step, truncated, loss_ema = 0, 0, float("nan")
-    bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True)
-    for epoch in range(cfg.epochs):
-        for chunk in batches(pairs, cfg.batch_size, cfg.seed, epoch):
-            lr = cosine_lr(step, total, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps)
-            set_lr(optimizer, lr)
-            batch = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], cfg.max_response_tokens)
-            truncated += batch["truncated"]
-            loss, tokens = sft_loss(model, batch)
-            loss.backward()
-            stats = guarded_step(model, optimizer, cfg.optim.grad_clip)
-            loss_ema = float(loss.detach()) if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * float(loss.detach())
-            step += 1
-            if step % cfg.log_every == 0 or step == total:
-                run_dir.log(step, {"loss": float(loss), "lr": lr, "tokens": tokens, "epoch": epoch,
-                                   "truncated": truncated, **stats})
-            bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.1e}")
-            bar.update()
+    truncated, loss_ema = 0, float("nan")
+    bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True, mininterval=1.0)
+    schedule = ((epoch, chunk) for epoch in range(cfg.epochs)
+                for chunk in batches(pairs, cfg.batch_size, cfg.seed, epoch))
+    for step, (epoch, chunk) in enumerate(itertools.islice(schedule, total), start=1):
+        lr = cosine_lr(step - 1, total, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps)
+        set_lr(optimizer, lr)
+        batch = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk],
+                             cfg.max_response_tokens)
+        truncated += batch["truncated"]
+        loss, tokens = sft_loss(model, batch)
+        loss.backward()
+        stats = guarded_step(model, optimizer, cfg.optim.grad_clip)
+        value = float(loss.detach())
+        loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
+        if step % cfg.log_every == 0 or step == total:
+            run_dir.log(step, {"loss": value, "lr": lr, "tokens": tokens, "epoch": epoch,
+                               "truncated": truncated, **stats})
+        bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.1e}")
+        bar.update()
     bar.close()
-    return {"final_loss": loss_ema, "steps": step, "truncated": truncated}
+    return {"final_loss": loss_ema, "steps": total, "truncated": truncated}
 
 
 def run(cfg: SFTConfig) -> dict[str, Any]:
