@@ -64,3 +64,23 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, tiny_model_dir):
 
     with pytest.raises(OpenK1Error, match="no checkpoint"):
         rl.run(config(tmp_path, tiny_model_dir, tmp_path / "empty", resume=True))
+
+
+def test_non_finite_loss_skips_the_step(tmp_path, tiny):
+    import torch
+
+    from openk1.optim import make_optimizer
+    from openk1.rollout.hf import HFEngine, SamplingConfig
+
+    model, tokenizer = tiny
+    cfg = rl.RLConfig(micro_batch_size=2)
+    rollout = HFEngine(model, tokenizer, SamplingConfig(max_new_tokens=4)).generate(["1+1="], 4, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = make_optimizer(model, cfg.optim)
+    advantages = torch.tensor([1.0, float("nan"), -1.0, 0.0])
+    stats = rl._minibatch_step(model, optimizer, rollout, advantages, torch.arange(4), cfg)
+    assert stats["skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    stats = rl._minibatch_step(model, optimizer, rollout, advantages.nan_to_num(0.0), torch.arange(4), cfg)
+    assert stats["skipped"] == 0.0
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -128,7 +128,7 @@ def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollo
             finite = False
             break
         loss.backward()
-        loss_sum += float(loss)
+        loss_sum += float(loss.detach())
     if not finite:
         optimizer.zero_grad(set_to_none=True)
         return {"loss": float("nan"), "skipped": 1.0, "grad_norm": float("nan")}

@@ -1,0 +1,20 @@
+"""CI's smoke test: `openk1 demo --quick` from nothing, RL beats SFT on held-out accuracy."""
+
+import json
+
+from openk1.cli import main
+
+
+def test_quick_demo_rl_beats_sft(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    stages = {s["name"]: s for s in summary["stages"]}
+    assert list(stages) == ["sft", "rl"]
+    for stage in stages.values():
+        assert 0.0 <= stage["accuracy"] <= 1.0 and stage["mean_tokens"] > 0
+        assert (out / stage["model"].split(str(out) + "/")[-1] / "config.json").exists()
+    assert stages["rl"]["accuracy"] > stages["sft"]["accuracy"] + 0.05
+    assert summary["wall_seconds"] < 300
+    for stage in ("sft", "rl"):
+        assert (out / stage / "metrics.jsonl").exists() and (out / stage / "config.yaml").exists()
