@@ -36,7 +36,7 @@ def stable(rows):
 def test_rl_writes_run_directory(tmp_path, tiny_model_dir):
     summary = rl.run(config(tmp_path, tiny_model_dir, tmp_path / "run"))
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "model/config.json"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "model/config.json", "curves.png"):
         assert (run / name).exists(), name
     assert list((run / "tb").iterdir())
     rows = read_metrics(run / "metrics.jsonl")

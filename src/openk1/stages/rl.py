@@ -33,6 +33,7 @@ from openk1.data.samplers import UniformSampler
 from openk1.models.forward import response_logprobs, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
+from openk1.report.plots import plot_curves
 from openk1.report.run_dir import RunDir
 from openk1.rewards.length import length_penalty_weight, length_rewards
 from openk1.rewards.scoring import score_many
@@ -65,6 +66,9 @@ class RLConfig(StageConfig):
     keep_checkpoints: int = 2
     score_workers: int = 0
     resume: bool = False
+
+
+PLOTTED = ["reward/mean", "eval/accuracy", "response_tokens/mean", "update/opmd/kl_old_new_per_token"]
 
 
 def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: int,
@@ -173,6 +177,7 @@ def run(cfg: RLConfig) -> dict[str, Any]:
                     run_dir, start_iteration)
     save_model(model, tokenizer, run_dir.path / "model")
     summary["model"] = str(run_dir.path / "model")
+    plot_curves(run_dir.metrics_path, PLOTTED, run_dir.path / "curves.png", title="openk1 rl")
     run_dir.write_summary(summary)
     run_dir.close()
     return summary
