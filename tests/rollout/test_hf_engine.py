@@ -72,3 +72,24 @@ def test_top_p_keeps_only_the_nucleus():
     share = (tokens == 0).float().mean().item()
     assert abs(share - 0.5 / 0.8) < 0.04        # renormalised: 0.625
     assert sample_tokens(logits[:1], 1.0, 0.4, g).item() == 0   # only the top token
+
+
+def test_repeat_detection_stops_generation(tiny):
+    """Greedy decoding of the random tiny model loops; the detector stops those rows."""
+    from openk1.rollout.repeat import RepeatConfig, is_repetitive
+
+    model, tokenizer = tiny
+    repeat = RepeatConfig(enabled=True, max_period=8, min_repeats=3, min_tokens=6)
+    plain = HFEngine(model, tokenizer, SamplingConfig(temperature=0.0, max_new_tokens=48))
+    stopped = HFEngine(model, tokenizer, SamplingConfig(temperature=0.0, max_new_tokens=48, repeat=repeat))
+    a, b = plain.generate(PROMPTS, 1, seed=0), stopped.generate(PROMPTS, 1, seed=0)
+    looping = [is_repetitive(row[m.bool()].tolist(), max_period=8, min_repeats=3, min_tokens=6)
+               for row, m in zip(a.response_ids, a.action_mask)]
+    assert any(looping)
+    for row, loops in enumerate(looping):
+        n = int(b.action_mask[row].sum())
+        if loops:
+            assert b.stop_reason[row] == "repeat" and n < int(a.action_mask[row].sum())
+            assert torch.equal(b.response_ids[row, :n], a.response_ids[row, :n])
+        else:
+            assert b.stop_reason[row] == a.stop_reason[row]

@@ -48,14 +48,18 @@ def test_rl_writes_run_directory(tmp_path, tiny_model_dir):
     assert json.loads((run / "summary.json").read_text())["accuracy"] == summary["accuracy"]
 
 
-def test_resume_logs_the_same_metrics(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("extra", [
+    {},
+    {"reset_optimizer": False, "sampler": {"kind": "prioritized"}},   # optimizer + sampler state
+], ids=["reset-uniform", "kept-optimizer-prioritized"])
+def test_resume_logs_the_same_metrics(tmp_path, tiny_model_dir, extra):
     full = tmp_path / "full"
-    rl.run(config(tmp_path, tiny_model_dir, full))
+    rl.run(config(tmp_path, tiny_model_dir, full, **extra))
     part = tmp_path / "part"
-    rl.run(config(tmp_path, tiny_model_dir, part, iterations=2))     # "interrupted" after 2
+    rl.run(config(tmp_path, tiny_model_dir, part, iterations=2, **extra))  # "interrupted" after 2
     with (part / "metrics.jsonl").open("a") as f:                    # a half-logged iteration
         f.write(json.dumps({"step": 3, "reward/mean": 123.0}) + "\n")
-    rl.run(config(tmp_path, tiny_model_dir, part, resume=True))
+    rl.run(config(tmp_path, tiny_model_dir, part, resume=True, **extra))
     assert stable(read_metrics(part / "metrics.jsonl")) == stable(read_metrics(full / "metrics.jsonl"))
 
 

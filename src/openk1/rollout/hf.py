@@ -17,6 +17,7 @@ import torch
 
 from openk1.config import Section
 from openk1.models.forward import cached_forward, encode_prompts
+from openk1.rollout.repeat import RepeatConfig, RepeatDetector
 from openk1.types import Rollout
 
 
@@ -25,6 +26,7 @@ class SamplingConfig(Section):
     top_p: float = 1.0
     max_new_tokens: int = 64
     batch_size: int = 256   # sequences decoded together; bounds KV-cache memory
+    repeat: RepeatConfig = RepeatConfig()   # stop a response that starts repeating itself
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -64,6 +66,8 @@ class HFEngine:
         logp = torch.zeros((B, T))
         action_mask = torch.zeros((B, T), dtype=torch.long)
         done = torch.zeros(B, dtype=torch.bool)
+        repeated = torch.zeros(B, dtype=torch.bool)
+        detector = RepeatDetector.from_config(self.sampling.repeat, B) if self.sampling.repeat.enabled else None
         attention = prompt_mask
         logits, cache = cached_forward(self.model, prompt_ids, attention)   # logits [B, V]
         for t in range(T):
@@ -72,13 +76,17 @@ class HFEngine:
             tokens[:, t] = token
             logp[:, t] = torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
             action_mask[:, t] = (~done).long()
-            done |= token == self.tokenizer.eos_token_id
+            eos = token == self.tokenizer.eos_token_id
+            if detector is not None:
+                repeated |= detector.update(token, active=~done & ~eos)
+            done |= eos | repeated
             if bool(done.all()) or t == T - 1:
                 break
             attention = torch.cat([attention, action_mask[:, t:t + 1]], dim=1)   # [B, P+t+1]
             logits, cache = cached_forward(self.model, token[:, None], attention, cache)
         logp = logp * action_mask
-        stop = ["eos" if d else "max_tokens" for d in done.tolist()]
+        stop = ["repeat" if r else "eos" if d else "max_tokens"
+                for r, d in zip(repeated.tolist(), done.tolist())]
         return Rollout(prompt_ids, prompt_mask, tokens, action_mask, logp, stop,
                        texts=self._decode(tokens, action_mask))
 

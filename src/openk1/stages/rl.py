@@ -29,7 +29,7 @@ from openk1.algo.opmd import compute_advantages, opmd_loss
 from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
-from openk1.data.samplers import UniformSampler
+from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
 from openk1.models.forward import response_logprobs, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
@@ -59,6 +59,8 @@ class RLConfig(StageConfig):
     sampling: SamplingConfig = SamplingConfig()
     length_penalty_weight: float = 0.0       # report §2.3.3; 0 = off
     length_penalty_warmup: int = 0           # iterations of plain RL before it turns on
+    repeat_penalty: float = 0.0              # subtracted from responses stopped for repeating
+    sampler: SamplerConfig = SamplerConfig() # uniform | curriculum | prioritized (report §2.3.4)
     eval_every: int = 5
     eval_at_start: bool = True
     eval: EvalSettings = EvalSettings()
@@ -82,6 +84,8 @@ def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: in
     group_ids = torch.arange(len(problems)).repeat_interleave(k)
     if weight > 0:
         rewards = rewards + weight * length_rewards(rollout.lengths, correct, group_ids).float()
+    if cfg.repeat_penalty:
+        rewards = rewards - cfg.repeat_penalty * torch.tensor([s == "repeat" for s in rollout.stop_reason]).float()
     return rewards, correct, {"reward/length_weight": weight}
 
 
@@ -149,7 +153,7 @@ def iteration_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Te
         "accuracy/train": float(correct.float().mean()),
         "response_tokens/mean": float(lengths.mean()),
         "response_tokens/max": float(lengths.max()),
-        **{f"stop/{r}": stops.count(r) / len(stops) for r in ("eos", "max_tokens")},
+        **{f"stop/{r}": stops.count(r) / len(stops) for r in ("eos", "max_tokens", "repeat")},
         **{f"time/{k}": v for k, v in seconds.items()},
         "throughput/generated_tokens_per_s": float(lengths.sum()) / max(seconds["rollout"], 1e-9),
     }
@@ -165,7 +169,7 @@ def run(cfg: RLConfig) -> dict[str, Any]:
         model_path = str(checkpoint / "model")
     model, tokenizer = load_model(model_path)
     optimizer = make_optimizer(model, cfg.optim)
-    sampler = UniformSampler(len(problems), cfg.seed)
+    sampler = make_sampler(cfg.sampler, problems, cfg.seed)
     if cfg.resume:
         state = load_state(checkpoint, optimizer)
         sampler.load_state_dict(state["sampler"])
@@ -184,7 +188,7 @@ def run(cfg: RLConfig) -> dict[str, Any]:
 
 
 def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: HFEngine,
-          sampler: UniformSampler, problems: list[Problem], held_out: list[Problem],
+          sampler: Sampler, problems: list[Problem], held_out: list[Problem],
           cfg: RLConfig, run_dir: RunDir, start_iteration: int) -> dict[str, Any]:
     """The iteration loop: rollout -> reward -> update -> (eval, checkpoint)."""
     k, last_eval = cfg.samples_per_prompt, {}
@@ -211,10 +215,11 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
                                              if k2 in ("accuracy", "mean_tokens", "accuracy_by_difficulty")}}
 
 
-def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, sampler: UniformSampler,
+def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, sampler: Sampler,
                problems: list[Problem], cfg: RLConfig, iteration: int) -> dict[str, Any]:
     k, seconds = cfg.samples_per_prompt, {}
     indices = sampler.sample(iteration, cfg.prompts_per_iter)
+    sampling = sampler_metrics(sampler, iteration)
     batch = [problems[i] for i in indices]
     t0 = time.perf_counter()
     model.eval()
@@ -228,7 +233,7 @@ def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, s
     generator = torch.Generator().manual_seed(cfg.seed * 7_919 + iteration)
     update_metrics = update(model, optimizer, rollout, advantages, cfg, generator)
     seconds = {"rollout": t1 - t0, "reward": t2 - t1, "update": time.perf_counter() - t2}
-    return {"iteration": iteration + 1, **iteration_metrics(rollout, rewards, correct, seconds),
+    return {"iteration": iteration + 1, **iteration_metrics(rollout, rewards, correct, seconds), **sampling,
             **reward_metrics, **{k2: float(v) for k2, v in adv_metrics.items()}, **update_metrics}
 
 
