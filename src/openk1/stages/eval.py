@@ -16,7 +16,7 @@ from openk1.config import Section, StageConfig
 from openk1.data.io import load_problems, write_jsonl
 from openk1.models.io import load_model
 from openk1.report.run_dir import RunDir
-from openk1.rewards.scoring import score_many
+from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.types import Problem
 
@@ -34,10 +34,11 @@ class EvalSettings(Section):
 
 class EvalConfig(StageConfig):
     eval: EvalSettings = EvalSettings()
+    rewards: RewardConfig = RewardConfig()   # the same reward terms as training
 
 
 def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: EvalSettings,
-             keep_samples: bool = False) -> dict[str, Any]:
+             keep_samples: bool = False, rewards: RewardConfig | None = None) -> dict[str, Any]:
     """Sample, verify and summarise; the same verifiers as RL (`score_many`)."""
     if settings.max_problems:
         problems = problems[:settings.max_problems]
@@ -49,7 +50,7 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
     rollout = HFEngine(model, tokenizer, sampling).generate([p.prompt for p in problems], k, settings.seed)
     model.train(was_training)
     repeated = [p for p in problems for _ in range(k)]
-    scores = score_many(rollout.texts, repeated, settings.score_workers)
+    scores = score_many(rollout.texts, repeated, settings.score_workers, rewards=rewards)
     rewards = torch.tensor([s.reward for s in scores])
     result: dict[str, Any] = {
         "accuracy": float(rewards.mean()),
@@ -76,7 +77,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     model, tokenizer = load_model(cfg.model)
     problems = load_problems(cfg.data)
     start = time.perf_counter()
-    result = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=bool(cfg.out))
+    result = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=bool(cfg.out), rewards=cfg.rewards)
     result["wall_seconds"] = time.perf_counter() - start
     rows = result.pop("rows", [])
     if cfg.out:

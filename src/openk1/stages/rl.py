@@ -36,7 +36,7 @@ from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
 from openk1.report.plots import plot_curves
 from openk1.report.run_dir import RunDir
 from openk1.rewards.length import length_penalty_weight, length_rewards
-from openk1.rewards.scoring import score_many
+from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.stages.eval import EvalSettings, evaluate
 from openk1.types import Problem, Rollout
@@ -61,6 +61,7 @@ class RLConfig(StageConfig):
     length_penalty_warmup: int = 0           # iterations of plain RL before it turns on
     repeat_penalty: float = 0.0              # subtracted from responses stopped for repeating
     sampler: SamplerConfig = SamplerConfig() # uniform | curriculum | prioritized (report §2.3.4)
+    rewards: RewardConfig = RewardConfig()   # reward terms per problem type (also used by eval)
     eval_every: int = 5
     eval_at_start: bool = True
     eval: EvalSettings = EvalSettings()
@@ -77,7 +78,7 @@ def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: in
                 cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Verified rewards [B] (+ the length penalty once it is on), correctness [B] and metrics."""
     repeated = [p for p in problems for _ in range(k)]
-    scores = score_many(rollout.texts, repeated, cfg.score_workers)
+    scores = score_many(rollout.texts, repeated, cfg.score_workers, rewards=cfg.rewards)
     correct = torch.tensor([s.reward >= 1.0 for s in scores])
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     weight = length_penalty_weight(iteration, cfg.length_penalty_weight, cfg.length_penalty_warmup)
@@ -240,7 +241,7 @@ def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, s
 def _evaluate(model: Any, tokenizer: Any, held_out: list[Problem], cfg: RLConfig,
               run_dir: RunDir, step: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    result = evaluate(model, tokenizer, held_out, cfg.eval)
+    result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
     flat = {"eval/accuracy": result["accuracy"], "eval/mean_tokens": result["mean_tokens"],
             "time/eval": time.perf_counter() - t0,
             **{f"eval/accuracy_d{d}": a for d, a in result["accuracy_by_difficulty"].items()}}

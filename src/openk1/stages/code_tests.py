@@ -1,0 +1,109 @@
+"""`openk1 code-tests`: make test cases for code problems with the k1.5 recipe (SPEC §5.3).
+
+Input rows: `prompt`, `solutions` (reference programs, Python or C++), `generator` (Python that
+prints one test input; it may `import cyaron`), `type` ("code" if given). For each problem
+(rewards/code_tests.py): run the generator `num_inputs` times; run up to `max_solutions`
+references on every input; an input whose output at least `min_agree` of them agree on becomes a
+test; the problem is kept when at least `min_passing` references pass every test. Defaults are
+the report's: 50 inputs, 10 solutions, 7 agree, 9 pass (1,000 problems -> 323 kept).
+
+Writes DIR/problems.jsonl (the kept rows, every input field preserved, plus `tests`: a dataset
+`openk1 rl` reads), DIR/summary.json (counts, reasons, per-problem report), DIR/metrics.jsonl
+(one row per problem) and DIR/config.yaml. Departure: with fewer than `max_solutions`
+references the two thresholds scale down (ceil(7n/10), ceil(9n/10)).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from openk1.config import StageConfig
+from openk1.data.io import read_rows, write_jsonl
+from openk1.errors import OpenK1Error
+from openk1.report.run_dir import RunDir
+from openk1.rewards.code_tests import CodeTestsConfig, generate_tests_for_problems
+from openk1.rewards.sandbox import Limits, SandboxUnavailable
+
+
+class CodeTestsStageConfig(StageConfig):
+    num_inputs: int = 50  # generator runs per problem (report: 50)
+    max_solutions: int = 10  # reference solutions run per problem (report: 10)
+    min_agree: int = 7  # of max_solutions, for an input to become a test (report: 7)
+    min_passing: int = 9  # of max_solutions, for a problem to be kept (report: 9)
+    workers: int = 2  # sandboxed runs in parallel
+    run_cpu_s: float = 2.0  # per reference run; its wall limit is 2x + 1 s
+    run_memory_mb: int = 512
+    generator_cpu_s: float = 5.0  # per generator run; its wall limit is 2x s
+    generator_memory_mb: int = 1024
+
+
+def recipe(cfg: CodeTestsStageConfig) -> CodeTestsConfig:
+    """The library's knobs from the stage config."""
+    return CodeTestsConfig(
+        num_inputs=cfg.num_inputs,
+        max_solutions=cfg.max_solutions,
+        min_agree=cfg.min_agree,
+        min_passing=cfg.min_passing,
+        workers=cfg.workers,
+        run_limits=Limits(
+            wall_s=2 * cfg.run_cpu_s + 1, cpu_s=cfg.run_cpu_s, memory_mb=cfg.run_memory_mb
+        ),
+        generator_limits=Limits(
+            wall_s=2 * cfg.generator_cpu_s,
+            cpu_s=cfg.generator_cpu_s,
+            memory_mb=cfg.generator_memory_mb,
+        ),
+    )
+
+
+def load_code_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows with prompt (str), solutions (list of str), generator (str), type "code" if given;
+    a bad row is an error naming the file, the row (1-based) and the field."""
+    rows = read_rows(path)
+    for n, row in enumerate(rows, start=1):
+        where = f"{path}: row {n}"
+        for name in ("prompt", "solutions", "generator"):
+            if row.get(name) is None:
+                raise OpenK1Error(f"{where}: missing field '{name}'")
+        if not isinstance(row["prompt"], str) or not isinstance(row["generator"], str):
+            bad = "prompt" if not isinstance(row["prompt"], str) else "generator"
+            raise OpenK1Error(f"{where}: field '{bad}' must be str, got {type(row[bad]).__name__}")
+        solutions = row["solutions"]
+        if not isinstance(solutions, list) or not all(isinstance(s, str) for s in solutions):
+            raise OpenK1Error(f"{where}: field 'solutions' must be a list of strings (programs)")
+        if row.get("type", "code") != "code":
+            raise OpenK1Error(f"{where}: field 'type' must be 'code', got {row['type']!r}")
+    return rows
+
+
+def run(cfg: CodeTestsStageConfig) -> dict[str, Any]:
+    if not cfg.data or not cfg.out:
+        raise OpenK1Error("code-tests: needs --data IN.jsonl --out DIR")
+    rows = load_code_rows(cfg.data)
+    run_dir = RunDir(cfg.out, tensorboard=False)
+    run_dir.truncate_metrics(0)
+    run_dir.write_config(cfg)
+    start = time.perf_counter()
+    try:
+        kept, report = generate_tests_for_problems(rows, recipe(cfg))
+    except SandboxUnavailable as exc:
+        raise OpenK1Error(f"code-tests: {exc}") from None
+    per_problem = [{**r, "row": r["row"] + 1} for r in report["per_problem"]]  # 1-based rows
+    for r in per_problem:
+        run_dir.log(r["row"], {k: v for k, v in r.items() if k != "row"})
+    write_jsonl(run_dir.path / "problems.jsonl", kept)
+    summary = {
+        "problems": report["problems"],
+        "kept": report["kept"],
+        "kept_fraction": report["kept"] / report["problems"],
+        "reasons": report["reasons"],
+        "tests_total": sum(len(row["tests"]) for row in kept),
+        "wall_seconds": time.perf_counter() - start,
+        "problems_file": str(run_dir.path / "problems.jsonl"),
+        "per_problem": per_problem,
+    }
+    run_dir.write_summary(summary)
+    run_dir.close()
+    return {k: v for k, v in summary.items() if k != "per_problem"}  # printed by the CLI
