@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from openk1.data.padding import pad
 from openk1.models.forward import encode_prompts
 
 
@@ -16,13 +17,7 @@ def encode_responses(tokenizer: Any, responses: list[str], max_tokens: int) -> t
     encoded = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                for r in responses]
     truncated = sum(len(ids) > max_tokens for ids in encoded)
-    encoded = [ids[:max_tokens] for ids in encoded]
-    width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, seq in enumerate(encoded):
-        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, :len(seq)] = 1
+    ids, mask = pad([ids[:max_tokens] for ids in encoded], tokenizer.pad_token_id)
     return ids, mask, truncated
 
 

@@ -12,18 +12,13 @@ from typing import Any
 import torch
 
 from openk1.algo.logprobs import token_logprobs
+from openk1.data.padding import pad
 
 
 def encode_prompts(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids [B, P] and mask [B, P] (special tokens as the tokenizer adds them)."""
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, seq in enumerate(encoded):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    return ids, mask
+    return pad(encoded, tokenizer.pad_token_id, side="left")
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from openk1.data.padding import pad
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from openk1.errors import OpenK1Error
@@ -85,13 +87,7 @@ def encode_rm_inputs(
         _encode_one(tokenizer, p, a, r, max_tokens)
         for p, a, r in zip(prompts, answers, responses, strict=True)
     ]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
+    return pad(rows, tokenizer.pad_token_id)
 
 
 def _encode_one(
