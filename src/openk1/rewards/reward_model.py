@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from openk1.data.padding import pad
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from openk1.data.padding import pad
 from openk1.errors import OpenK1Error
 from openk1.rewards.base import Score
 from openk1.types import Problem
