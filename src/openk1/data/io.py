@@ -6,8 +6,9 @@ A bad row is an `OpenK1Error` naming the file, the row (1-based) and the field.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from openk1.errors import OpenK1Error
 from openk1.report.run_dir import atomic_write_text

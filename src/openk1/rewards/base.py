@@ -7,8 +7,9 @@ number RL trains on and `openk1 eval` reports; `verdict` is a short machine-read
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from openk1.types import Problem
 

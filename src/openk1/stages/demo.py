@@ -19,9 +19,9 @@ from openk1.data.synthetic import TaskConfig, make_task, sft_rows
 from openk1.models.tiny import TinyModelConfig
 from openk1.report.run_dir import RunDir
 from openk1.stages import init_model, rl, sft
+from openk1.stages.eval import EvalSettings
 from openk1.stages.rl import RLConfig
 from openk1.stages.sft import SFTConfig
-from openk1.stages.eval import EvalSettings
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 

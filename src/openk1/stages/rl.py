@@ -18,7 +18,6 @@ the CPU demo. The log-ratio level (sequence as written, or token) is an option.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -192,7 +191,7 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
           sampler: Sampler, problems: list[Problem], held_out: list[Problem],
           cfg: RLConfig, run_dir: RunDir, start_iteration: int) -> dict[str, Any]:
     """The iteration loop: rollout -> reward -> update -> (eval, checkpoint)."""
-    k, last_eval = cfg.samples_per_prompt, {}
+    last_eval: dict[str, Any] = {}
     if held_out and cfg.eval_at_start and start_iteration == 0:
         last_eval = _evaluate(model, tokenizer, held_out, cfg, run_dir, 0)
     bar = tqdm(range(start_iteration, cfg.iterations), desc="rl", unit="iter", dynamic_ncols=True, mininterval=1.0,
@@ -212,8 +211,8 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
                         acc=f"{last_eval.get('accuracy', float('nan')):.3f}",
                         tok_s=f"{metrics['throughput/generated_tokens_per_s']:.0f}")
-    return {"iterations": cfg.iterations, **{k2: v for k2, v in last_eval.items()
-                                             if k2 in ("accuracy", "mean_tokens", "accuracy_by_difficulty")}}
+    kept = ("accuracy", "mean_tokens", "accuracy_by_difficulty")
+    return {"iterations": cfg.iterations, **{k: v for k, v in last_eval.items() if k in kept}}
 
 
 def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, sampler: Sampler,
