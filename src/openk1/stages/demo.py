@@ -1,6 +1,7 @@
 """`openk1 demo`: the whole pipeline on a tiny model, from nothing, on a laptop CPU.
 
-    synthetic task -> init-model -> sft -> rl (k1.5 OPMD) -> held-out table + summary.json
+    synthetic task -> init-model -> sft -> curate (with the SFT model) -> rl (k1.5 OPMD)
+    -> held-out table + summary.json
 
 Every step is the ordinary stage (`sft.run`, `rl.run`, ...) reading and writing ordinary files
 in DIR, so the demo exercises the path a real model takes. The preset lives in
@@ -18,7 +19,8 @@ from openk1.data.io import write_jsonl
 from openk1.data.synthetic import TaskConfig, make_task, sft_rows
 from openk1.models.tiny import TinyModelConfig
 from openk1.report.run_dir import RunDir
-from openk1.stages import init_model, rl, sft
+from openk1.stages import curate, init_model, rl, sft
+from openk1.stages.curate import CurateConfig
 from openk1.stages.eval import EvalSettings
 from openk1.stages.rl import RLConfig
 from openk1.stages.sft import SFTConfig
@@ -32,6 +34,8 @@ class DemoConfig(StageConfig):
     task: TaskConfig = TaskConfig()
     model_size: TinyModelConfig = TinyModelConfig()
     sft: SFTConfig = SFTConfig()
+    curate: CurateConfig = CurateConfig()
+    rl_candidates: int = 640           # training problems curated into the RL prompt set
     rl: RLConfig = RLConfig()
     eval: EvalSettings = EvalSettings()
 
@@ -43,8 +47,10 @@ def preset(quick: bool) -> dict[str, Any]:
 
 def make_data(cfg: DemoConfig, root: Path) -> dict[str, str]:
     task = make_task(cfg.task)
-    paths = {name: str(root / "data" / f"{name}.jsonl") for name in ("train", "heldout", "sft")}
+    names = ("train", "heldout", "sft", "rl_candidates")
+    paths = {name: str(root / "data" / f"{name}.jsonl") for name in names}
     write_jsonl(paths["train"], task["train"])
+    write_jsonl(paths["rl_candidates"], task["train"][:cfg.rl_candidates])
     write_jsonl(paths["heldout"], task["heldout"])
     write_jsonl(paths["sft"], sft_rows(task["train"], cfg.sft_format))
     return paths
@@ -64,11 +70,16 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     sft_summary = sft.run(stage_config(SFTConfig, cfg.sft, model=init_dir, data=paths["sft"],
                                        out=str(root / "sft"), eval_data=paths["heldout"],
                                        eval=shared_eval, seed=cfg.seed))
+    dedup = merge(cfg.curate.dedup.model_dump(), {"decontaminate": [paths["heldout"]]})
+    curated = curate.run(stage_config(CurateConfig, cfg.curate, model=sft_summary["model"],
+                                      data=paths["rl_candidates"], out=str(root / "curate"),
+                                      dedup=dedup, seed=cfg.seed))
     rl_summary = rl.run(stage_config(RLConfig, cfg.rl, model=sft_summary["model"],
-                                     data=paths["train"], out=str(root / "rl"),
+                                     data=str(root / "curate" / "curated.jsonl"), out=str(root / "rl"),
                                      eval_data=paths["heldout"], eval=shared_eval, seed=cfg.seed))
     stages = [_entry("sft", sft_summary), _entry("rl", rl_summary)]
-    summary = {"stages": stages, "wall_seconds": time.perf_counter() - start}
+    summary = {"stages": stages, "curate": _curate_entry(curated),
+               "wall_seconds": time.perf_counter() - start}
     RunDir(root, tensorboard=False).write_summary(summary)
     print(table(stages))
     return summary
@@ -78,6 +89,11 @@ def _entry(name: str, summary: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "accuracy": summary["accuracy"], "mean_tokens": summary["mean_tokens"],
             "accuracy_by_difficulty": summary.get("accuracy_by_difficulty", {}),
             "model": summary["model"]}
+
+
+def _curate_entry(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary.get(k) for k in ("input_rows", "kept_rows", "dropped_rows", "removed",
+                                        "difficulty_counts")}
 
 
 def table(stages: list[dict[str, Any]]) -> str:
