@@ -14,10 +14,18 @@ from openk1.errors import OpenK1Error
 # command -> (module under openk1.stages, config class name, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init-model": ("init_model", "InitModelConfig", "write a tiny Llama + char tokenizer (save_pretrained)"),
+    "pretrain": ("pretrain", "PretrainConfig", "staged next-token pretraining on text rows (packed)"),
     "sft": ("sft", "SFTConfig", "supervised fine-tuning on prompt/response rows"),
+    "longcot": ("longcot", "LongCoTConfig",
+                "long-CoT warm-up: `build` verified traces, `train` SFT on them (default: both)"),
+    "curate": ("curate", "CurateConfig",
+               "RL prompt set: format filter, dedup, difficulty, easy-to-hack, balance (report §2.1)"),
     "rl": ("rl", "RLConfig", "Kimi k1.5 RL: online policy mirror descent"),
     "eval": ("eval", "EvalConfig", "held-out accuracy and mean tokens with the training verifier"),
     "score": ("score", "ScoreConfig", "verify responses: rows in, rows + reward/verdict out"),
+    "code-tests": ("code_tests", "CodeTestsStageConfig",
+                   "make test cases for code problems (k1.5: 50 inputs, 10 solutions, 7 agree, 9 pass)"),
+    "rm-train": ("rm", "RMTrainConfig", "train the classic reward model on labelled responses"),
     "demo": ("demo", "DemoConfig", "the whole pipeline on a tiny model on CPU (the main job)"),
 }
 
@@ -34,10 +42,12 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                          metavar="KEY=VALUE", help="override a config key, e.g. rl.tau=0.1")
         cmd.add_argument("--debug", action="store_true", help="show tracebacks")
-        if name == "rl":
+        if name in ("rl", "pretrain", "sft", "longcot"):
             cmd.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
         if name == "score":
             cmd.add_argument("--input", help="rows with `response` and problem fields")
+        if name == "longcot":
+            cmd.add_argument("action", nargs="?", choices=("build", "train", "all"), default="all")
         if name == "demo":
             cmd.add_argument("--quick", action="store_true", help="CI-sized demo (<= 2 minutes)")
     return top
@@ -67,6 +77,8 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     values.update({k: v for k, v in flags.items() if v})
     if getattr(args, "resume", False):
         values["resume"] = True
+    if args.command == "longcot":
+        values["action"] = args.action
     return values
 
 

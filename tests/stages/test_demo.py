@@ -17,7 +17,7 @@ def test_quick_demo_rl_beats_sft(tmp_path):
     assert stages["rl"]["accuracy"] > stages["sft"]["accuracy"] + 0.05
     assert summary["wall_seconds"] < 300
     curate = summary["curate"]
-    assert curate["input_rows"] == 256 and curate["kept_rows"] + curate["dropped_rows"] == 256
+    assert curate["input_rows"] == 192 and curate["kept_rows"] + curate["dropped_rows"] == 192
     assert (out / "curate" / "curated.jsonl").exists() and (out / "curate" / "summary.json").exists()
     for stage in ("sft", "rl"):
         assert (out / stage / "metrics.jsonl").exists() and (out / stage / "config.yaml").exists()

@@ -1,44 +1,56 @@
-"""`openk1 sft`: supervised fine-tuning on (prompt, response) rows, loss on response tokens only.
+"""`openk1 sft`: supervised fine-tuning with the shared LM trainer, loss on response tokens only.
 
-The loss is the mean negative log-likelihood over trained tokens (`action_mask` = 1), the same
-mask convention RL uses. Departures from the report (§2.5.2): no packing and one LR schedule
-(warm-up + cosine) for now; the staged 32k -> 128k schedule comes with the LM trainer.
+Rows: `prompt` + `response` (the prompt encoded exactly as the rollout engine encodes it), or
+`messages` (the tokenizer's chat template when it has one; assistant turns trained). The loss
+is the mean NLL over trained tokens (`action_mask` = 1), the mask convention RL uses.
+
+Report §2.5.2: examples packed; epoch 1 at 32k context with LR 2e-5 -> 2e-6, epoch 2 at 128k
+re-warmed to 1e-5 -> 1e-6: `presets/sft_k15.yaml` (`stages`). Without `stages` the run is one
+stage built from the plain fields below (epochs, max_steps, optim.lr -> optim.lr_min with
+optim.warmup_steps, cosine), unpacked (one example per row) unless `max_seq_len` is set.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import random
 import time
+from functools import partial
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from openk1.config import StageConfig
-from openk1.data.batching import encode_pairs
-from openk1.data.io import load_problems, load_sft_rows
+from openk1.data.io import load_problems
+from openk1.data.packing import encode_row
 from openk1.models.forward import response_logprobs, trim
 from openk1.models.io import load_model, save_model
-from openk1.optim import OptimConfig, cosine_lr, guarded_step, make_optimizer, set_lr
 from openk1.report.run_dir import RunDir
+from openk1.schedules import LRSchedule, Stage
 from openk1.stages.eval import EvalSettings, evaluate
+from openk1.trainer import LMConfig, model_path, train_lm
 
 
-class SFTConfig(StageConfig):
+class SFTConfig(LMConfig):
     epochs: int = 1
     max_steps: int = 0             # stop after this many optimizer steps (0 = all epochs)
-    batch_size: int = 32
-    max_response_tokens: int = 256
-    optim: OptimConfig = OptimConfig()
-    log_every: int = 10
+    batch_size: int = 32           # rows per step: examples (unpacked) or packed rows
+    max_response_tokens: int = 256  # longer responses are cut (counted in `truncated`)
+    max_seq_len: int = 0           # > 0: pack examples into rows of this many tokens
     eval_data: str = ""            # problems to report held-out accuracy on at the end
     eval: EvalSettings = EvalSettings()
 
 
+def sft_stages(cfg: SFTConfig) -> list[Stage]:
+    """cfg.stages, or the one stage the plain fields describe."""
+    if cfg.stages:
+        return list(cfg.stages)
+    lr = LRSchedule(lr_max=cfg.optim.lr, lr_min=cfg.optim.lr_min,
+                    warmup_steps=cfg.optim.warmup_steps, decay="cosine")
+    return [Stage(name="sft", max_seq_len=cfg.max_seq_len, pack=cfg.max_seq_len > 0,
+                  epochs=cfg.epochs, max_steps=cfg.max_steps, lr=lr)]
+
+
 def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean NLL over response tokens, and the number of tokens it averaged."""
+    """Unpacked reference: mean NLL over response tokens of an `encode_pairs` batch, and the
+    number of tokens it averaged (the packed trainer must agree with it, tests/stages)."""
     prompt_ids, prompt_mask, response_ids, action_mask = trim(
         batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["action_mask"])
     logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask)  # [B, T]
@@ -46,54 +58,19 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     return -logp.sum() / max(tokens, 1), tokens
 
 
-def batches(pairs: list[tuple[str, str]], batch_size: int, seed: int, epoch: int) -> list[list[tuple[str, str]]]:
-    order = list(range(len(pairs)))
-    random.Random(f"{seed}-{epoch}").shuffle(order)
-    return [[pairs[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
-
-
-def train(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], cfg: SFTConfig, run_dir: RunDir) -> dict[str, float]:
-    """The SFT loop: shuffled mini-batches, warm-up + cosine LR, guarded steps."""
-    optimizer = make_optimizer(model, cfg.optim)
-    total = cfg.epochs * math.ceil(len(pairs) / cfg.batch_size)
-    total = min(total, cfg.max_steps) if cfg.max_steps else total
-    model.train()
-    truncated, loss_ema = 0, float("nan")
-    bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True, mininterval=1.0)
-    schedule = ((epoch, chunk) for epoch in range(cfg.epochs)
-                for chunk in batches(pairs, cfg.batch_size, cfg.seed, epoch))
-    for step, (epoch, chunk) in enumerate(itertools.islice(schedule, total), start=1):
-        lr = cosine_lr(step - 1, total, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps)
-        set_lr(optimizer, lr)
-        batch = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk],
-                             cfg.max_response_tokens)
-        truncated += batch["truncated"]
-        loss, tokens = sft_loss(model, batch)
-        loss.backward()
-        stats = guarded_step(model, optimizer, cfg.optim.grad_clip)
-        value = float(loss.detach())
-        loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
-        if step % cfg.log_every == 0 or step == total:
-            run_dir.log(step, {"loss": value, "lr": lr, "tokens": tokens, "epoch": epoch,
-                               "truncated": truncated, **stats})
-        bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.1e}")
-        bar.update()
-    bar.close()
-    return {"final_loss": loss_ema, "steps": total, "truncated": truncated}
-
-
 def run(cfg: SFTConfig) -> dict[str, Any]:
-    model, tokenizer = load_model(cfg.model)
-    pairs = load_sft_rows(cfg.data)
+    run_dir = RunDir(cfg.out)
+    model, tokenizer = load_model(model_path(cfg, run_dir))
     held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
     torch.manual_seed(cfg.seed)
-    run_dir = RunDir(cfg.out)
     run_dir.write_config(cfg)
     start = time.perf_counter()
-    summary: dict[str, Any] = train(model, tokenizer, pairs, cfg, run_dir)
+    encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_response_tokens)
+    summary: dict[str, Any] = train_lm(model, tokenizer, cfg, sft_stages(cfg), encode, run_dir)
+    summary.setdefault("truncated", 0)
     save_model(model, tokenizer, run_dir.path / "model")
     if held_out:
-        summary.update({k: v for k, v in evaluate(model, tokenizer, held_out, cfg.eval).items()})
+        summary.update(evaluate(model, tokenizer, held_out, cfg.eval))
     summary["wall_seconds"] = time.perf_counter() - start
     summary["model"] = str(run_dir.path / "model")
     run_dir.write_summary(summary)

@@ -1,0 +1,137 @@
+"""`openk1 longcot [build|train|all]`: the long-CoT SFT warm-up (report §2.2).
+
+build: for every prompt, sample n responses from a generator model with a prompt template that
+asks for planning, evaluation, reflection and exploration; verify each with the training
+verifiers (`score_many`); keep the verified ones (`keep`: shortest / longest / random correct,
+or all); write the SFT dataset (`prompt` = the original prompt, `response` = the trace) and the
+acceptance statistics per domain and difficulty (`longcot_stats.json`).
+train: a light SFT on that dataset with the shared LM trainer (every `SFTConfig` field applies).
+Departure: the report's generator is a large model prompted by hand; any HF model directory
+works here, and the template is ours (`{prompt}` for the char-level demo model).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+from openk1.config import Section
+from openk1.data.io import load_problems, write_jsonl
+from openk1.errors import OpenK1Error
+from openk1.models.io import load_model
+from openk1.report.run_dir import RunDir, atomic_write_text
+from openk1.rewards.scoring import score_many
+from openk1.rollout.hf import HFEngine, SamplingConfig
+from openk1.stages import sft
+from openk1.types import Problem
+
+TEMPLATE = ("Solve the problem below. First make a plan, then work step by step, check each "
+            "intermediate result, reflect on and correct mistakes, and try another approach if "
+            "one fails. End with the final answer in \\boxed{{}}.\n\n{prompt}")
+
+
+class BuildSettings(Section):
+    generator: str = ""            # model directory that writes the traces ("" = --model)
+    template: str = TEMPLATE       # must contain {prompt}
+    samples_per_prompt: int = 8
+    keep: Literal["shortest", "longest", "random", "all"] = "shortest"
+    sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=1024)
+    max_prompts: int = 0           # 0 = every problem of --data
+    score_workers: int = 0
+    seed: int = 0
+
+
+class LongCoTConfig(sft.SFTConfig):
+    action: Literal["build", "train", "all"] = "all"
+    build: BuildSettings = BuildSettings()
+    dataset: str = ""              # the SFT dataset (build writes it; default DIR/longcot.jsonl)
+
+
+def choose(correct: list[tuple[str, int]], keep: str, rng: random.Random) -> list[str]:
+    """Verified responses (text, tokens) of one prompt -> the ones kept.
+
+    >>> choose([("aaa", 3), ("a", 1), ("aa", 2)], "shortest", random.Random(0))
+    ['a']
+    """
+    if not correct:
+        return []
+    if keep == "all":
+        return [t for t, _ in correct]
+    if keep == "random":
+        return [rng.choice(correct)[0]]
+    pick = min if keep == "shortest" else max
+    return [pick(correct, key=lambda c: c[1])[0]]
+
+
+def acceptance(problems: list[Problem], correct: list[int], k: int) -> dict[str, Any]:
+    """Per domain and per difficulty: prompts, samples, correct samples, prompts kept, rates."""
+    groups: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for p, c in zip(problems, correct):
+        for key in ("all", f"domain/{p.domain or 'none'}", f"difficulty/{p.difficulty}"):
+            g = groups[key]
+            g["prompts"] += 1
+            g["samples"] += k
+            g["correct"] += c
+            g["kept_prompts"] += c > 0
+    return {key: {**g, "sample_acceptance": g["correct"] / g["samples"],
+                  "prompt_acceptance": g["kept_prompts"] / g["prompts"]}
+            for key, g in sorted(groups.items())}
+
+
+def build(problems: list[Problem], model: Any, tokenizer: Any, settings: BuildSettings,
+          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate k traces per prompt, verify, keep: (SFT rows, acceptance statistics)."""
+    if "{prompt}" not in settings.template:
+        raise OpenK1Error("build.template must contain {prompt}")
+    if settings.max_prompts:
+        problems = problems[:settings.max_prompts]
+    k = settings.samples_per_prompt
+    model.eval()
+    prompts = [settings.template.replace("{prompt}", p.prompt) for p in problems]
+    rollout = HFEngine(model, tokenizer, settings.sampling).generate(prompts, k, settings.seed)
+    scores = score_many(rollout.texts, [p for p in problems for _ in range(k)], settings.score_workers)
+    rng, rows, correct = random.Random(settings.seed), [], []
+    for i, p in enumerate(problems):
+        span = range(i * k, (i + 1) * k)
+        ok = [(rollout.texts[j], int(rollout.lengths[j])) for j in span
+              if scores[j].reward >= 1.0 and rollout.stop_reason[j] == "eos"]
+        correct.append(len(ok))
+        rows += [{"prompt": p.prompt, "response": text, "id": p.id, "domain": p.domain,
+                  "difficulty": p.difficulty, "answer": p.answer} for text in choose(ok, settings.keep, rng)]
+    return rows, acceptance(problems, correct, k)
+
+
+def run_build(cfg: LongCoTConfig, run_dir: RunDir) -> dict[str, Any]:
+    problems = load_problems(cfg.data)
+    model, tokenizer = load_model(cfg.build.generator or cfg.model)
+    rows, stats = build(problems, model, tokenizer, cfg.build)
+    atomic_write_text(run_dir.path / "longcot_stats.json", json.dumps(stats, indent=2) + "\n")
+    if not rows:
+        raise OpenK1Error(f"{cfg.data}: no verified trace was kept (acceptance 0, see "
+                          f"{run_dir.path / 'longcot_stats.json'}); check the generator, the "
+                          "template or max_new_tokens")
+    path = cfg.dataset or str(run_dir.path / "longcot.jsonl")
+    write_jsonl(path, rows)
+    return {"dataset": path, "rows": len(rows), "acceptance": stats["all"]["sample_acceptance"],
+            "prompt_acceptance": stats["all"]["prompt_acceptance"]}
+
+
+def run(cfg: LongCoTConfig) -> dict[str, Any]:
+    """build, train, or both; train reads `dataset` (or DIR/longcot.jsonl)."""
+    run_dir = RunDir(cfg.out, tensorboard=False)
+    summary: dict[str, Any] = {}
+    if cfg.action in ("build", "all"):
+        run_dir.write_config(cfg)
+        summary["build"] = run_build(cfg, run_dir)
+    if cfg.action in ("train", "all"):
+        dataset = cfg.dataset or str(run_dir.path / "longcot.jsonl")
+        if not Path(dataset).exists():
+            raise OpenK1Error(f"{dataset}: no long-CoT dataset; run `openk1 longcot build` first")
+        train_cfg = sft.SFTConfig(**{k: getattr(cfg, k) for k in sft.SFTConfig.model_fields},)
+        train_cfg = train_cfg.model_copy(update={"data": dataset, "out": str(run_dir.path / "sft")})
+        summary.update(sft.run(train_cfg))
+    run_dir.write_summary(summary)
+    return summary
