@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "score": ("score", "ScoreConfig", "verify responses: rows in, rows + reward/verdict out"),
     "code-tests": ("code_tests", "CodeTestsStageConfig",
                    "make test cases for code problems (k1.5: 50 inputs, 10 solutions, 7 agree, 9 pass)"),
-    "rm-train": ("rm", "RMTrainConfig", "train the classic reward model on labelled responses"),
+    "rm": ("rm", "RMTrainConfig", "`rm train`: train the classic reward model on labelled responses"),
     "demo": ("demo", "DemoConfig", "the whole pipeline on a tiny model on CPU (the main job)"),
 }
 
@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--input", help="rows with `response` and problem fields")
         if name == "longcot":
             cmd.add_argument("action", nargs="?", choices=("build", "train", "all"), default="all")
+        if name == "rm":
+            cmd.add_argument("action", choices=("train",))
         if name == "demo":
             cmd.add_argument("--quick", action="store_true", help="CI-sized demo (<= 2 minutes)")
     return top
@@ -77,7 +79,7 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     values.update({k: v for k, v in flags.items() if v})
     if getattr(args, "resume", False):
         values["resume"] = True
-    if args.command == "longcot":
+    if args.command in ("longcot", "rm"):
         values["action"] = args.action
     return values
 

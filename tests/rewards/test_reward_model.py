@@ -1,4 +1,4 @@
-"""Classic reward model: input encoding, `openk1 rm-train` on a synthetic labelled set (held-out
+"""Classic reward model: input encoding, `openk1 rm train` on a synthetic labelled set (held-out
 accuracy well above chance), and the verifier built on the trained model."""
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
 def trained(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> tuple[Path, Path, dict]:
-    """`openk1 rm-train` on 3000 rows (600 held out) of the tiny model: ~10 s on one core."""
+    """`openk1 rm train` on 3000 rows (600 held out) of the tiny model: ~10 s on one core."""
     root = tmp_path_factory.mktemp("rm")
     data, out = root / "labelled.jsonl", root / "run"
     write_jsonl(data, arithmetic_rows(3000))
     code = main(
         [
-            "rm-train",
+            "rm",
+            "train",
             "--model",
             str(tiny_model_dir),
             "--data",

@@ -45,7 +45,7 @@ def load_reward_model(
 ) -> tuple[PreTrainedModel, Any]:
     """(sequence classifier, tokenizer) from a causal-LM or reward-model directory.
 
-    A causal LM gets a fresh 2-way head; a directory saved by `openk1 rm-train` reloads its head.
+    A causal LM gets a fresh 2-way head; a directory saved by `openk1 rm train` reloads its head.
     `config.pad_token_id` is set (to EOS when the tokenizer has no pad token): the classifier
     finds each row's last real token through it.
     """

@@ -1,4 +1,4 @@
-"""`openk1 rm-train`: train the classic reward model (rewards/reward_model.py) on labelled rows.
+"""`openk1 rm train`: train the classic reward model (rewards/reward_model.py) on labelled rows.
 
 Rows: `prompt`, `answer` (the reference), `response`, `label` (1 = the response is correct,
 0 = it is not). A seeded `heldout_fraction` of the rows is held out; the model is a sequence
@@ -173,7 +173,7 @@ def _batches(data: list[Example], size: int, seed: int, epoch: int) -> list[list
 
 def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if not cfg.model or not cfg.data or not cfg.out:
-        raise OpenK1Error("rm-train: needs --model DIR --data labelled.jsonl --out DIR")
+        raise OpenK1Error("rm train: needs --model DIR --data labelled.jsonl --out DIR")
     examples = load_labelled(cfg.data)
     data, held = split(examples, cfg.heldout_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
