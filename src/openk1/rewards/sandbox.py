@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Self
 
 OK, TLE, MLE, RE, OLE = "OK", "TLE", "MLE", "RE", "OLE"
@@ -115,8 +116,34 @@ def module_paths(names: Iterable[str]) -> tuple[str, ...]:
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(f"{name} is not importable here; pip install it")
         is_pkg = spec.submodule_search_locations is not None
-        paths.append(os.path.dirname(spec.origin) if is_pkg else spec.origin)
+        paths.append(_readable_by_all(os.path.dirname(spec.origin) if is_pkg else spec.origin))
     return tuple(paths)
+
+
+def _readable_by_all(path: str) -> str:
+    """`path`, or a copy of it in a world-readable cache when the sandbox user (nobody) could
+    not reach it, e.g. a virtualenv inside a 0700 folder such as a fresh `mktemp -d` clone."""
+    import hashlib
+    import shutil
+    import stat
+    import tempfile
+
+    parts = [path, *(str(p) for p in Path(path).parents)]
+    if all(os.stat(p).st_mode & stat.S_IXOTH for p in parts if os.path.isdir(p)):
+        return path
+    digest = hashlib.sha256(f"{path}:{os.stat(path).st_mtime_ns}".encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"openk1-sandbox-modules-{digest}" / os.path.basename(path)
+    if not target.exists():
+        tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=Path(tempfile.gettempdir())))
+        copy = tmp / os.path.basename(path)
+        (shutil.copytree if os.path.isdir(path) else shutil.copy2)(path, copy)
+        for p in [tmp, *tmp.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(target.parent, 0o755)
+        os.replace(copy, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
 
 
 @functools.cache
