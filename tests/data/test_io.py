@@ -47,3 +47,17 @@ def test_sft_rows_need_response(tmp_path):
     path = write(tmp_path / "s.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "a"}])
     with pytest.raises(OpenK1Error, match=r"row 2: missing field 'response'"):
         load_sft_rows(path)
+
+
+def test_parquet_rows_are_read_and_validated(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": "1+1=", "answer": "2", "difficulty": 1},
+                                         {"prompt": "2+2=", "answer": "4", "difficulty": 2}]), path)
+    a, b = load_problems(path)
+    assert (a.prompt, a.answer, b.difficulty, b.id) == ("1+1=", "2", 2, "2")
+    pq.write_table(pa.Table.from_pylist([{"prompt": "1+1=", "answer": None}]), path)
+    with pytest.raises(OpenK1Error, match=r"p.parquet: row 1: missing field 'answer'"):
+        load_problems(path)
