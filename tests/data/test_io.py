@@ -61,3 +61,12 @@ def test_parquet_rows_are_read_and_validated(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": "1+1=", "answer": None}]), path)
     with pytest.raises(OpenK1Error, match=r"p.parquet: row 1: missing field 'answer'"):
         load_problems(path)
+
+
+def test_hf_dataset_saved_on_disk(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list([{"prompt": "3+4=", "answer": "7", "type": "math"},
+                       {"prompt": "5+5=", "answer": "10", "type": "math"}]).save_to_disk(str(tmp_path / "ds"))
+    a, b = load_problems(tmp_path / "ds")
+    assert (a.prompt, a.answer, b.answer, b.id) == ("3+4=", "7", "10", "2")
