@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -51,10 +50,12 @@ from openk1.data.curate import (
     unusable_answer,
 )
 from openk1.data.io import iter_rows, read_rows, to_problem, write_jsonl
+from openk1.data.prompt_cache import PromptCache, model_fingerprint
 from openk1.errors import OpenK1Error
-from openk1.report.run_dir import RunDir, atomic_file, atomic_write_text
+from openk1.report.run_dir import RunDir, atomic_file
 from openk1.rewards.scoring import VERIFIERS, score_many
-from openk1.rollout.hf import HFEngine, SamplingConfig
+from openk1.rollout.generator import EngineGenerator, Generator
+from openk1.rollout.hf import SamplingConfig
 from openk1.types import PROBLEM_TYPES, Problem
 
 # every reason a row can be dropped for, in pipeline order
@@ -156,81 +157,6 @@ class CurateConfig(StageConfig):
     score_workers: int = 0          # >0: verifiers in that many processes
     cache: bool = True              # DIR/cache.jsonl: reuse model results of earlier runs
     progress: bool = True
-
-
-# ---------------------------------------------------------------------------------------------
-# Generation seam: the model filters only need "k answers to each prompt".
-
-class Generator(Protocol):
-    def generate(self, prompts: list[str], k: int, sampling: SamplingConfig, seed: int) -> list[str]:
-        """k texts per prompt, grouped: [k of prompts[0], k of prompts[1], ...]."""
-        ...
-
-
-class EngineGenerator:
-    """The rollout engine (HFEngine) over an in-process model."""
-
-    def __init__(self, model: Any, tokenizer: Any) -> None:
-        self.model, self.tokenizer = model, tokenizer
-
-    def generate(self, prompts: list[str], k: int, sampling: SamplingConfig, seed: int) -> list[str]:
-        was_training = self.model.training
-        self.model.eval()
-        texts = HFEngine(self.model, self.tokenizer, sampling).generate(prompts, k, seed).texts
-        self.model.train(was_training)
-        return texts
-
-
-class PromptCache:
-    """DIR/cache.jsonl: {"key", "rewards"} per prompt, appended (and fsynced) per batch.
-
-    A line torn by an interrupted write is cut off on open; keys hash the filter, the exact
-    model input, the reference, the model and every sampling setting, so a changed setting
-    misses the cache instead of reusing stale results.
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self.path, self.entries = path, {}
-        if path is None or not path.exists():
-            return
-        text = path.read_text()
-        if text and not text.endswith("\n"):
-            text = text[:text.rfind("\n") + 1]
-            atomic_write_text(path, text)
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-                self.entries[entry["key"]] = entry["rewards"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-
-    def get(self, key: str) -> list[float] | None:
-        return self.entries.get(key)
-
-    def add(self, items: dict[str, list[float]]) -> None:
-        self.entries.update(items)
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write("".join(json.dumps({"key": k, "rewards": v}) + "\n" for k, v in items.items()))
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def model_fingerprint(model_path: str, model: Any) -> str:
-    """Names the model in cache keys: its directory and weight files' sizes and mtimes, or
-    (in-process, no directory) its config and a checksum of two parameter tensors."""
-    path = Path(model_path) if model_path else None
-    if path is not None and path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
-        stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        return json.dumps([str(path.resolve()), stats])
-    if model is None:
-        return model_path or "generator"
-    params = list(model.parameters())
-    checksum = [float(params[i].detach().double().sum()) for i in (0, -1)]
-    return json.dumps([model.config.to_json_string(), checksum])
 
 
 _KIND_SEED = {"hack": 0, "difficulty": 500_009}
