@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from openk1.config import build, merge, parse_overrides, read_yaml
 from openk1.errors import OpenK1Error

@@ -26,6 +26,7 @@ from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.mixture import Encoder, Mixture, PackedStream, source_name
 from openk1.data.packing import Example, OverlongRule, block_causal_mask, collate
+from openk1.models.forward import eval_mode
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
 from openk1.report.run_dir import RunDir
 from openk1.schedules import Source, Stage, locate, stage_lr, stage_steps
@@ -130,13 +131,12 @@ def eval_loss(model: Any, stage: Stage, cfg: LMConfig, encode: Encoder, pad_id: 
     stream = PackedStream(cfg.eval_loss_data, encode, stage.max_seq_len, stage.pack, cfg.overlong,
                           cfg.seed, 0)
     rows = list(stream.one_pass(0))
-    was_training = model.training
-    model.eval()
     nll, tokens = 0.0, 0
-    for s in range(0, len(rows), cfg.micro_batch_size or cfg.batch_size):
-        value, n = batch_nll(model, rows[s:s + (cfg.micro_batch_size or cfg.batch_size)], pad_id, device)
-        nll, tokens = nll + float(value), tokens + n
-    model.train(was_training)
+    size = cfg.micro_batch_size or cfg.batch_size
+    with eval_mode(model):
+        for s in range(0, len(rows), size):
+            value, n = batch_nll(model, rows[s:s + size], pad_id, device)
+            nll, tokens = nll + float(value), tokens + n
     return nll / max(tokens, 1)
 
 

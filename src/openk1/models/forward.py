@@ -7,6 +7,8 @@ attention mask and one forward pass scores every response token.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -72,3 +74,14 @@ def _cache_arg(model: Any) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """Run a block with the model in eval mode, restoring its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

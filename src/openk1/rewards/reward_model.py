@@ -30,6 +30,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from openk1.data.padding import pad
 from openk1.errors import OpenK1Error
+from openk1.models.forward import eval_mode
 from openk1.rewards.base import Score
 from openk1.types import Problem
 
@@ -118,20 +119,18 @@ def correct_probability(
     batch_size: int,
 ) -> torch.Tensor:
     """P(correct) [B] for B (prompt, reference, response) triples, in batches of `batch_size`."""
-    was_training = model.training
-    model.eval()
     parts = []
-    for s in range(0, len(prompts), batch_size):
-        ids, mask = encode_rm_inputs(
-            tokenizer,
-            prompts[s : s + batch_size],
-            answers[s : s + batch_size],
-            responses[s : s + batch_size],
-            max_tokens,
-        )
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        parts.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())  # [b]
-    model.train(was_training)
+    with eval_mode(model):
+        for s in range(0, len(prompts), batch_size):
+            ids, mask = encode_rm_inputs(
+                tokenizer,
+                prompts[s : s + batch_size],
+                answers[s : s + batch_size],
+                responses[s : s + batch_size],
+                max_tokens,
+            )
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            parts.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())  # [b]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 

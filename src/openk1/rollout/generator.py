@@ -20,8 +20,4 @@ class EngineGenerator:
         self.model, self.tokenizer = model, tokenizer
 
     def generate(self, prompts: list[str], k: int, sampling: SamplingConfig, seed: int) -> list[str]:
-        was_training = self.model.training
-        self.model.eval()
-        texts = HFEngine(self.model, self.tokenizer, sampling).generate(prompts, k, seed).texts
-        self.model.train(was_training)
-        return texts
+        return HFEngine(self.model, self.tokenizer, sampling).generate(prompts, k, seed).texts

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from openk1.config import Section
-from openk1.models.forward import cached_forward, encode_prompts
+from openk1.models.forward import cached_forward, encode_prompts, eval_mode
 from openk1.rollout.repeat import RepeatConfig, RepeatDetector
 from openk1.types import Rollout
 
@@ -55,8 +55,9 @@ class HFEngine:
         repeated = [p for p in prompts for _ in range(samples_per_prompt)]
         generator = torch.Generator().manual_seed(seed)
         size = self.sampling.batch_size
-        parts = [self._generate_batch(repeated[i:i + size], generator)
-                 for i in range(0, len(repeated), size)]
+        with eval_mode(self.model):
+            parts = [self._generate_batch(repeated[i:i + size], generator)
+                     for i in range(0, len(repeated), size)]
         return concat_rollouts(parts, self.tokenizer.pad_token_id)
 
     def _generate_batch(self, prompts: list[str], generator: torch.Generator) -> Rollout:

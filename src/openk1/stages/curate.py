@@ -50,6 +50,7 @@ from openk1.data.curate import (
     unusable_answer,
 )
 from openk1.data.io import iter_rows, read_rows, to_problem, write_jsonl
+from openk1.data.padding import pad
 from openk1.data.prompt_cache import PromptCache, model_fingerprint
 from openk1.errors import OpenK1Error
 from openk1.report.run_dir import RunDir, atomic_file
@@ -328,22 +329,16 @@ def model_domains(model: Any, tokenizer: Any, prompts: list[str], domains: list[
                   template: str) -> list[str]:
     """Zero-shot tagger: the domain whose name the model finds likeliest after `template`
     (mean log-prob per token of " <domain>")."""
-    from openk1.models.forward import encode_prompts, response_logprobs
+    from openk1.models.forward import encode_prompts, eval_mode, response_logprobs
 
     names = [tokenizer(" " + d, add_special_tokens=False)["input_ids"] for d in domains]
-    width = max(len(ids) for ids in names)
-    response = torch.full((len(domains), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(domains), width), dtype=torch.long)
-    for i, ids in enumerate(names):
-        response[i, :len(ids)], mask[i, :len(ids)] = torch.tensor(ids), 1
-    was_training = model.training
-    model.eval()
+    response, mask = pad(names, tokenizer.pad_token_id)                       # [D, T]
     out = []
-    for prompt in prompts:
-        ids, prompt_mask = encode_prompts(tokenizer, [template.replace("{prompt}", prompt)] * len(domains))
-        logp = response_logprobs(model, ids, prompt_mask, response, mask)      # [D, T]
-        out.append(domains[int((logp.sum(-1) / mask.sum(-1)).argmax())])
-    model.train(was_training)
+    with eval_mode(model):
+        for prompt in prompts:
+            ids, prompt_mask = encode_prompts(tokenizer, [template.replace("{prompt}", prompt)] * len(domains))
+            logp = response_logprobs(model, ids, prompt_mask, response, mask)  # [D, T]
+            out.append(domains[int((logp.sum(-1) / mask.sum(-1)).argmax())])
     return out
 
 

@@ -45,10 +45,7 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
     sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
                               max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     k = settings.samples_per_prompt
-    was_training = model.training
-    model.eval()
     rollout = HFEngine(model, tokenizer, sampling).generate([p.prompt for p in problems], k, settings.seed)
-    model.train(was_training)
     repeated = [p for p in problems for _ in range(k)]
     scores = score_many(rollout.texts, repeated, settings.score_workers, rewards=rewards)
     rewards = torch.tensor([s.reward for s in scores])

@@ -89,7 +89,6 @@ def build(problems: list[Problem], model: Any, tokenizer: Any, settings: BuildSe
     if settings.max_prompts:
         problems = problems[:settings.max_prompts]
     k = settings.samples_per_prompt
-    model.eval()
     prompts = [settings.template.replace("{prompt}", p.prompt) for p in problems]
     rollout = HFEngine(model, tokenizer, settings.sampling).generate(prompts, k, settings.seed)
     scores = score_many(rollout.texts, [p for p in problems for _ in range(k)], settings.score_workers)

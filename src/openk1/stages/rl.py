@@ -226,7 +226,6 @@ def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, s
     sampling = sampler_metrics(sampler, iteration)
     batch = [problems[i] for i in indices]
     t0 = time.perf_counter()
-    model.eval()
     rollout = engine.generate([p.prompt for p in batch], k, seed=cfg.seed * 1_000_003 + iteration)
     t1 = time.perf_counter()
     rewards, correct, reward_metrics = rewards_for(rollout, batch, k, iteration, cfg)
