@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "code-tests": ("code_tests", "CodeTestsStageConfig",
                    "make test cases for code problems (k1.5: 50 inputs, 10 solutions, 7 agree, 9 pass)"),
     "rm": ("rm", "RMTrainConfig", "`rm train`: train the classic reward model on labelled responses"),
+    "merge": ("merge", "MergeConfig", "weighted average of checkpoints of one architecture (long2short)"),
     "demo": ("demo", "DemoConfig", "the whole pipeline on a tiny model on CPU (the main job)"),
 }
 

@@ -1,0 +1,48 @@
+"""`openk1 merge`: weighted average of two or more checkpoints of one architecture (report §2.4).
+
+Long2short by model merging: average a long-CoT model with a short-CoT model of the same
+lineage (e.g. the short-answer SFT model the long-CoT model was trained from); the report
+averages the weights without saying with which ratio, so `weights` is ours to choose (default:
+equal). The merge streams over safetensors shards (models/merge.py); with `eval_data` the merged
+model is evaluated with the training verifier.
+
+    openk1 merge --set 'models=[runs/rl/model, runs/sft_short/model]' --set 'weights=[0.7, 0.3]' --out DIR
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import Field
+
+from openk1.config import StageConfig
+from openk1.data.io import load_problems
+from openk1.models.io import load_model
+from openk1.models.merge import merge_checkpoints
+from openk1.report.run_dir import RunDir
+from openk1.rewards.scoring import RewardConfig
+from openk1.stages.eval import EvalSettings, evaluate
+
+
+class MergeConfig(StageConfig):
+    models: list[str] = Field(default_factory=list)    # two or more save_pretrained folders
+    weights: list[float] = Field(default_factory=list)  # one per model, normalised; [] = equal
+    eval_data: str = ""                                 # held-out problems to evaluate on
+    eval: EvalSettings = EvalSettings()
+    rewards: RewardConfig = RewardConfig()
+
+
+def run(cfg: MergeConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    run_dir = RunDir(cfg.out, tensorboard=False)
+    run_dir.write_config(cfg)
+    summary = merge_checkpoints(cfg.models, cfg.weights, run_dir.path / "model")
+    summary["merge_seconds"] = time.perf_counter() - start
+    if cfg.eval_data:
+        model, tokenizer = load_model(summary["model"])
+        result = evaluate(model, tokenizer, load_problems(cfg.eval_data), cfg.eval, rewards=cfg.rewards)
+        summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
+    summary["wall_seconds"] = time.perf_counter() - start
+    run_dir.write_summary(summary)
+    return summary
