@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                    "make test cases for code problems (k1.5: 50 inputs, 10 solutions, 7 agree, 9 pass)"),
     "rm": ("rm", "RMTrainConfig", "`rm train`: train the classic reward model on labelled responses"),
     "merge": ("merge", "MergeConfig", "weighted average of checkpoints of one architecture (long2short)"),
+    "dpo": ("dpo", "DPOConfig", "DPO on prompt/chosen/rejected rows against a frozen reference"),
     "demo": ("demo", "DemoConfig", "the whole pipeline on a tiny model on CPU (the main job)"),
 }
 
@@ -44,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                          metavar="KEY=VALUE", help="override a config key, e.g. rl.tau=0.1")
         cmd.add_argument("--debug", action="store_true", help="show tracebacks")
-        if name in ("rl", "pretrain", "sft", "longcot"):
+        if name in ("rl", "pretrain", "sft", "longcot", "dpo"):
             cmd.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
         if name == "score":
             cmd.add_argument("--input", help="rows with `response` and problem fields")
@@ -100,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
         run, config_cls = load_stage(args.command)
         cfg = build(config_cls, config_values(args), source=args.config or "config")
+        from openk1.dist import runtime
+
+        runtime.init_from_env()   # under torchrun (WORLD_SIZE > 1): join the process group
         result = run(cfg)
+        runtime.shutdown()
     except OpenK1Error as exc:
         if args.debug:
             raise
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"openk1 {args.command}: interrupted", file=sys.stderr)
         return 130
-    if args.command != "demo":
+    if args.command != "demo" and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -1,0 +1,187 @@
+"""`openk1 dpo`: direct preference optimisation on `prompt` + `chosen` + `rejected` rows.
+
+    pairs -> reference log-probs, once, with the starting model (saved in DIR, reused on resume)
+          -> per step: batch_size pairs (micro-batches), sequence log-probs of chosen and rejected
+             under the policy (one forward over both), `algo.dpo.dpo_loss`, guarded step
+          -> metrics.jsonl + TensorBoard, checkpoints/ (exact resume), model/, optional eval
+
+Used by long2short (report §2.4) with pairs chosen = the shortest correct answer, rejected = a
+wrong answer or a correct one at least 1.5x longer; any preference pairs work. Responses are
+encoded like SFT responses (EOS appended, trained where `action_mask` is 1). The report gives no
+DPO hyper-parameters: beta, the learning rate and the optional SFT term (`nll_weight`) are ours.
+The data order is a function of (seed, epoch), so resume needs no data state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from openk1.algo.dpo import dpo_loss
+from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from openk1.config import StageConfig
+from openk1.data.batching import encode_pairs
+from openk1.data.io import _field, load_problems, read_rows
+from openk1.models.forward import eval_mode, response_logprobs, trim
+from openk1.models.io import load_model, save_model
+from openk1.optim import OptimConfig, cosine_lr, guarded_step, make_optimizer, set_lr
+from openk1.report.run_dir import RunDir, atomic_file
+from openk1.rewards.scoring import RewardConfig
+from openk1.stages.eval import EvalSettings, evaluate
+
+Pair = tuple[str, str, str]   # (prompt, chosen, rejected)
+REFERENCE_FILE = "reference_logp.pt"
+
+
+class DPOConfig(StageConfig):
+    beta: float = 0.1
+    nll_weight: float = 0.0        # > 0: add the chosen responses' mean NLL per token (SFT term)
+    epochs: int = 1
+    max_steps: int = 0             # caps the steps of `epochs` (epochs 0: exactly max_steps)
+    batch_size: int = 16           # pairs per optimizer step
+    micro_batch_size: int = 0      # pairs per forward/backward (0 = batch_size)
+    max_response_tokens: int = 256
+    optim: OptimConfig = OptimConfig(lr=1e-4, lr_min=1e-5, warmup_steps=0)
+    log_every: int = 10
+    checkpoint_every: int = 0      # steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    resume: bool = False
+    eval_data: str = ""            # held-out problems evaluated at the end
+    eval: EvalSettings = EvalSettings()
+    rewards: RewardConfig = RewardConfig()
+
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    """(prompt, chosen, rejected) of every row; a missing field names the file and row."""
+    return [tuple(_field(row, key, str, f"{path}: row {n}") for key in ("prompt", "chosen", "rejected"))  # type: ignore[misc]
+            for n, row in enumerate(read_rows(path), start=1)]
+
+
+def total_steps(cfg: DPOConfig, pairs: int) -> int:
+    """Optimizer steps: epochs x ceil(pairs / batch_size), capped by max_steps when set.
+
+    >>> total_steps(DPOConfig(epochs=2, batch_size=4), 10), total_steps(DPOConfig(epochs=0, max_steps=7), 10)
+    (6, 7)
+    """
+    per_epoch = math.ceil(pairs / cfg.batch_size)
+    if not cfg.epochs:
+        return cfg.max_steps
+    return min(cfg.epochs * per_epoch, cfg.max_steps) if cfg.max_steps else cfg.epochs * per_epoch
+
+
+def step_indices(step: int, pairs: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The pairs of optimizer step `step`: a fresh permutation per epoch, seeded by (seed, epoch)."""
+    per_epoch = math.ceil(pairs / batch_size)
+    epoch, local = divmod(step, per_epoch)
+    order = torch.randperm(pairs, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[local * batch_size:(local + 1) * batch_size]
+
+
+def sequence_logps(model: Any, tokenizer: Any, pairs: list[Pair],
+                   max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed log-probs of chosen [b] and rejected [b] responses (one forward over 2b rows), and
+    the number of chosen tokens [b]."""
+    b = len(pairs)
+    prompts = [p for p, _, _ in pairs] * 2
+    responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
+    batch = encode_pairs(tokenizer, prompts, responses, max_tokens)
+    prompt_ids, prompt_mask, response_ids, action_mask = trim(
+        batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["action_mask"])
+    logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask)   # [2b, T]
+    seq = logp.sum(-1)                                                                    # [2b]
+    return seq[:b], seq[b:], action_mask[:b].sum(-1)
+
+
+@torch.no_grad()
+def reference_logps(model: Any, tokenizer: Any, pairs: list[Pair], cfg: DPOConfig) -> torch.Tensor:
+    """[N, 2] sequence log-probs of (chosen, rejected) under the starting model, computed once."""
+    size = cfg.micro_batch_size or cfg.batch_size
+    parts = []
+    with eval_mode(model):
+        for s in range(0, len(pairs), size):
+            chosen, rejected, _ = sequence_logps(model, tokenizer, pairs[s:s + size], cfg.max_response_tokens)
+            parts.append(torch.stack([chosen, rejected], dim=-1))
+    return torch.cat(parts)
+
+
+def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.Tensor,
+               cfg: DPOConfig) -> dict[str, float]:
+    """Backward over micro-batches of one step's pairs; returns the step's loss and metrics."""
+    size = cfg.micro_batch_size or len(pairs)
+    totals: dict[str, float] = {}
+    for s in range(0, len(pairs), size):
+        micro, ref = pairs[s:s + size], reference[s:s + size]
+        chosen, rejected, tokens = sequence_logps(model, tokenizer, micro, cfg.max_response_tokens)
+        loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta,
+                                 normaliser=len(pairs), chosen_tokens=tokens, nll_weight=cfg.nll_weight)
+        loss.backward()
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())    # micro losses add up
+        for key, value in metrics.items():                                  # means -> batch means
+            totals[key] = totals.get(key, 0.0) + float(value) * len(micro) / len(pairs)
+    return totals
+
+
+def run(cfg: DPOConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    run_dir = RunDir(cfg.out)
+    pairs = load_pairs(cfg.data)
+    reference = _reference(cfg, run_dir, pairs)
+    model, tokenizer = load_model(str(latest_checkpoint(run_dir.path) / "model") if cfg.resume else cfg.model)
+    optimizer = make_optimizer(model, cfg.optim)
+    first = 0
+    if cfg.resume:
+        first = load_state(latest_checkpoint(run_dir.path), optimizer)["step"]
+        run_dir.truncate_metrics(first)
+    run_dir.write_config(cfg)
+    summary = train(model, tokenizer, optimizer, pairs, reference, cfg, run_dir, first)
+    save_model(model, tokenizer, run_dir.path / "model")
+    if cfg.eval_data:
+        result = evaluate(model, tokenizer, load_problems(cfg.eval_data), cfg.eval, rewards=cfg.rewards)
+        summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
+    summary.update(model=str(run_dir.path / "model"), pairs=len(pairs),
+                   wall_seconds=time.perf_counter() - start)
+    run_dir.write_summary(summary)
+    run_dir.close()
+    return summary
+
+
+def _reference(cfg: DPOConfig, run_dir: RunDir, pairs: list[Pair]) -> torch.Tensor:
+    """DIR/reference_logp.pt when resuming, else computed with cfg.model and saved there."""
+    path = run_dir.path / REFERENCE_FILE
+    if cfg.resume and path.is_file():
+        return torch.load(path)
+    model, tokenizer = load_model(cfg.model)
+    reference = reference_logps(model, tokenizer, pairs, cfg)
+    with atomic_file(path) as tmp:
+        torch.save(reference, tmp)
+    return reference
+
+
+def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, pairs: list[Pair],
+          reference: torch.Tensor, cfg: DPOConfig, run_dir: RunDir, first: int) -> dict[str, Any]:
+    """Steps first..total-1 with a cosine LR; logs, checkpoints, progress bar."""
+    total = total_steps(cfg, len(pairs))
+    model.train()
+    stats: dict[str, float] = {}
+    bar = tqdm(total=total, initial=first, desc=run_dir.path.name, unit="step", dynamic_ncols=True, mininterval=1.0)
+    for step in range(first, total):
+        lr = cosine_lr(step, total, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps)
+        set_lr(optimizer, lr)
+        index = step_indices(step, len(pairs), cfg.batch_size, cfg.seed)
+        stats = train_step(model, tokenizer, [pairs[i] for i in index.tolist()], reference[index], cfg)
+        stats.update(guarded_step(model, optimizer, cfg.optim.grad_clip), lr=lr)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            run_dir.log(step + 1, stats)
+        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == total:
+            save_checkpoint(run_dir.path, step + 1, model, tokenizer, optimizer, {}, cfg.keep_checkpoints)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", margin=f"{stats['reward/margin']:.2f}")
+        bar.update()
+    bar.close()
+    return {"steps": total, "final_loss": stats.get("loss", float("nan")),
+            "final_margin": stats.get("reward/margin", float("nan")),
+            "final_pair_accuracy": stats.get("reward/accuracy", float("nan"))}
