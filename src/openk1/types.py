@@ -16,7 +16,7 @@ import torch
 ProblemType = Literal["math", "code", "freeform"]
 PROBLEM_TYPES: tuple[str, ...] = ("math", "code", "freeform")
 
-StopReason = Literal["eos", "max_tokens", "budget", "repeat"]
+StopReason = Literal["normal", "max_tokens", "budget", "repeat"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,10 @@ class Rollout:
     response_ids [B, T]  sampled tokens, right-padded with pad_token_id
     action_mask  [B, T]  1 on generated tokens (including the EOS that ended a response)
     logp         [B, T]  log pi(token) under the policy that sampled it (0 where mask is 0)
-    stop_reason  B strings: "eos" | "max_tokens" | "budget" | "repeat"
+    stop_reason  B strings: "normal" (EOS) | "max_tokens" | "budget" (cut, to be continued) |
+                 "repeat" (rollout/hf.py)
+    versions     [B, T]  policy version (RL iteration) that sampled each token, -1 where mask
+                 is 0; None from the engine (rollout/partial.py fills it in)
     """
 
     prompt_ids: torch.Tensor
@@ -54,6 +57,7 @@ class Rollout:
     logp: torch.Tensor
     stop_reason: list[str]
     texts: list[str] = field(default_factory=list)
+    versions: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:

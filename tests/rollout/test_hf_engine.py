@@ -2,6 +2,7 @@ import torch
 
 from openk1.models.forward import response_logprobs
 from openk1.rollout.hf import HFEngine, SamplingConfig, sample_tokens
+from openk1.rollout.streams import counter_uniform
 
 PROMPTS = ["12+3=", "7+845=", "1+1="]   # different lengths: exercises left padding
 
@@ -47,7 +48,7 @@ def test_stop_reasons_and_mask(tiny):
     for row, reason in enumerate(rollout.stop_reason):
         n = int(rollout.action_mask[row].sum())
         last = int(rollout.response_ids[row, n - 1])
-        if reason == "eos":
+        if reason == "normal":
             assert last == tokenizer.eos_token_id
         else:
             assert reason == "max_tokens" and n == 5 and last != tokenizer.eos_token_id
@@ -55,23 +56,30 @@ def test_stop_reasons_and_mask(tiny):
         assert rollout.action_mask[row, :n].all() and not rollout.action_mask[row, n:].any()
 
 
-def test_eos_stops_and_is_trained():
-    """Forcing EOS: a model whose logits always favour EOS stops after one token."""
+def test_greedy_takes_the_argmax():
     logits = torch.full((4, 10), -5.0)
     logits[:, 2] = 5.0
-    g = torch.Generator().manual_seed(0)
-    assert sample_tokens(logits, 0.0, 1.0, g).tolist() == [2, 2, 2, 2]
+    assert sample_tokens(logits, 0.0, 1.0, torch.rand(4)).tolist() == [2, 2, 2, 2]
+
+
+def test_inverse_cdf_picks_by_cumulative_probability():
+    # probs 0.5, 0.3, 0.2 -> CDF 0.5, 0.8, 1.0: u < 0.5 -> 0, 0.5 <= u < 0.8 -> 1, else 2
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(6, 1)
+    u = torch.tensor([0.0, 0.49, 0.51, 0.79, 0.81, 0.999999])
+    assert sample_tokens(logits, 1.0, 1.0, u).tolist() == [0, 0, 1, 1, 2, 2]
+    # top_p 0.6 keeps 0.5 and 0.3 (mass 0.8): token 1 from u >= 0.5 / 0.8 = 0.625
+    assert sample_tokens(logits, 1.0, 0.6, u).tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_top_p_keeps_only_the_nucleus():
     # probs 0.5, 0.3, 0.2 -> top_p 0.6 keeps tokens 0 and 1 (0.5 < 0.6, 0.8 >= 0.6)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(2000, 1)
-    g = torch.Generator().manual_seed(0)
-    tokens = sample_tokens(logits, 1.0, 0.6, g)
+    u = counter_uniform(torch.zeros(2000, dtype=torch.long), torch.arange(2000), torch.zeros(2000, dtype=torch.long))
+    tokens = sample_tokens(logits, 1.0, 0.6, u)
     assert set(tokens.tolist()) == {0, 1}
     share = (tokens == 0).float().mean().item()
     assert abs(share - 0.5 / 0.8) < 0.04        # renormalised: 0.625
-    assert sample_tokens(logits[:1], 1.0, 0.4, g).item() == 0   # only the top token
+    assert sample_tokens(logits[:1], 1.0, 0.4, u[:1]).item() == 0   # only the top token
 
 
 def test_repeat_detection_stops_generation(tiny):

@@ -46,7 +46,7 @@ class FakeEngine:
             a, b = p.split("\n")[-1].rstrip("=").split("+")
             s = int(a) + int(b)
             texts += [f"plan\ncheck ok\n\\boxed{{{s}}}", f"\\boxed{{{s}}}", "\\boxed{0}", f"\\boxed{{{s}}}"]
-            stops += ["eos", "eos", "eos", "max_tokens"]
+            stops += ["normal", "normal", "normal", "max_tokens"]
         lengths = torch.tensor([len(t) for t in texts])
         mask = (torch.arange(int(lengths.max()))[None] < lengths[:, None]).long()
         zeros = torch.zeros(len(texts), 1, dtype=torch.long)

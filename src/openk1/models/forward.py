@@ -17,10 +17,14 @@ from openk1.algo.logprobs import token_logprobs
 from openk1.data.padding import pad
 
 
+def tokenize(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt (special tokens as the tokenizer adds them)."""
+    return [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+
+
 def encode_prompts(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids [B, P] and mask [B, P] (special tokens as the tokenizer adds them)."""
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    return pad(encoded, tokenizer.pad_token_id, side="left")
+    return pad(tokenize(tokenizer, prompts), tokenizer.pad_token_id, side="left")
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,46 +1,136 @@
-"""Batched sampling with a Hugging Face causal LM and its KV cache.
+"""Sampling with a Hugging Face causal LM and its KV cache, with continuous batching.
 
-The engine knows nothing about rewards or losses: prompts in; tokens, action mask, per-token
-log-probs and stop reasons out; deterministic under a seed (one torch.Generator per call).
+The engine knows nothing about rewards or losses: requests in (prompt tokens, optionally a
+prefix of earlier response tokens, a random-stream key, a token budget); tokens, action mask,
+per-token log-probs and stop reasons out.
 
-`logp` is always log pi_theta(token | prefix) of the unmodified policy (log-softmax of the raw
+`logp` is always log pi_theta(token | context) of the unmodified policy (log-softmax of the raw
 logits), taken from the very forward pass that sampled the token: at temperature 1 and top-p 1
 it is also the sampling log-prob, so the trainer reuses it as log pi_theta_i with no second
 forward pass.
+
+Determinism: token t of a response is drawn by inverse-CDF sampling at the uniform
+counter_uniform(seed, sequence number, t) (rollout/streams.py). A sequence's tokens depend on
+its own key, position and logits only: not on the other sequences, its slot, `batch_size`, or
+whether it was sampled in one call or continued from a prefix in a later one (partial rollouts).
+
+Stop reasons: "normal" (EOS; the EOS is kept and trained), "repeat" (rollout/repeat.py),
+"max_tokens" (the response, prefix included, reached `max_new_tokens`), "budget" (this call's
+budget ran out first: a partial rollout, continued later by rollout/partial.py).
+
+Continuous batching: at most `batch_size` sequences decode together. A finished sequence leaves
+the batch at once; when a quarter of the slots (or every waiting sequence) can be filled, the
+waiting sequences are prefilled together and their KV-cache rows joined to the running ones
+(rollout/kv_cache.py). With `continuous_batching: false` the next batch starts only when the
+whole previous one has finished (the plain batched loop).
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from openk1.config import Section
-from openk1.models.forward import cached_forward, encode_prompts, eval_mode
+from openk1.data.padding import pad
+from openk1.models.forward import cached_forward, eval_mode, tokenize
+from openk1.rollout import kv_cache
 from openk1.rollout.repeat import RepeatConfig, RepeatDetector
+from openk1.rollout.streams import counter_uniform
 from openk1.types import Rollout
+
+REFILL_FRACTION = 4     # refill once batch_size / 4 slots are free: one prefill per few finished rows
 
 
 class SamplingConfig(Section):
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 64
-    batch_size: int = 256   # sequences decoded together; bounds KV-cache memory
-    repeat: RepeatConfig = RepeatConfig()   # stop a response that starts repeating itself
+    max_new_tokens: int = 64                 # response tokens, a continued prefix included
+    batch_size: int = 256                    # sequences decoded together; bounds KV-cache memory
+    continuous_batching: bool = True         # finished sequences free their slots for waiting ones
+    repeat: RepeatConfig = RepeatConfig()    # stop a response that starts repeating itself
+
+
+@dataclass(frozen=True)
+class Request:
+    """One response to sample, or to continue after `prefix`."""
+
+    prompt_ids: tuple[int, ...]
+    stream: tuple[int, int]                  # (seed, sequence number): its random stream
+    prefix: tuple[int, ...] = ()             # response tokens sampled earlier (by any policy)
+    budget: int | None = None                # tokens this call may add; None: up to max_new_tokens
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                  generator: torch.Generator) -> torch.Tensor:
-    """One token per row from logits [B, V] with temperature (0 = greedy) and nucleus top-p."""
+                  uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row of logits [B, V] (temperature 0 = greedy, nucleus top-p).
+
+    Inverse CDF: the first token whose cumulative probability exceeds uniforms [B] x the kept
+    mass; float64 so that a token of probability 0 (outside the nucleus) is never picked.
+    """
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)              # [B, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p       # keep the first over p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.cumsum(-1)                                                     # [B, V]
+    target = uniforms.to(cdf)[:, None] * cdf[:, -1:]                           # [B, 1]
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+@dataclass
+class _Output:
+    tokens: list[int] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)
+    stop: str = ""
+
+
+@dataclass
+class _Rows:
+    """The sequences decoding together, one row each; rows leave and join between steps."""
+
+    index: torch.Tensor       # [b] request index
+    keys: torch.Tensor        # [b, 2] random-stream key (seed, sequence number)
+    position: torch.Tensor    # [b] response position of the next token (prefix included)
+    left: torch.Tensor        # [b] tokens this call may still add
+    attention: torch.Tensor   # [b, L] 1 on the real tokens held in the KV cache
+    logits: torch.Tensor      # [b, V] next-token logits
+    cache: Any
+    detector: RepeatDetector | None
+
+    def select(self, keep: torch.Tensor) -> _Rows | None:
+        """Rows where keep [b] is True, or None if there are none."""
+        if not keep.any():
+            return None
+        if keep.all():
+            return self
+        rows = keep.nonzero().squeeze(-1)
+        return _Rows(self.index[rows], self.keys[rows], self.position[rows], self.left[rows],
+                     self.attention[rows], self.logits[rows], kv_cache.select(self.cache, rows),
+                     self.detector.select(rows) if self.detector is not None else None)
+
+    def join(self, other: _Rows) -> _Rows:
+        """These rows, then `other`'s: the shorter cache and mask are left-padded."""
+        width = max(self.attention.shape[1], other.attention.shape[1])
+        attention = torch.cat([kv_cache.left_pad(m, width, 1) for m in (self.attention, other.attention)])
+        detector = (self.detector.join(other.detector)
+                    if self.detector is not None and other.detector is not None else None)
+        return _Rows(torch.cat([self.index, other.index]), torch.cat([self.keys, other.keys]),
+                     torch.cat([self.position, other.position]), torch.cat([self.left, other.left]),
+                     attention, torch.cat([self.logits, other.logits]),
+                     kv_cache.join(self.cache, other.cache), detector)
+
+    def drop_padding(self) -> None:
+        """Cut the leading cache columns that are padding in every row."""
+        first = int(self.attention.any(0).long().argmax())
+        if first:
+            self.attention = self.attention[:, first:]
+            kv_cache.drop_left(self.cache, first)
 
 
 class HFEngine:
@@ -49,51 +139,96 @@ class HFEngine:
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig) -> None:
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
 
-    @torch.no_grad()
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
-        """k samples of each prompt, grouped: rows [i*k, (i+1)*k) belong to prompts[i]."""
-        repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-        generator = torch.Generator().manual_seed(seed)
-        size = self.sampling.batch_size
+        """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
+        ids = [tuple(p) for p in tokenize(self.tokenizer, prompts)]
+        k = samples_per_prompt
+        return self.sample([Request(ids[r // k], (seed, r)) for r in range(len(prompts) * k)])
+
+    @torch.no_grad()
+    def sample(self, requests: list[Request]) -> Rollout:
+        """Row i answers requests[i]: its context (prompt_ids) is the prompt then the prefix, its
+        response the tokens added by this call."""
+        for r in requests:
+            if self._limit(r) < 1:
+                raise ValueError(f"nothing to sample: prefix {len(r.prefix)}, budget {r.budget}, "
+                                 f"max_new_tokens {self.sampling.max_new_tokens}")
+        outputs = [_Output() for _ in requests]
+        waiting = deque(range(len(requests)))
+        rows: _Rows | None = None
         with eval_mode(self.model):
-            parts = [self._generate_batch(repeated[i:i + size], generator)
-                     for i in range(0, len(repeated), size)]
-        return concat_rollouts(parts, self.tokenizer.pad_token_id)
+            while waiting or rows is not None:
+                rows = self._admit(rows, waiting, requests)
+                rows = self._step(rows, outputs)
+        return self._rollout(requests, outputs)
 
-    def _generate_batch(self, prompts: list[str], generator: torch.Generator) -> Rollout:
-        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts)
-        B, T = len(prompts), self.sampling.max_new_tokens
-        tokens = torch.full((B, T), self.tokenizer.pad_token_id, dtype=torch.long)
-        logp = torch.zeros((B, T))
-        action_mask = torch.zeros((B, T), dtype=torch.long)
-        done = torch.zeros(B, dtype=torch.bool)
-        repeated = torch.zeros(B, dtype=torch.bool)
-        detector = RepeatDetector.from_config(self.sampling.repeat, B) if self.sampling.repeat.enabled else None
-        attention = prompt_mask
-        logits, cache = cached_forward(self.model, prompt_ids, attention)   # logits [B, V]
-        for t in range(T):
-            token = sample_tokens(logits, self.sampling.temperature, self.sampling.top_p, generator)
-            token = token.masked_fill(done, self.tokenizer.pad_token_id)
-            tokens[:, t] = token
-            logp[:, t] = torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
-            action_mask[:, t] = (~done).long()
-            eos = token == self.tokenizer.eos_token_id
-            if detector is not None:
-                repeated |= detector.update(token, active=~done & ~eos)
-            done |= eos | repeated
-            if bool(done.all()) or t == T - 1:
-                break
-            attention = torch.cat([attention, action_mask[:, t:t + 1]], dim=1)   # [B, P+t+1]
-            logits, cache = cached_forward(self.model, token[:, None], attention, cache)
-        logp = logp * action_mask
-        stop = ["repeat" if r else "eos" if d else "max_tokens"
-                for r, d in zip(repeated.tolist(), done.tolist())]
-        return Rollout(prompt_ids, prompt_mask, tokens, action_mask, logp, stop,
-                       texts=self._decode(tokens, action_mask))
+    def _limit(self, request: Request) -> int:
+        room = self.sampling.max_new_tokens - len(request.prefix)
+        return room if request.budget is None else min(room, request.budget)
 
-    def _decode(self, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
-        return [self.tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True)
-                for row, m in zip(tokens, mask)]
+    def _admit(self, rows: _Rows | None, waiting: deque[int], requests: list[Request]) -> _Rows:
+        """Prefill waiting sequences into free slots when the batching rule says so."""
+        running = 0 if rows is None else len(rows.index)
+        count = min(self.sampling.batch_size - running, len(waiting))
+        worth_it = count >= min(max(1, self.sampling.batch_size // REFILL_FRACTION), len(waiting))
+        if rows is not None and not (self.sampling.continuous_batching and count and worth_it):
+            return rows
+        new = self._prefill([waiting.popleft() for _ in range(count)], requests)
+        return new if rows is None else rows.join(new)
+
+    def _prefill(self, index: list[int], requests: list[Request]) -> _Rows:
+        chosen = [requests[i] for i in index]
+        ids, mask = pad([list(r.prompt_ids + r.prefix) for r in chosen], self.tokenizer.pad_token_id, "left")
+        logits, cache = cached_forward(self.model, ids, mask)                # [n, V]
+        detector = None
+        if self.sampling.repeat.enabled:
+            detector = RepeatDetector.from_config(self.sampling.repeat, len(chosen))
+            detector.prime([list(r.prefix) for r in chosen])
+        return _Rows(torch.tensor(index), torch.tensor([r.stream for r in chosen]),
+                     torch.tensor([len(r.prefix) for r in chosen]),
+                     torch.tensor([self._limit(r) for r in chosen]), mask, logits, cache, detector)
+
+    def _step(self, rows: _Rows, outputs: list[_Output]) -> _Rows | None:
+        """Sample one token per row, record it, drop finished rows, run the next forward pass."""
+        uniforms = counter_uniform(rows.keys[:, 0], rows.keys[:, 1], rows.position)
+        token = sample_tokens(rows.logits, self.sampling.temperature, self.sampling.top_p, uniforms)
+        logp = torch.log_softmax(rows.logits, -1).gather(-1, token[:, None]).squeeze(-1)   # [b]
+        stops = self._stops(rows, token)
+        for i, t, lp, stop in zip(rows.index.tolist(), token.tolist(), logp.tolist(), stops):
+            outputs[i].tokens.append(t)
+            outputs[i].logp.append(lp)
+            outputs[i].stop = stop
+        rows.position, rows.left = rows.position + 1, rows.left - 1
+        keep = torch.tensor([not s for s in stops])
+        running = rows.select(keep)
+        if running is None:
+            return None
+        attention = torch.cat([running.attention, torch.ones_like(running.attention[:, :1])], dim=1)
+        running.logits, running.cache = cached_forward(self.model, token[keep][:, None], attention,
+                                                        running.cache)
+        running.attention = attention
+        running.drop_padding()
+        return running
+
+    def _stops(self, rows: _Rows, token: torch.Tensor) -> list[str]:
+        """Stop reason of each row after `token` [b] ("" = keeps going), in order of precedence."""
+        eos = token == self.tokenizer.eos_token_id
+        repeated = rows.detector.update(token) if rows.detector is not None else torch.zeros_like(eos)
+        at_max = rows.position + 1 >= self.sampling.max_new_tokens
+        at_budget = rows.left <= 1
+        return ["normal" if e else "repeat" if r else "max_tokens" if m else "budget" if b else ""
+                for e, r, m, b in zip(eos.tolist(), repeated.tolist(), at_max.tolist(), at_budget.tolist())]
+
+    def _rollout(self, requests: list[Request], outputs: list[_Output]) -> Rollout:
+        pad_id = self.tokenizer.pad_token_id
+        prompt_ids, prompt_mask = pad([list(r.prompt_ids + r.prefix) for r in requests], pad_id, "left")
+        response_ids, action_mask = pad([o.tokens for o in outputs], pad_id, "right")
+        logp = torch.zeros(action_mask.shape)
+        for row, o in enumerate(outputs):
+            logp[row, :len(o.logp)] = torch.tensor(o.logp)
+        texts = [self.tokenizer.decode(o.tokens, skip_special_tokens=True) for o in outputs]
+        return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, logp,
+                       [o.stop for o in outputs], texts=texts)
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:

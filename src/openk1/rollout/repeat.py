@@ -90,6 +90,25 @@ class RepeatDetector:
         self.fired |= new
         return new
 
+    def prime(self, prefixes: list[list[int]]) -> None:
+        """Feed each row the tokens it generated earlier (a continued partial rollout)."""
+        width = max(map(len, prefixes), default=0)
+        for t in range(width):
+            column = torch.tensor([p[t] if t < len(p) else -1 for p in prefixes])
+            self.update(column, active=torch.tensor([t < len(p) for p in prefixes]))
+
+    def select(self, rows: torch.Tensor) -> RepeatDetector:
+        """Keep `rows` [b], in that order (continuous batching drops finished rows)."""
+        self.history, self.runs, self.fired = self.history[rows], self.runs[rows], self.fired[rows]
+        return self
+
+    def join(self, other: RepeatDetector) -> RepeatDetector:
+        """Rows of self, then rows of `other` (sequences admitted later)."""
+        self.history = torch.cat([self.history, other.history])
+        self.runs = torch.cat([self.runs, other.runs])
+        self.fired = torch.cat([self.fired, other.fired])
+        return self
+
 
 def first_repeat(token_ids: list[int], max_period: int = MAX_PERIOD,
                  min_repeats: int = MIN_REPEATS, min_tokens: int = MIN_TOKENS) -> int | None:

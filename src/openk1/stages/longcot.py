@@ -96,7 +96,7 @@ def build(problems: list[Problem], model: Any, tokenizer: Any, settings: BuildSe
     for i, p in enumerate(problems):
         span = range(i * k, (i + 1) * k)
         ok = [(rollout.texts[j], int(rollout.lengths[j])) for j in span
-              if scores[j].reward >= 1.0 and rollout.stop_reason[j] == "eos"]
+              if scores[j].reward >= 1.0 and rollout.stop_reason[j] == "normal"]
         correct.append(len(ok))
         rows += [{"prompt": p.prompt, "response": text, "id": p.id, "domain": p.domain,
                   "difficulty": p.difficulty, "answer": p.answer} for text in choose(ok, settings.keep, rng)]
