@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from openk1.rewards import sandbox as sandbox_module
 from openk1.rewards.sandbox import (
     INSTALL_HINT,
     Job,
@@ -23,9 +24,14 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason=INSTALL_HI
 FAST = Limits(wall_s=1.0, cpu_s=1.0, memory_mb=256, processes=8)
 
 
+@pytest.fixture(scope="module", params=["zygote", "per_run"])
+def box(request: pytest.FixtureRequest) -> Sandbox:
+    return Sandbox(mode=request.param)
+
+
 @pytest.fixture(scope="module")
-def box() -> Sandbox:
-    return Sandbox()
+def zbox() -> Sandbox:
+    return Sandbox(mode="zygote")
 
 
 def _py(box: Sandbox, source: str, stdin: str = "", limits: Limits = FAST):
@@ -137,3 +143,91 @@ def test_unsandboxed_needs_flag_and_warns_every_time() -> None:
         with pytest.warns(RuntimeWarning, match="WITHOUT a sandbox"):
             result = box.run({"main.py": "print(6 * 7)"}, box.python_argv("main.py"), "", FAST)
         assert result.stdout == "42\n"
+
+
+# ---------------------------------------------------------------- zygote: isolation between runs
+
+
+def _zygote_pids(box: Sandbox) -> list[int]:
+    """Host pids of the idle zygotes serving `box` (white-box: which bwrap ran the last run)."""
+    return [z.proc.pid for z in sandbox_module._ZYGOTES._idle.get(box, [])]
+
+
+def test_zygote_next_run_sees_nothing_left_behind(zbox: Sandbox) -> None:
+    marker = f"openk1-leftover-{os.getpid()}-{time.time_ns()}"
+    leave = (
+        "import os, subprocess, sys\n"
+        "open('/tmp/left.txt', 'w').write('x')\n"
+        "open('/dev/shm/left', 'w').write('x')\n"
+        "os.mkdir('/tmp/dir')\n"
+        "import ctypes\n"
+        "assert ctypes.CDLL(None).shmget(4242, 4096, 0o1666) >= 0  # a SysV shared memory segment\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}],"
+        " start_new_session=True)\n"
+        "print(sorted(os.listdir('/tmp')))\n"
+    )
+    look = (
+        "import os\n"
+        "print(sorted(os.listdir('/tmp')), os.listdir('/dev/shm'))\n"
+        "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
+        "print(open('/proc/sysvipc/shm').read().count('\\n'))\n"
+    )
+    _py(zbox, "print(1)")
+    before = _zygote_pids(zbox)
+    first = _py(zbox, leave)
+    assert first.stdout == "['dir', 'left.txt', 'main.py']\n", first
+    assert _zygote_pids(zbox) == before  # the same zygote serves the next run
+    second = _py(zbox, look)
+    assert second.stdout == "['main.py'] []\n[1, 2]\n1\n", second  # only the header line
+    assert _host_pids_with(marker) == []
+
+
+def test_zygote_cannot_be_signalled_or_inspected(zbox: Sandbox) -> None:
+    source = (
+        "import os, signal\n"
+        "for path in ('/proc/1/mem', '/proc/1/environ', '/proc/1/root/tmp'):\n"
+        "    try:\n"
+        "        print(path, len(os.listdir(path) if path.endswith('tmp') else open(path, 'rb').read(1)))\n"
+        "    except OSError as e:\n"
+        "        print(path, type(e).__name__)\n"
+        "for pid in range(1, 1 << 15):\n"
+        "    if pid != os.getpid():\n"
+        "        try:\n"
+        "            os.kill(pid, signal.SIGKILL)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print('alive')\n"
+    )
+    _py(zbox, "print(1)")
+    before = _zygote_pids(zbox)
+    result = _py(zbox, source, limits=Limits(wall_s=5.0, cpu_s=4.0))
+    assert result.stdout.splitlines() == [
+        "/proc/1/mem PermissionError",
+        "/proc/1/environ PermissionError",
+        "/proc/1/root/tmp PermissionError",
+        "alive",
+    ], result
+    assert _zygote_pids(zbox) == before
+    assert _py(zbox, "print(6 * 7)").stdout == "42\n"
+
+
+def test_zygote_shared_by_equal_sandboxes_and_survives_pool_threads(zbox: Sandbox) -> None:
+    jobs = [Job({"m.py": f"print({i})"}, zbox.python_argv("m.py"), "", FAST) for i in range(6)]
+    with SandboxPool(workers=2, sandbox=Sandbox(mode="zygote")) as pool:
+        assert [r.stdout for r in pool.map(jobs)] == [f"{i}\n" for i in range(6)]
+    time.sleep(0.2)  # bwrap's --die-with-parent would fire now if a pool thread had forked it
+    zygotes = sandbox_module._ZYGOTES._idle[zbox]
+    assert zygotes and all(z.proc.poll() is None for z in zygotes)
+
+
+def test_zygote_replaced_after_timeout(zbox: Sandbox) -> None:
+    _py(zbox, "print(1)")
+    before = _zygote_pids(zbox)
+    assert _py(zbox, "import time\ntime.sleep(30)").status == "TLE"
+    after = _py(zbox, "print(2)")
+    assert after.stdout == "2\n" and not set(_zygote_pids(zbox)) & set(before[-1:])
+
+
+def test_unknown_mode_is_an_error() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        Sandbox(mode="fast")  # type: ignore[arg-type]

@@ -20,22 +20,27 @@ one bwrap process per run, with the same isolation goals and no daemon.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import json
 import os
 import re
+import resource
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Final, Literal, Self
 
 OK, TLE, MLE, RE, OLE = "OK", "TLE", "MLE", "RE", "OLE"
 STATUSES: tuple[str, ...] = (OK, TLE, MLE, RE, OLE)
@@ -61,6 +66,9 @@ SYSTEM_PATHS: tuple[str, ...] = (
 )
 MLE_MARKERS: tuple[str, ...] = ("MemoryError", "std::bad_alloc", "Cannot allocate memory")
 READ_CHUNK = 1 << 16
+ZYGOTE: Final = "zygote"  # Sandbox.mode values
+PER_RUN: Final = "per_run"
+ZYGOTE_MAX_FDS = 253  # SCM_RIGHTS: stdin, stdout, stderr and one memfd per file
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -132,7 +140,9 @@ def _readable_by_all(path: str) -> str:
     if all(os.stat(p).st_mode & stat.S_IXOTH for p in parts if os.path.isdir(p)):
         return path
     digest = hashlib.sha256(f"{path}:{os.stat(path).st_mtime_ns}".encode()).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / f"openk1-sandbox-modules-{digest}" / os.path.basename(path)
+    target = (
+        Path(tempfile.gettempdir()) / f"openk1-sandbox-modules-{digest}" / os.path.basename(path)
+    )
     if not target.exists():
         tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=Path(tempfile.gettempdir())))
         copy = tmp / os.path.basename(path)
@@ -148,14 +158,29 @@ def _readable_by_all(path: str) -> str:
 
 @functools.cache
 def _probe(box: Sandbox) -> None:
-    """Run `python -c pass` in `box` once; raise SandboxUnavailable with the reason if it fails
-    (no user namespaces, or an interpreter the sandbox user cannot read)."""
-    result = box.run({}, box.python_argv("-c", "pass"), "", Limits())
+    """Run `python -c pass` in a per-run sandbox once; raise SandboxUnavailable with the reason
+    if it fails (no user namespaces, or an interpreter the sandbox user cannot read)."""
+    result = box._run_per_run({}, [], set(), box.python_argv("-c", "pass"), "", Limits())
     if not result.ok:
         raise SandboxUnavailable(
             f"cannot run {box.python} in a bwrap sandbox here (exit {result.exit_code}): "
             f"{result.stderr.strip()[-500:]}"
         )
+
+
+@functools.cache
+def _zygote_works(box: Sandbox) -> bool:
+    """Run `python -c pass` through a zygote once; where that fails (e.g. nested user
+    namespaces refused), warn and let `box` fall back to one bwrap per run."""
+    result = box._run_zygote({}, [], set(), box.python_argv("-c", "pass"), "", Limits())
+    if not result.ok:
+        warnings.warn(
+            "sandbox zygote unusable here, falling back to one bwrap per run (slower, same "
+            f"isolation): exit {result.exit_code}: {result.stderr.strip()[-500:]}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return result.ok
 
 
 def _namespace_args() -> list[str]:
@@ -206,6 +231,19 @@ def _prlimit_argv(limits: Limits, with_nproc: bool = True) -> list[str]:
     return argv + ["--"]
 
 
+def _rlimits(limits: Limits) -> list[tuple[int, int, int]]:
+    """The same limits as `_prlimit_argv`, as (resource, soft, hard) for the zygote."""
+    cpu = max(1, int(limits.cpu_s + 0.999))
+    memory, fsize = limits.memory_mb << 20, limits.file_size_mb << 20
+    return [
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_AS, memory, memory),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_NPROC, limits.processes, limits.processes),
+    ]
+
+
 def _memfd(name: str, data: bytes) -> int:
     """An anonymous in-memory file holding `data`, positioned at its start (bwrap copies it in)."""
     fd = os.memfd_create(re.sub(r"[^\w.-]", "_", name)[:200] or "file")
@@ -221,17 +259,16 @@ def _as_bytes(data: str | bytes) -> bytes:
 
 
 def _read_capped(
-    proc: subprocess.Popen[bytes], deadline: float, cap: int
+    out_fd: int, err_fd: int, done_fd: int, deadline: float, cap: int
 ) -> tuple[bytes, bytes, bool, bool]:
-    """Read stdout/stderr until both close and the process exits, the deadline passes, or one
-    stream exceeds `cap` bytes. Returns (stdout, stderr, timed_out, overflow)."""
-    assert proc.stdout is not None and proc.stderr is not None
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    """Read stdout/stderr until both close and `done_fd` (a pidfd, or the zygote's socket)
+    turns readable, the deadline passes, or one stream exceeds `cap` bytes.
+    Returns (stdout, stderr, timed_out, overflow)."""
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
-    pidfd = os.pidfd_open(proc.pid)  # readable once the process has exited
     sel = selectors.DefaultSelector()
-    for fd in (out_fd, err_fd, pidfd):
-        os.set_blocking(fd, False)
+    for fd in (out_fd, err_fd, done_fd):
+        if fd != done_fd:
+            os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ)
     timed_out = overflow = False
     try:
@@ -239,7 +276,7 @@ def _read_capped(
             remaining = deadline - time.monotonic()
             timed_out = remaining <= 0
             for key, _ in [] if timed_out else sel.select(remaining):
-                chunk = b"" if key.fd == pidfd else os.read(key.fd, READ_CHUNK)
+                chunk = b"" if key.fd == done_fd else os.read(key.fd, READ_CHUNK)
                 if not chunk:
                     sel.unregister(key.fd)
                     continue
@@ -247,7 +284,6 @@ def _read_capped(
                 overflow = overflow or len(bufs[key.fd]) > cap
     finally:
         sel.close()
-        os.close(pidfd)
     return bytes(bufs[out_fd][:cap]), bytes(bufs[err_fd][:cap]), timed_out, overflow
 
 
@@ -289,14 +325,20 @@ class Sandbox:
     python: interpreter used by `python_argv` (read-only bound when outside /usr).
     python_modules: host package dirs/files bound read-only under /opt/pylib (on PYTHONPATH).
     allow_unsandboxed: where bwrap is missing, run with rlimits only (and warn on every run).
+    mode: "zygote" (default) starts each program from a long-lived bwrap per concurrent run,
+      in fresh user/mount/PID/IPC/UTS/cgroup namespaces; "per_run" starts one bwrap per program
+      (also a fresh network namespace). See the module docstring for what differs.
     """
 
     python: str = field(default_factory=default_python)
     python_modules: tuple[str, ...] = ()
     allow_unsandboxed: bool = False
     bwrap: str | None = field(default_factory=lambda: shutil.which("bwrap"))
+    mode: Literal["zygote", "per_run"] = ZYGOTE
 
     def __post_init__(self) -> None:
+        if self.mode not in (ZYGOTE, PER_RUN):
+            raise ValueError(f"Sandbox mode must be {ZYGOTE!r} or {PER_RUN!r}, got {self.mode!r}")
         if self.bwrap is None and not self.allow_unsandboxed:
             raise SandboxUnavailable(INSTALL_HINT)
         if self.bwrap is not None:
@@ -321,13 +363,81 @@ class Sandbox:
         if self.bwrap is None:
             return self._run_unsandboxed(files, cmd, stdin, limits, set(executable))
         fds = [_memfd(name, _as_bytes(data)) for name, data in files.items()]
+        try:
+            use_zygote = (
+                self.mode == ZYGOTE and len(fds) + 3 <= ZYGOTE_MAX_FDS and _zygote_works(self)
+            )
+            run = self._run_zygote if use_zygote else self._run_per_run
+            return run(files, fds, set(executable), cmd, stdin, limits)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _run_per_run(
+        self,
+        files: Mapping[str, object],
+        fds: list[int],
+        executable: set[str],
+        cmd: Sequence[str],
+        stdin: str | bytes,
+        limits: Limits,
+    ) -> ExecResult:
         stdin_fd = _memfd("stdin", _as_bytes(stdin))
         try:
-            argv = self._bwrap_argv(files, fds, set(executable), limits) + list(cmd)
+            argv = self._bwrap_argv(files, fds, executable, limits) + list(cmd)
             return _execute(argv, stdin_fd, fds, self._env(), limits, os.geteuid() == 0)
         finally:
-            for fd in (*fds, stdin_fd):
-                os.close(fd)
+            os.close(stdin_fd)
+
+    def _run_zygote(
+        self,
+        files: Mapping[str, object],
+        fds: list[int],
+        executable: set[str],
+        cmd: Sequence[str],
+        stdin: str | bytes,
+        limits: Limits,
+    ) -> ExecResult:
+        request = {
+            "argv": list(cmd),
+            "env": self._env(),
+            "files": [[name, 0o755 if name in executable else 0o644] for name in files],
+            "rlimits": _rlimits(limits),
+            "tmpfs_bytes": limits.tmpfs_mb << 20,
+        }
+        stdin_fd = _memfd("stdin", _as_bytes(stdin))
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            start = time.monotonic()
+            try:
+                zygote = _ZYGOTES.start(
+                    self, json.dumps(request).encode(), [stdin_fd, out_w, err_w, *fds]
+                )
+            finally:
+                for fd in (stdin_fd, out_w, err_w):
+                    os.close(fd)
+            out, err, timed_out, overflow = _read_capped(
+                out_r, err_r, zygote.sock.fileno(), start + limits.wall_s, limits.output_bytes
+            )
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        if timed_out or overflow:
+            zygote.kill()  # takes the program's namespaces with it
+            code = 128 + signal.SIGKILL
+        else:
+            code, problem = zygote.reply()
+            if problem is None:
+                _ZYGOTES.release(self, zygote)
+            else:
+                zygote.kill()
+                warnings.warn(f"sandbox zygote failed: {problem}", RuntimeWarning, stacklevel=3)
+                err += f"\nsandbox: zygote failed: {problem}".encode()
+        wall = time.monotonic() - start
+        stderr = err.decode(errors="replace")
+        status = _classify(code, timed_out, overflow, wall, stderr, limits)
+        return ExecResult(status, out.decode(errors="replace"), stderr, code, wall, out)
 
     def _bwrap_argv(
         self, files: Mapping[str, object], fds: list[int], executable: set[str], limits: Limits
@@ -339,6 +449,14 @@ class Sandbox:
             argv += ["--file", str(fd), f"{WORKDIR}/{name}"]
         argv += ["--clearenv", *[a for k, v in self._env().items() for a in ("--setenv", k, v)]]
         return argv + ["--", *_prlimit_argv(limits)]
+
+    def _zygote_argv(self) -> list[str]:
+        """The long-lived bwrap a zygote runs in: the per-run namespaces and filesystem, but no
+        files, limits or environment of any program (each request brings its own)."""
+        assert self.bwrap is not None
+        argv = [self.bwrap, *_namespace_args(), *_fs_args(1, self._extra_binds())]
+        argv += ["--clearenv", "--setenv", "PATH", SANDBOX_PATH]
+        return argv + ["--", self.python, "-I", "-S", "-c", _zygote_source()]
 
     def _extra_binds(self) -> list[tuple[str, str]]:
         binds = [(path, f"{PYLIB_DIR}/{os.path.basename(path)}") for path in self.python_modules]
@@ -416,16 +534,142 @@ def _execute(
         group=NOBODY if drop_to_nobody else None,
         extra_groups=[] if drop_to_nobody else None,
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    pidfd = os.pidfd_open(proc.pid)  # readable once the process has exited
     try:
         out, err, timed_out, overflow = _read_capped(
-            proc, start + limits.wall_s, limits.output_bytes
+            proc.stdout.fileno(),
+            proc.stderr.fileno(),
+            pidfd,
+            start + limits.wall_s,
+            limits.output_bytes,
         )
     finally:
+        os.close(pidfd)
         code = _kill_and_reap(proc)
     wall = time.monotonic() - start
     stderr = err.decode(errors="replace")
     status = _classify(code, timed_out, overflow, wall, stderr, limits)
     return ExecResult(status, out.decode(errors="replace"), stderr, code, wall, out)
+
+
+@functools.cache
+def _zygote_source() -> str:
+    return Path(__file__).with_name("zygote.py").read_text()
+
+
+class _Zygote:
+    """One long-lived bwrap running zygote.py, driven over a SOCK_SEQPACKET socket pair."""
+
+    def __init__(self, argv: list[str], drop_to_nobody: bool) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.log = os.memfd_create("zygote-stderr")
+        try:
+            self.proc = subprocess.Popen(
+                [*argv, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self.log,
+                pass_fds=[theirs.fileno()],
+                env={},
+                start_new_session=True,
+                user=NOBODY if drop_to_nobody else None,
+                group=NOBODY if drop_to_nobody else None,
+                extra_groups=[] if drop_to_nobody else None,
+            )
+        finally:
+            theirs.close()
+
+    def send(self, request: bytes, fds: list[int]) -> None:
+        socket.send_fds(self.sock, [request], fds)
+
+    def reply(self) -> tuple[int, str | None]:
+        """(exit code, None) once the run is over, or (-1, what went wrong)."""
+        self.sock.settimeout(30.0)
+        try:
+            data = self.sock.recv(1 << 20)
+        except OSError as exc:
+            return -1, f"no reply ({exc}): {self._log_tail()}"
+        if not data:
+            return -1, f"zygote exited: {self._log_tail()}"
+        answer: dict[str, Any] = json.loads(data)
+        if "code" not in answer:
+            return -1, str(answer.get("error"))
+        return int(answer["code"]), None
+
+    def _log_tail(self) -> str:
+        size = os.fstat(self.log).st_size
+        return os.pread(self.log, 4000, max(0, size - 4000)).decode(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the bwrap's process group; its PID namespace takes every run with it."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.sock.close()
+        os.close(self.log)
+
+
+class _ZygotePool:
+    """Idle zygotes per Sandbox configuration (equal Sandboxes share them): a run takes one or
+    starts one, and gives it back only after a clean end, so there are as many as concurrent
+    runs. A forked scorer process starts its own instead of sharing its parent's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[Sandbox, list[_Zygote]] = {}
+        self._pid = os.getpid()
+        self._spawner: ThreadPoolExecutor | None = None
+
+    def _spawn(self, box: Sandbox) -> _Zygote:
+        """Start a zygote from one long-lived thread: bwrap's --die-with-parent fires when the
+        *thread* that forked it ends, so a pool worker thread must not be its parent."""
+        with self._lock:
+            if self._spawner is None:
+                self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-zygotes")
+            spawner = self._spawner
+        return spawner.submit(_Zygote, box._zygote_argv(), os.geteuid() == 0).result()
+
+    def start(self, box: Sandbox, request: bytes, fds: list[int]) -> _Zygote:
+        """Send `request` to an idle zygote (a new one if none, or if the idle one is dead)."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: those belong to the parent
+                self._idle, self._pid, self._spawner = {}, os.getpid(), None
+            idle = self._idle.get(box, [])
+            zygote = idle.pop() if idle else None
+        if zygote is not None:
+            try:
+                zygote.send(request, fds)
+                return zygote
+            except OSError:
+                zygote.kill()
+        zygote = self._spawn(box)
+        try:
+            zygote.send(request, fds)
+        except BaseException:
+            zygote.kill()
+            raise
+        return zygote
+
+    def release(self, box: Sandbox, zygote: _Zygote) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._idle.setdefault(box, []).append(zygote)
+                return
+        zygote.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            zygotes = [z for idle in self._idle.values() for z in idle]
+            self._idle = {}
+        for zygote in zygotes:
+            zygote.kill()
+
+
+_ZYGOTES = _ZygotePool()
+atexit.register(_ZYGOTES.close)
 
 
 def run(
