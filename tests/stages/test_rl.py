@@ -29,6 +29,10 @@ def config(tmp_path, model, out, **extra):
     return build(rl.RLConfig, values)
 
 
+# 6-token responses in segments of 2: cut after 2 and 4 tokens, the third segment runs to the end
+PARTIAL = {"enabled": True, "segment_tokens": 2, "max_segments": 3}
+
+
 def stable(rows):
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
@@ -51,7 +55,8 @@ def test_rl_writes_run_directory(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("extra", [
     {},
     {"reset_optimizer": False, "sampler": {"kind": "prioritized"}},   # optimizer + sampler state
-], ids=["reset-uniform", "kept-optimizer-prioritized"])
+    {"partial": PARTIAL},                                              # replay buffer state
+], ids=["reset-uniform", "kept-optimizer-prioritized", "partial-rollouts"])
 def test_resume_logs_the_same_metrics(tmp_path, tiny_model_dir, extra):
     full = tmp_path / "full"
     rl.run(config(tmp_path, tiny_model_dir, full, **extra))
@@ -88,3 +93,23 @@ def test_non_finite_loss_skips_the_step(tmp_path, tiny):
     stats = rl._minibatch_step(model, optimizer, rollout, advantages.nan_to_num(0.0), torch.arange(4), cfg)
     assert stats["skipped"] == 0.0
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_partial_rollouts_carry_groups_and_log_metrics(tmp_path, tiny_model_dir):
+    rl.run(config(tmp_path, tiny_model_dir, tmp_path / "run", iterations=5, partial=PARTIAL))
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "stop/normal" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    for r in rows:
+        assert abs(sum(r[f"stop/{s}"] for s in ("normal", "budget", "repeat", "max_tokens")) - 1) < 1e-9
+        assert r["sampler/effective_problems"] > 0
+    assert rows[0]["stop/budget"] > 0.5           # the random model rarely says EOS in 2 tokens
+    # a group is done at the latest two iterations after it starts: at most 2 x 3 groups wait
+    assert all(r["partial/carried_groups"] <= 6 for r in rows) and rows[0]["partial/carried_groups"] > 0
+    assert rows[2]["stop/budget"] < rows[0]["stop/budget"]  # iteration 3 finishes iteration 1's
+    trained = [r for r in rows if "reward/mean" in r]
+    assert trained and all(1 <= r["partial/segments_mean"] <= 3 for r in trained)
+    assert max(r["partial/segments_mean"] for r in trained) > 2
+    for r in trained:
+        assert r["response_tokens/p10"] <= r["response_tokens/p50"] <= r["response_tokens/p90"] <= 6
+        assert r["response_tokens/max"] <= 6
+        assert r["accuracy/train_d1"] == r["accuracy/train"]         # every problem: difficulty 1

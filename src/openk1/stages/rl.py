@@ -2,7 +2,10 @@
 
 Each iteration i:
   1. sample `prompts_per_iter` problems (uniform, curriculum or prioritized: `sampler`); the
-     current policy pi_theta_i writes k responses each (optionally stopped when repeating);
+     current policy pi_theta_i writes k responses each (optionally stopped when repeating).
+     With `partial` rollouts on, every response gets at most `segment_tokens` new tokens per
+     iteration and a cut one is continued in the next (rollout/partial.py): a prompt's k
+     responses are trained together in the iteration the last of them finishes;
   2. verify them (the same verifiers as `openk1 eval`), add the length penalty if it is on
      and subtract `repeat_penalty` from responses stopped for repeating;
   3. advantages r_j - b with b the per-prompt mean reward (or tau log Z);
@@ -33,15 +36,17 @@ from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
-from openk1.models.forward import response_logprobs, trim
+from openk1.models.forward import response_logprobs, tokenize, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
 from openk1.report.plots import plot_curves
 from openk1.report.run_dir import RunDir
 from openk1.rewards.length import length_penalty_weight, length_rewards
 from openk1.rewards.scoring import RewardConfig, score_many
+from openk1.rollout import partial
 from openk1.rollout.hf import HFEngine, SamplingConfig
-from openk1.stages.eval import EvalSettings, evaluate
+from openk1.rollout.partial import Group, PartialConfig, ReplayBuffer
+from openk1.stages.eval import EvalSettings, _by_difficulty, evaluate
 from openk1.types import Problem, Rollout
 
 
@@ -60,6 +65,7 @@ class RLConfig(StageConfig):
     reset_optimizer: bool = True             # report: each iteration is a new problem
     optim: OptimConfig = OptimConfig(lr=3e-4, warmup_steps=0)
     sampling: SamplingConfig = SamplingConfig()
+    partial: PartialConfig = PartialConfig()   # partial rollouts (report §2.6), off by default
     length_penalty_weight: float = 0.0       # report §2.3.3; 0 = off
     length_penalty_warmup: int = 0           # iterations of plain RL before it turns on
     repeat_penalty: float = 0.0              # subtracted from responses stopped for repeating
@@ -148,18 +154,30 @@ def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollo
     return {"loss": loss_sum, **stats, **{k: float(v) for k, v in metrics.items()}}
 
 
-def iteration_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Tensor,
-                      seconds: dict[str, float]) -> dict[str, float]:
+STOP_REASONS = ("normal", "budget", "repeat", "max_tokens")   # rollout/hf.py
+
+
+def rollout_metrics(sampled: Rollout, carried: int, seconds: float) -> dict[str, float]:
+    """This iteration's sampled segments: stop-reason fractions, tokens/s, groups carried over."""
+    stops = sampled.stop_reason
+    return {**{f"stop/{r}": stops.count(r) / max(len(stops), 1) for r in STOP_REASONS},
+            "partial/carried_groups": float(carried),
+            "throughput/generated_tokens_per_s": float(sampled.lengths.sum()) / max(seconds, 1e-9)}
+
+
+def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Tensor,
+                     problems: list[Problem]) -> dict[str, float]:
+    """The trained (whole) responses, problems [B] one per row: reward, accuracy, lengths."""
     lengths = rollout.lengths.float()
-    stops = rollout.stop_reason
+    p10, p50, p90 = torch.quantile(lengths, torch.tensor([0.1, 0.5, 0.9])).tolist()
     return {
         "reward/mean": float(rewards.mean()),
         "accuracy/train": float(correct.float().mean()),
+        **{f"accuracy/train_d{d}": a for d, a in _by_difficulty(problems, correct.float()).items()},
         "response_tokens/mean": float(lengths.mean()),
+        "response_tokens/p10": p10, "response_tokens/p50": p50, "response_tokens/p90": p90,
         "response_tokens/max": float(lengths.max()),
-        **{f"stop/{r}": stops.count(r) / len(stops) for r in ("eos", "max_tokens", "repeat")},
-        **{f"time/{k}": v for k, v in seconds.items()},
-        "throughput/generated_tokens_per_s": float(lengths.sum()) / max(seconds["rollout"], 1e-9),
+        "partial/segments_mean": float(partial.segment_counts(rollout).float().mean()),
     }
 
 
@@ -174,14 +192,16 @@ def run(cfg: RLConfig) -> dict[str, Any]:
     model, tokenizer = load_model(model_path)
     optimizer = make_optimizer(model, cfg.optim)
     sampler = make_sampler(cfg.sampler, problems, cfg.seed)
+    buffer = ReplayBuffer()   # partial rollouts carried between iterations
     if cfg.resume:
         state = load_state(checkpoint, optimizer)
         sampler.load_state_dict(state["sampler"])
+        buffer.load_state_dict(state.get("partial", {"groups": []}))
         start_iteration = state["step"]
         run_dir.truncate_metrics(start_iteration)
     run_dir.write_config(cfg)
     engine = HFEngine(model, tokenizer, cfg.sampling)
-    summary = train(model, tokenizer, optimizer, engine, sampler, problems, held_out, cfg,
+    summary = train(model, tokenizer, optimizer, engine, sampler, buffer, problems, held_out, cfg,
                     run_dir, start_iteration)
     save_model(model, tokenizer, run_dir.path / "model")
     summary["model"] = str(run_dir.path / "model")
@@ -192,7 +212,7 @@ def run(cfg: RLConfig) -> dict[str, Any]:
 
 
 def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: HFEngine,
-          sampler: Sampler, problems: list[Problem], held_out: list[Problem],
+          sampler: Sampler, buffer: ReplayBuffer, problems: list[Problem], held_out: list[Problem],
           cfg: RLConfig, run_dir: RunDir, start_iteration: int) -> dict[str, Any]:
     """The iteration loop: rollout -> reward -> update -> (eval, checkpoint)."""
     last_eval: dict[str, Any] = {}
@@ -203,7 +223,7 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
     for iteration in bar:
         if cfg.reset_optimizer:
             optimizer = make_optimizer(model, cfg.optim)
-        metrics = _iteration(model, optimizer, engine, sampler, problems, cfg, iteration)
+        metrics = _iteration(model, optimizer, engine, sampler, buffer, problems, cfg, iteration)
         step = iteration + 1
         run_dir.log(step, metrics)
         if held_out and (step % cfg.eval_every == 0 or step == cfg.iterations):
@@ -211,8 +231,9 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
             save_checkpoint(run_dir.path, step, model, tokenizer,
                             None if cfg.reset_optimizer else optimizer,
-                            {"sampler": sampler.state_dict()}, cfg.keep_checkpoints)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
+                            {"sampler": sampler.state_dict(), "partial": buffer.state_dict()},
+                            cfg.keep_checkpoints)
+        bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
                         acc=f"{last_eval.get('accuracy', float('nan')):.3f}",
                         tok_s=f"{metrics['throughput/generated_tokens_per_s']:.0f}")
     kept = ("accuracy", "mean_tokens", "accuracy_by_difficulty")
@@ -220,24 +241,42 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
 
 
 def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, sampler: Sampler,
-               problems: list[Problem], cfg: RLConfig, iteration: int) -> dict[str, Any]:
-    k, seconds = cfg.samples_per_prompt, {}
+               buffer: ReplayBuffer, problems: list[Problem], cfg: RLConfig, iteration: int) -> dict[str, Any]:
+    k = cfg.samples_per_prompt
     indices = sampler.sample(iteration, cfg.prompts_per_iter)
     sampling = sampler_metrics(sampler, iteration)
-    batch = [problems[i] for i in indices]
     t0 = time.perf_counter()
-    rollout = engine.generate([p.prompt for p in batch], k, seed=cfg.seed * 1_000_003 + iteration)
+    finished, sampled = rollout_phase(engine, buffer, problems, indices, cfg, iteration)
     t1 = time.perf_counter()
+    metrics = {"iteration": iteration + 1, **sampling, **rollout_metrics(sampled, len(buffer.groups), t1 - t0)}
+    if not finished:   # every group still has a response to continue: nothing to train on
+        return metrics | {"time/rollout": t1 - t0}
+    batch = [problems[g.problem] for g in finished]
+    rollout = partial.to_rollout(finished, engine.tokenizer)              # whole responses
     rewards, correct, reward_metrics = rewards_for(rollout, batch, k, iteration, cfg)
     group_ids = torch.arange(len(batch)).repeat_interleave(k)
     advantages, adv_metrics = compute_advantages(rewards, group_ids, cfg.tau, cfg.baseline)
-    sampler.update(indices, correct.float().view(len(batch), k).mean(-1).tolist())
+    sampler.update([g.problem for g in finished], correct.float().view(len(batch), k).mean(-1).tolist())
     t2 = time.perf_counter()
     generator = torch.Generator().manual_seed(cfg.seed * 7_919 + iteration)
-    update_metrics = update(model, optimizer, rollout, advantages, cfg, generator)
+    trained = partial.loss_view(rollout, iteration, cfg.partial.old_segments, engine.tokenizer.pad_token_id)
+    update_metrics = update(model, optimizer, trained, advantages, cfg, generator)
     seconds = {"rollout": t1 - t0, "reward": t2 - t1, "update": time.perf_counter() - t2}
-    return {"iteration": iteration + 1, **iteration_metrics(rollout, rewards, correct, seconds), **sampling,
-            **reward_metrics, **{k2: float(v) for k2, v in adv_metrics.items()}, **update_metrics}
+    return {**metrics, **response_metrics(rollout, rewards, correct, [p for p in batch for _ in range(k)]),
+            **{f"time/{name}": v for name, v in seconds.items()}, **reward_metrics,
+            **{name: float(v) for name, v in adv_metrics.items()}, **update_metrics}
+
+
+def rollout_phase(engine: HFEngine, buffer: ReplayBuffer, problems: list[Problem], indices: list[int],
+                  cfg: RLConfig, iteration: int) -> tuple[list[Group], Rollout]:
+    """Start k responses to each new problem, add a segment to every unfinished one; returns
+    the groups now complete (the others stay in `buffer`) and this iteration's segments."""
+    prompt_ids = tokenize(engine.tokenizer, [problems[i].prompt for i in indices])
+    fresh = partial.new_groups(indices, prompt_ids, cfg.samples_per_prompt, seed=cfg.seed * 1_000_003 + iteration)
+    groups = buffer.groups + fresh
+    sampled = partial.advance(engine, groups, iteration, cfg.partial)
+    finished, buffer.groups = partial.split(groups)
+    return finished, sampled
 
 
 def _evaluate(model: Any, tokenizer: Any, held_out: list[Problem], cfg: RLConfig,
