@@ -26,6 +26,7 @@ from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.mixture import Encoder, Mixture, PackedStream, source_name
 from openk1.data.packing import Example, OverlongRule, block_causal_mask, collate
+from openk1.dist import fsdp, runtime
 from openk1.models.forward import eval_mode
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
 from openk1.report.run_dir import RunDir
@@ -112,16 +113,18 @@ def accumulate(model: Any, rows: list[list[Example]], cfg: LMConfig, pad_id: int
                device: torch.device) -> tuple[float, int]:
     """Backward over micro-batches; returns (batch loss = mean NLL per trained token, tokens)."""
     size = cfg.micro_batch_size or len(rows)
-    total = sum(sum(sum(e.action_mask[1:]) for e in row) for row in rows)
+    total = sum(sum(sum(e.action_mask[1:]) for e in row) for row in rows)  # whole batch, all ranks
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else nullcontext())
+    mine = runtime.shard(rows)           # under torchrun: this rank's share of the rows
+    source = mine or rows[:1]            # weight-0 padding passes rerun a row (dist/runtime.py)
     loss_sum = 0.0
-    for s in range(0, len(rows), size):
+    for index, weight in runtime.micro_batches(torch.arange(len(mine)), size):
         with autocast:
-            nll, _ = batch_nll(model, rows[s:s + size], pad_id, device)
-        (nll / max(total, 1)).backward()
-        loss_sum += float(nll.detach())
-    return loss_sum / max(total, 1), total
+            nll, _ = batch_nll(model, [source[i] for i in index.tolist()], pad_id, device)
+        ((nll / max(total, 1)) * weight).backward()
+        loss_sum += weight * float(nll.detach())
+    return runtime.all_reduce_sum(loss_sum) / max(total, 1), total
 
 
 @torch.no_grad()
@@ -144,9 +147,10 @@ def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], enc
              run_dir: RunDir) -> dict[str, Any]:
     """Run every stage; resumes from run_dir's latest checkpoint when cfg.resume (the model
     must already hold that checkpoint's weights: see `load_for_resume`)."""
-    device = torch.device(cfg.device)
-    model.to(device).train()
-    optimizer = make_optimizer(model, cfg.optim)
+    device = runtime.device() if runtime.is_distributed() else torch.device(cfg.device)
+    trainee = fsdp.trainee(model)   # FSDP2 copy on this rank's device under torchrun, else model
+    trainee.to(device).train()
+    optimizer = make_optimizer(trainee, cfg.optim)
     state = _resume_state(cfg, run_dir, optimizer)
     steps = plan(stages, cfg, encode)
     total, start = sum(steps), state["step"]
@@ -154,38 +158,45 @@ def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], enc
     loss_ema, last_eval = state.get("loss_ema", float("nan")), state.get("eval_loss", float("nan"))
     mixture: Mixture | None = None
     current = -1
-    bar = tqdm(total=total, initial=start, desc=run_dir.path.name, unit="step", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=total, initial=start, desc=run_dir.path.name, unit="step", dynamic_ncols=True, mininterval=1.0,
+               disable=not runtime.is_main())
     for step in range(start, total):
         index, local = locate(step, steps)
         stage = stages[index]
         if index != current:
             apply_stage(model, stage)
+            if trainee is not model:
+                apply_stage(trainee, stage)
             mixture, current = make_mixture(stage, cfg, encode), index
             mixture.skip(local * cfg.batch_size)
         assert mixture is not None
         lr = stage_lr(local, steps[index], stage.lr)
         set_lr(optimizer, lr)
         drawn = mixture.take(cfg.batch_size)
-        loss, tokens = accumulate(model, [row for _, row in drawn], cfg, tokenizer.pad_token_id, device)
-        stats = guarded_step(model, optimizer, cfg.optim.grad_clip)
+        loss, tokens = accumulate(trainee, [row for _, row in drawn], cfg, tokenizer.pad_token_id, device)
+        stats = guarded_step(trainee, optimizer, cfg.optim.grad_clip)
         loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
         counts = {k: done.get(k, 0) + v for k, v in mixture.counters().items()}
         stage_end = local == steps[index] - 1
         metrics = {"loss": loss, "lr": lr, "stage": index, "seq_len": stage.max_seq_len,
                    "tokens": tokens, **stats, **_data_metrics(mixture, drawn, counts)}
         if cfg.eval_loss_data and ((cfg.eval_loss_every and (step + 1) % cfg.eval_loss_every == 0) or stage_end):
-            last_eval = metrics["eval_loss"] = eval_loss(model, stage, cfg, encode, tokenizer.pad_token_id, device)
+            last_eval = metrics["eval_loss"] = eval_loss(trainee, stage, cfg, encode, tokenizer.pad_token_id, device)
         if (step + 1) % cfg.log_every == 0 or stage_end or "eval_loss" in metrics:
             run_dir.log(step + 1, metrics)
         if stage_end:
             done, mixture, current = counts, None, -1
         if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == total:
-            save_checkpoint(run_dir.path, step + 1, model, tokenizer, optimizer,
-                            {"loss_ema": loss_ema, "eval_loss": last_eval, "data": done},
-                            cfg.keep_checkpoints)
+            fsdp.sync_weights(trainee, model)   # the full weights, to save (no-op alone)
+            if runtime.is_main():               # FSDP: Adam shards are not saved
+                save_checkpoint(run_dir.path, step + 1, model, tokenizer,
+                                None if runtime.is_distributed() else optimizer,
+                                {"loss_ema": loss_ema, "eval_loss": last_eval, "data": done},
+                                cfg.keep_checkpoints)
         bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.1e}", stage=index)
         bar.update()
     bar.close()
+    fsdp.sync_weights(trainee, model)
     model.to("cpu")
     return {"final_loss": loss_ema, "steps": total, "stage_steps": steps, "eval_loss": last_eval,
             **{k: v for k, v in done.items() if k != "ok"}, "examples": sum(done.values())}
@@ -203,7 +214,7 @@ def _data_metrics(mixture: Mixture, drawn: list[tuple[int, list[Example]]],
 def _resume_state(cfg: LMConfig, run_dir: RunDir, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     if not cfg.resume:
         return {"step": 0}
-    state = load_state(latest_checkpoint(run_dir.path), optimizer)
+    state = load_state(latest_checkpoint(run_dir.path), None if runtime.is_distributed() else optimizer)
     run_dir.truncate_metrics(state["step"])
     return state
 

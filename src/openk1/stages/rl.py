@@ -36,6 +36,8 @@ from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
+from openk1.dist import fsdp, runtime
+from openk1.dist.rollout import ShardedEngine
 from openk1.models.forward import response_logprobs, tokenize, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
@@ -87,7 +89,9 @@ def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: in
                 cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Verified rewards [B] (+ the length penalty once it is on), correctness [B] and metrics."""
     repeated = [p for p in problems for _ in range(k)]
-    scores = score_many(rollout.texts, repeated, cfg.score_workers, rewards=cfg.rewards)
+    scores = runtime.shard_map(   # each rank verifies its share; scores gathered in order
+        lambda texts, probs: score_many(texts, probs, cfg.score_workers, rewards=cfg.rewards),
+        rollout.texts, repeated)
     correct = torch.tensor([s.reward >= 1.0 for s in scores])
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     weight = length_penalty_weight(iteration, cfg.length_penalty_weight, cfg.length_penalty_warmup)
@@ -109,7 +113,7 @@ def update(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
     for _ in range(cfg.epochs_per_iter):
         for minibatch in torch.randperm(B, generator=generator).chunk(cfg.minibatches_per_iter):
             set_lr(optimizer, iteration_lr(steps, cfg.optim))
-            stats = _minibatch_step(model, optimizer, rollout, advantages, minibatch, cfg)
+            stats = _minibatch_step(model, optimizer, rollout, advantages, runtime.shard(minibatch), cfg)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value
             steps += 1
@@ -130,28 +134,34 @@ def iteration_lr(step: int, optim: OptimConfig) -> float:
 
 def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
                     advantages: torch.Tensor, index: torch.Tensor, cfg: RLConfig) -> dict[str, float]:
-    """One optimizer step over `index`, accumulated over micro-batches with one normaliser."""
-    normaliser = global_normaliser(cfg.aggregation, rollout.action_mask[index])
+    """One optimizer step over `index` (this rank's share of the mini-batch under torchrun),
+    accumulated over micro-batches with one normaliser counted over all ranks."""
+    normaliser = global_normaliser(cfg.aggregation, rollout.action_mask[index], all_reduce=True)
+    device = next(model.parameters()).device
     loss_sum, finite, metrics = 0.0, True, {}
-    for micro in index.split(cfg.micro_batch_size):
-        prompt_ids, prompt_mask, response_ids, action_mask = trim(
+    for micro, weight in runtime.micro_batches(index, cfg.micro_batch_size):
+        prompt_ids, prompt_mask, response_ids, action_mask = (x.to(device) for x in trim(
             rollout.prompt_ids[micro], rollout.prompt_mask[micro],
-            rollout.response_ids[micro], rollout.action_mask[micro])
+            rollout.response_ids[micro], rollout.action_mask[micro]))
         logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask)  # [b, T]
-        logp_old = rollout.logp[micro][:, :response_ids.shape[1]]                           # [b, T]
-        loss, metrics = opmd_loss(logp, logp_old, advantages[micro], action_mask, cfg.tau,
-                                  level=cfg.logratio_level, aggregation=cfg.aggregation,
+        if weight == 0.0:   # padding: the FSDP passes the other ranks run, a zero gradient
+            (logp.sum() * 0.0).backward()
+            continue
+        logp_old = rollout.logp[micro][:, :response_ids.shape[1]].to(device)               # [b, T]
+        loss, metrics = opmd_loss(logp, logp_old, advantages[micro].to(device), action_mask,
+                                  cfg.tau, level=cfg.logratio_level, aggregation=cfg.aggregation,
                                   normaliser=normaliser)
         if not torch.isfinite(loss):
             finite = False
-            break
+            if not runtime.is_distributed():   # under FSDP every rank runs all its backwards
+                break
         loss.backward()
         loss_sum += float(loss.detach())
-    if not finite:
+    if not runtime.all_true(finite):
         optimizer.zero_grad(set_to_none=True)
         return {"loss": float("nan"), "skipped": 1.0, "grad_norm": float("nan")}
     stats = guarded_step(model, optimizer, cfg.optim.grad_clip)
-    return {"loss": loss_sum, **stats, **{k: float(v) for k, v in metrics.items()}}
+    return {"loss": runtime.all_reduce_sum(loss_sum), **stats, **{k: float(v) for k, v in metrics.items()}}
 
 
 STOP_REASONS = ("normal", "budget", "repeat", "max_tokens")   # rollout/hf.py
@@ -184,28 +194,30 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
 def run(cfg: RLConfig) -> dict[str, Any]:
     problems = load_problems(cfg.data)
     held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
-    run_dir = RunDir(cfg.out)
+    run_dir = runtime.run_dir(cfg.out)   # rank 0 writes; other ranks write nothing
     start_iteration, model_path = 0, cfg.model
     if cfg.resume:
         checkpoint = latest_checkpoint(run_dir.path)
         model_path = str(checkpoint / "model")
     model, tokenizer = load_model(model_path)
-    optimizer = make_optimizer(model, cfg.optim)
+    trainee = fsdp.trainee(model)   # FSDP2 copy under torchrun (dist/fsdp.py); else model
+    optimizer = make_optimizer(trainee, cfg.optim)
     sampler = make_sampler(cfg.sampler, problems, cfg.seed)
     buffer = ReplayBuffer()   # partial rollouts carried between iterations
     if cfg.resume:
-        state = load_state(checkpoint, optimizer)
+        state = load_state(checkpoint, None if runtime.is_distributed() else optimizer)
         sampler.load_state_dict(state["sampler"])
         buffer.load_state_dict(state.get("partial", {"groups": []}))
         start_iteration = state["step"]
         run_dir.truncate_metrics(start_iteration)
     run_dir.write_config(cfg)
-    engine = HFEngine(model, tokenizer, cfg.sampling)
+    engine = ShardedEngine(HFEngine(model, tokenizer, cfg.sampling))   # each rank: its share
     summary = train(model, tokenizer, optimizer, engine, sampler, buffer, problems, held_out, cfg,
-                    run_dir, start_iteration)
-    save_model(model, tokenizer, run_dir.path / "model")
+                    run_dir, start_iteration, trainee=trainee)
+    if runtime.is_main():
+        save_model(model, tokenizer, run_dir.path / "model")
+        plot_curves(run_dir.metrics_path, PLOTTED, run_dir.path / "curves.png", title="openk1 rl")
     summary["model"] = str(run_dir.path / "model")
-    plot_curves(run_dir.metrics_path, PLOTTED, run_dir.path / "curves.png", title="openk1 rl")
     run_dir.write_summary(summary)
     run_dir.close()
     return summary
@@ -213,24 +225,30 @@ def run(cfg: RLConfig) -> dict[str, Any]:
 
 def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: HFEngine,
           sampler: Sampler, buffer: ReplayBuffer, problems: list[Problem], held_out: list[Problem],
-          cfg: RLConfig, run_dir: RunDir, start_iteration: int) -> dict[str, Any]:
-    """The iteration loop: rollout -> reward -> update -> (eval, checkpoint)."""
+          cfg: RLConfig, run_dir: RunDir, start_iteration: int, trainee: Any = None) -> dict[str, Any]:
+    """The iteration loop: rollout -> reward -> update -> (eval, checkpoint).
+
+    `trainee` (default: model) takes the optimizer steps; under torchrun it is the FSDP2 copy
+    and `model`, which rolls out, evaluates and is saved, gets its weights after each update.
+    """
+    trainee = model if trainee is None else trainee
     last_eval: dict[str, Any] = {}
-    if held_out and cfg.eval_at_start and start_iteration == 0:
+    if held_out and cfg.eval_at_start and start_iteration == 0 and runtime.is_main():
         last_eval = _evaluate(model, tokenizer, held_out, cfg, run_dir, 0)
     bar = tqdm(range(start_iteration, cfg.iterations), desc="rl", unit="iter", dynamic_ncols=True, mininterval=1.0,
-               initial=start_iteration, total=cfg.iterations)
+               initial=start_iteration, total=cfg.iterations, disable=not runtime.is_main())
     for iteration in bar:
         if cfg.reset_optimizer:
-            optimizer = make_optimizer(model, cfg.optim)
-        metrics = _iteration(model, optimizer, engine, sampler, buffer, problems, cfg, iteration)
+            optimizer = make_optimizer(trainee, cfg.optim)
+        metrics = _iteration(trainee, optimizer, engine, sampler, buffer, problems, cfg, iteration)
+        fsdp.sync_weights(trainee, model)   # no-op in one process
         step = iteration + 1
         run_dir.log(step, metrics)
-        if held_out and (step % cfg.eval_every == 0 or step == cfg.iterations):
+        if held_out and runtime.is_main() and (step % cfg.eval_every == 0 or step == cfg.iterations):
             last_eval = _evaluate(model, tokenizer, held_out, cfg, run_dir, step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
-            save_checkpoint(run_dir.path, step, model, tokenizer,
-                            None if cfg.reset_optimizer else optimizer,
+        if runtime.is_main() and (step % cfg.checkpoint_every == 0 or step == cfg.iterations):
+            save_checkpoint(run_dir.path, step, model, tokenizer,   # FSDP: Adam shards not saved
+                            None if cfg.reset_optimizer or runtime.is_distributed() else optimizer,
                             {"sampler": sampler.state_dict(), "partial": buffer.state_dict()},
                             cfg.keep_checkpoints)
         bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",

@@ -20,9 +20,9 @@ import torch
 
 from openk1.data.io import load_problems
 from openk1.data.packing import encode_row
+from openk1.dist import runtime
 from openk1.models.forward import response_logprobs, trim
 from openk1.models.io import load_model, save_model
-from openk1.report.run_dir import RunDir
 from openk1.schedules import LRSchedule, Stage
 from openk1.stages.eval import EvalSettings, evaluate
 from openk1.trainer import LMConfig, model_path, train_lm
@@ -59,7 +59,7 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 
 
 def run(cfg: SFTConfig) -> dict[str, Any]:
-    run_dir = RunDir(cfg.out)
+    run_dir = runtime.run_dir(cfg.out)   # under torchrun rank 0 writes, the others do not
     model, tokenizer = load_model(model_path(cfg, run_dir))
     held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
     torch.manual_seed(cfg.seed)
@@ -68,8 +68,9 @@ def run(cfg: SFTConfig) -> dict[str, Any]:
     encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_response_tokens)
     summary: dict[str, Any] = train_lm(model, tokenizer, cfg, sft_stages(cfg), encode, run_dir)
     summary.setdefault("truncated", 0)
-    save_model(model, tokenizer, run_dir.path / "model")
-    if held_out:
+    if runtime.is_main():
+        save_model(model, tokenizer, run_dir.path / "model")
+    if held_out and runtime.is_main():
         summary.update(evaluate(model, tokenizer, held_out, cfg.eval))
     summary["wall_seconds"] = time.perf_counter() - start
     summary["model"] = str(run_dir.path / "model")
