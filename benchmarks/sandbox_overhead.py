@@ -2,12 +2,15 @@
 
 Both sides run the same interpreter with the same flags on the same file, alternating run by
 run so machine noise hits both alike; we report medians and their ratio (DESIGN.md: timings
-on a shared machine vary, so only side-by-side ratios mean much). Two flag sets:
+on a shared machine vary, so only side-by-side ratios mean much). Both sandbox modes:
+  zygote   the default: a long-lived bwrap per worker starts each program in new namespaces
+  per_run  one bwrap (with prlimit) per program
+Two flag sets:
   -s     what the verifier runs (no user site-packages; `site` still imported)
   -s -S  no `site` at all: the smallest Python start, so the sandbox's own cost shows most
 Throughput: executions per second of a pool of `--workers` threads, sandboxed vs bare.
 
-    OMP_NUM_THREADS=1 python benchmarks/sandbox_overhead.py [--runs 60] [--jobs 200]
+    OMP_NUM_THREADS=1 python benchmarks/sandbox_overhead.py [--runs 60] [--jobs 200] [--modes zygote]
 """
 
 from __future__ import annotations
@@ -85,22 +88,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["zygote", "per_run"])
     args = parser.parse_args()
-    box = Sandbox()
-    report: dict[str, object] = {"python": box.python, "workers": args.workers}
+    report: dict[str, object] = {"python": Sandbox().python, "workers": args.workers}
     with tempfile.TemporaryDirectory() as tmp:
-        for flags in (["-s"], ["-s", "-S"]):
-            sandboxed, bare = (
-                sandboxed_runner(box, flags),
-                bare_runner(box.python, flags, Path(tmp)),
-            )
-            row = latency(sandboxed, bare, args.runs)
-            tput = [
-                throughput(f, args.jobs, args.workers) for f in (sandboxed, bare, sandboxed, bare)
-            ]
-            row["sandbox_exec_per_s"] = statistics.median(tput[0::2])
-            row["bare_exec_per_s"] = statistics.median(tput[1::2])
-            report[" ".join(flags)] = {k: round(v, 2) for k, v in row.items()}
+        for mode in args.modes:
+            box = Sandbox(mode=mode)
+            for flags in (["-s"], ["-s", "-S"]):
+                sandboxed, bare = (
+                    sandboxed_runner(box, flags),
+                    bare_runner(box.python, flags, Path(tmp)),
+                )
+                row = latency(sandboxed, bare, args.runs)
+                tput = [
+                    throughput(f, args.jobs, args.workers)
+                    for f in (sandboxed, bare, sandboxed, bare)
+                ]
+                row["sandbox_exec_per_s"] = statistics.median(tput[0::2])
+                row["bare_exec_per_s"] = statistics.median(tput[1::2])
+                report[f"{mode} {' '.join(flags)}"] = {k: round(v, 2) for k, v in row.items()}
     print(json.dumps(report, indent=2))
 
 

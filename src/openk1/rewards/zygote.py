@@ -1,28 +1,34 @@
 """The sandbox's zygote: a small server that runs inside one long-lived bwrap sandbox and starts
 each program in fresh namespaces of its own (used by `sandbox.Sandbox`, mode "zygote").
 
-This file is not imported by the scorer: `sandbox.py` passes its source to `python -I -S -c`
-inside bwrap, so it uses the standard library only (and `ctypes` for unshare/mount/capset).
+Not imported by the scorer: `sandbox.py` passes this file's source to `python -I -S -c` inside
+bwrap, so it uses the standard library only (`ctypes` for unshare, mount, prctl and capset).
+At start the zygote resets every signal to SIG_DFL and becomes a child subreaper.
 
-Per request, read from the control socket (one JSON message with the fds stdin, stdout, stderr
-and one memfd per file attached), the zygote forks:
-  C  unshare(user, mount, PID, IPC, UTS, cgroup) -> a fresh user namespace in which C maps only
-     its own uid/gid, then a private mount tree with a new size-capped tmpfs on /tmp (the
-     files are copied in from the memfds) and a new tmpfs on /dev/shm; C forks
-  I  PID 1 of the new PID namespace: mounts that namespace's /proc, forks P, then drops every
-     capability, becomes non-dumpable (no ptrace by the program) and only reaps children until
-     P exits; its exit makes the kernel kill whatever else is left in the namespace
-  P  PID 2: new session, default signal dispositions, rlimits, stdio from the received fds,
-     every other fd closed, the request's environment only; execvp(argv) as the unprivileged
-     uid, which drops all capabilities.
-C exits with I's status, I with P's (128+n for signal n, as bwrap's init); the zygote sends
-{"code": ...} back once C is reaped, i.e. once no process of the run is left.
+Per request (one JSON message on the control socket, with the fds stdin, stdout, stderr and one
+memfd per file attached) the zygote forks:
+  C  unshare(user, mount, PID, IPC, UTS, cgroup): a new user namespace in which C maps only its
+     own uid/gid, a private copy of the (read-only) mount tree with a new size-capped tmpfs on
+     /tmp holding copies of the files and a new tmpfs on /dev/shm. C forks I and exits, so I
+     is handed to the zygote.
+  I  PID 1 of the new PID namespace: mounts that namespace's /proc, forks P, closes every fd,
+     becomes non-dumpable (so the program cannot ptrace it or read its /proc entries), drops
+     every capability, and reaps children until P exits. With no signal handlers, as PID 1 it
+     receives no signal sent from inside its namespace. Its exit makes the kernel kill
+     everything left in the namespace and returns only once all of it is gone.
+  P  PID 2: a new session, the rlimits of the request, an empty capability bounding set, stdio
+     from the received fds and every other fd closed, /tmp as cwd, the request's environment
+     only; execvp(argv) as the unprivileged uid, which clears its capabilities.
+I exits with P's status (128+n for signal n, as bwrap's init does); the zygote replies
+{"code": ...} once I is reaped, i.e. once no process of the run is left, and only then reads
+the next request. Setup failures exit with SETUP_FAILED and say why on the run's stderr.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import json
 import os
 import resource
@@ -39,7 +45,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
-PR_SET_DUMPABLE, PR_CAPBSET_DROP = 4, 24
+PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER = 4, 24, 36
 CAP_VERSION_3 = 0x20080522
 SETUP_FAILED = 125  # C's exit code when the namespaces could not be set up (stderr says why)
 MAX_FDS = 253  # SCM_RIGHTS limit per message
@@ -111,14 +117,7 @@ def _exit_code(status: int) -> int:
 def _program(req: dict[str, Any], stdio: list[int]) -> None:
     """P: becomes the program (never returns)."""
     os.setsid()
-    for sig in range(1, signal.NSIG):
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
     for resource_id, soft, hard in req["rlimits"]:
-        if resource_id == resource.RLIMIT_NPROC:  # C counts too: the same budget as bwrap's
-            soft, hard = soft + 1, hard + 1
         resource.setrlimit(resource_id, (soft, hard))
     _drop_bounding_set()
     for target, fd in enumerate(stdio):
@@ -145,11 +144,6 @@ def _init(req: dict[str, Any], stdio: list[int]) -> None:
         finally:
             os._exit(SETUP_FAILED)
     os.closerange(0, 1 << 20)
-    for sig in range(1, signal.NSIG):  # no handlers: the kernel drops signals sent from inside
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     _drop_capabilities()
     while True:
@@ -190,13 +184,23 @@ def _run(req: dict[str, Any], fds: list[int]) -> None:
             os.write(stdio[2], f"sandbox: init failed: {exc!r}\n".encode())
         finally:
             os._exit(SETUP_FAILED)
-    os.closerange(0, 1 << 20)
-    _, status = os.waitpid(child, 0)
-    os._exit(_exit_code(status))
+    os._exit(0)  # I is handed to the zygote, its subreaper
+
+
+def _default_signals() -> None:
+    """Every signal to SIG_DFL, once, for all forks: P execs with nothing ignored, and I (PID 1,
+    no handlers) gets no signal at all from inside its namespace - the kernel drops them."""
+    for sig in signal.valid_signals():
+        if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def serve(control_fd: int) -> None:
     """Answer requests on `control_fd` one at a time until the scorer closes it."""
+    _default_signals()
+    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "PR_SET_CHILD_SUBREAPER")
+    gc.disable()  # no collection in the forks: fewer copy-on-write faults
+    gc.freeze()
     control = socket.socket(fileno=control_fd)
     while True:
         msg, fds, _, _ = socket.recv_fds(control, 1 << 20, MAX_FDS)
@@ -213,7 +217,9 @@ def serve(control_fd: int) -> None:
                     os._exit(SETUP_FAILED)
             for fd in fds:
                 os.close(fd)
-            _, status = os.waitpid(child, 0)
+            _, status = os.waitpid(child, 0)  # C: 0 once I runs
+            if status == 0:
+                _, status = os.waitpid(-1, 0)  # I, reparented to the zygote
             reply: dict[str, Any] = {"code": _exit_code(status)}
         except Exception:  # noqa: BLE001 - the scorer discards this zygote
             reply = {"error": traceback.format_exc()}
