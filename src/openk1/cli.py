@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rm": ("rm", "RMTrainConfig", "`rm train`: train the classic reward model on labelled responses"),
     "merge": ("merge", "MergeConfig", "weighted average of checkpoints of one architecture (long2short)"),
     "dpo": ("dpo", "DPOConfig", "DPO on prompt/chosen/rejected rows against a frozen reference"),
+    "long2short": ("long2short", "Long2ShortConfig",
+                   "shorten a long-CoT model: merge, shortest rejection sampling, DPO, RL (§2.4)"),
     "demo": ("demo", "DemoConfig", "the whole pipeline on a tiny model on CPU (the main job)"),
 }
 

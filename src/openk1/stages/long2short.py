@@ -1,0 +1,265 @@
+"""`openk1 long2short`: make a long-CoT model answer with fewer tokens (report §2.4, SPEC §7).
+
+From the long-CoT RL checkpoint (`--model`), each method in `methods` makes a model in DIR/<method>:
+
+    merge        average its weights with a short-CoT model of the same lineage (`merge`)
+    shortest_rs  sample n = 8 responses per training problem, keep the shortest correct one,
+                 SFT on those rows (`shortest_rs`, the SFT stage)
+    dpo          pairs from the same samples: chosen = the shortest correct response, rejected =
+                 a wrong one or a correct one >= `pairs.length_ratio` (1.5) x longer (`dpo`)
+    rl           continue RL with the length penalty on from iteration 0 and a much smaller
+                 `sampling.max_new_tokens` (`rl`; defaults: presets/long2short_rl.yaml)
+
+then evaluates every model and the long model itself on `eval_data` with the same settings
+(`stages.eval.evaluate`, the training verifier) and writes DIR/summary.json (entries `l2s_<method>`
+with accuracy, mean_tokens, model), a markdown table (also printed) and DIR/tradeoff.png
+(accuracy vs mean tokens, the report's Figure 7). A response counts as correct for sampling when
+its reward is 1 and it stopped normally (EOS; not cut at the token limit). Departures: the report gives
+no merge ratio, DPO or RL hyper-parameters; all values here are ours.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from openk1.config import Section, StageConfig, build, merge, read_yaml
+from openk1.data.io import load_problems, write_jsonl
+from openk1.errors import OpenK1Error
+from openk1.models.io import load_model
+from openk1.report.plots import plot_tradeoff
+from openk1.report.run_dir import RunDir
+from openk1.rewards.scoring import RewardConfig, score_many
+from openk1.rollout.hf import HFEngine, SamplingConfig
+from openk1.stages import dpo as dpo_stage
+from openk1.stages import merge as merge_stage
+from openk1.stages import rl as rl_stage
+from openk1.stages import sft as sft_stage
+from openk1.stages.dpo import DPOConfig
+from openk1.stages.eval import EvalSettings, evaluate
+from openk1.stages.longcot import choose
+from openk1.stages.rl import RLConfig
+from openk1.stages.sft import SFTConfig
+from openk1.types import Problem
+
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+Method = Literal["merge", "shortest_rs", "dpo", "rl"]
+Sample = tuple[str, int, bool]      # (response, tokens, correct)
+
+
+class MergeSettings(Section):
+    short_model: str = ""           # a short-CoT model of the long model's lineage (required)
+    weights: list[float] = Field(default_factory=lambda: [0.5, 0.5])   # [long, short]
+
+
+class SampleSettings(Section):
+    """The samples shortest rejection sampling and DPO are built from (drawn once)."""
+
+    problems: int = 256              # first N problems of --data (0 = all)
+    samples_per_prompt: int = 8      # n (report: 8)
+    sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=128)
+    score_workers: int = 0
+
+
+class PairSettings(Section):
+    length_ratio: float = 1.5        # a correct response is rejected when >= ratio x the chosen's tokens
+    pairs_per_prompt: int = 0        # at most this many pairs per prompt (0 = every rejected response)
+
+
+class Long2ShortConfig(StageConfig):
+    methods: list[Method] = Field(default_factory=lambda: ["merge", "shortest_rs", "dpo", "rl"])
+    eval_data: str = ""              # held-out problems (required)
+    eval: EvalSettings = EvalSettings()
+    rewards: RewardConfig = RewardConfig()
+    reference: str = ""              # summary.json of the long model under the same eval settings
+    merge: MergeSettings = MergeSettings()
+    samples: SampleSettings = SampleSettings()
+    shortest_rs: SFTConfig = SFTConfig(epochs=2, batch_size=16)
+    pairs: PairSettings = PairSettings()
+    dpo: DPOConfig = DPOConfig()
+    rl: RLConfig = RLConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rl_preset(cls, values: Any) -> Any:
+        """The `rl` section is presets/long2short_rl.yaml with the given keys on top."""
+        if isinstance(values, dict):
+            given = values.get("rl") or {}
+            base = read_yaml(PRESETS / "long2short_rl.yaml")
+            values = {**values, "rl": merge(base, given if isinstance(given, dict) else given.model_dump())}
+        return values
+
+
+def shortest_rows(problems: list[Problem], groups: list[list[Sample]]) -> list[dict[str, Any]]:
+    """SFT rows: each problem's shortest correct response (problems with none are skipped)."""
+    rng = random.Random(0)
+    return [{"prompt": p.prompt, "response": text, "id": p.id}
+            for p, group in zip(problems, groups)
+            for text in choose([(t, n) for t, n, ok in group if ok], "shortest", rng)]
+
+
+def preference_pairs(problems: list[Problem], groups: list[list[Sample]], length_ratio: float,
+                     pairs_per_prompt: int = 0) -> list[dict[str, Any]]:
+    """DPO rows: chosen = the shortest correct response; rejected = each distinct wrong response
+    and each correct one with tokens >= length_ratio x the chosen's (report §2.4).
+
+    >>> groups = [[("aa", 2, True), ("a", 1, True), ("x", 1, False), ("aaa", 3, True)]]
+    >>> [r["rejected"] for r in preference_pairs([Problem("p", "1")], groups, 2.0)]
+    ['aa', 'x', 'aaa']
+    """
+    rows = []
+    for problem, group in zip(problems, groups):
+        correct = [(t, n) for t, n, ok in group if ok]
+        if not correct:
+            continue
+        chosen, tokens = min(correct, key=lambda c: c[1])
+        rejected = [t for t, n, ok in group if t != chosen and (not ok or n >= length_ratio * tokens)]
+        rejected = list(dict.fromkeys(rejected))
+        rejected = rejected[:pairs_per_prompt] if pairs_per_prompt else rejected
+        rows += [{"prompt": problem.prompt, "chosen": chosen, "rejected": r, "id": problem.id}
+                 for r in rejected]
+    return rows
+
+
+def draw_samples(cfg: Long2ShortConfig, root: Path) -> tuple[list[Problem], list[list[Sample]]]:
+    """n verified samples per training problem from the long model; also DIR/samples.jsonl."""
+    problems = load_problems(cfg.data)
+    problems = problems[:cfg.samples.problems] if cfg.samples.problems else problems
+    model, tokenizer = load_model(cfg.model)
+    k = cfg.samples.samples_per_prompt
+    rollout = HFEngine(model, tokenizer, cfg.samples.sampling).generate([p.prompt for p in problems], k, cfg.seed)
+    scores = score_many(rollout.texts, [p for p in problems for _ in range(k)], cfg.samples.score_workers,
+                        rewards=cfg.rewards)
+    samples = [(text, int(n), s.reward >= 1.0 and stop == "normal")
+               for text, n, s, stop in zip(rollout.texts, rollout.lengths, scores, rollout.stop_reason)]
+    write_jsonl(root / "samples.jsonl", [{"id": p.id, "response": t, "tokens": n, "correct": ok}
+                                         for j, (t, n, ok) in enumerate(samples) for p in [problems[j // k]]])
+    return problems, [samples[i * k:(i + 1) * k] for i in range(len(problems))]
+
+
+class Context:
+    """What the methods share: the config, DIR, and the samples (drawn on first use)."""
+
+    def __init__(self, cfg: Long2ShortConfig, root: Path) -> None:
+        self.cfg, self.root = cfg, root
+        self._samples: tuple[list[Problem], list[list[Sample]]] | None = None
+
+    def samples(self) -> tuple[list[Problem], list[list[Sample]]]:
+        if self._samples is None:
+            self._samples = draw_samples(self.cfg, self.root)
+        return self._samples
+
+    def stage(self, cls: type, section: Any, **fields: Any) -> Any:
+        values = merge(section.model_dump(), {"seed": self.cfg.seed, **fields})
+        return build(cls, values, source=f"long2short.{cls.__name__}")
+
+
+def run_merge(ctx: Context) -> dict[str, Any]:
+    settings = ctx.cfg.merge
+    if not settings.short_model:
+        raise OpenK1Error("long2short: method merge needs merge.short_model (a short-CoT model "
+                          "of the long model's lineage)")
+    return merge_stage.run(merge_stage.MergeConfig(models=[ctx.cfg.model, settings.short_model],
+                                                   weights=settings.weights, out=str(ctx.root / "merge")))
+
+
+def run_shortest_rs(ctx: Context) -> dict[str, Any]:
+    rows = shortest_rows(*ctx.samples())
+    if not rows:
+        raise OpenK1Error("long2short: no correct sample to keep for shortest rejection sampling")
+    write_jsonl(ctx.root / "shortest_rs.jsonl", rows)
+    cfg = ctx.stage(SFTConfig, ctx.cfg.shortest_rs, model=ctx.cfg.model,
+                    data=str(ctx.root / "shortest_rs.jsonl"), out=str(ctx.root / "shortest_rs"))
+    return {**sft_stage.run(cfg), "rows": len(rows)}
+
+
+def run_dpo(ctx: Context) -> dict[str, Any]:
+    rows = preference_pairs(*ctx.samples(), ctx.cfg.pairs.length_ratio, ctx.cfg.pairs.pairs_per_prompt)
+    if not rows:
+        raise OpenK1Error("long2short: no preference pair (no prompt with a correct sample and a "
+                          "wrong or much longer one)")
+    write_jsonl(ctx.root / "dpo_pairs.jsonl", rows)
+    cfg = ctx.stage(DPOConfig, ctx.cfg.dpo, model=ctx.cfg.model,
+                    data=str(ctx.root / "dpo_pairs.jsonl"), out=str(ctx.root / "dpo"))
+    return dpo_stage.run(cfg)
+
+
+def run_rl(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.stage(RLConfig, ctx.cfg.rl, model=ctx.cfg.model, data=ctx.cfg.data,
+                    out=str(ctx.root / "rl"), eval_data="", rewards=ctx.cfg.rewards.model_dump())
+    return rl_stage.run(cfg)
+
+
+# method -> the function that makes its model (its summary has `model`)
+METHODS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "merge": run_merge, "shortest_rs": run_shortest_rs, "dpo": run_dpo, "rl": run_rl,
+}
+
+
+def evaluate_model(path: str, held_out: list[Problem], cfg: Long2ShortConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(path)
+    result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
+    return {"accuracy": result["accuracy"], "mean_tokens": result["mean_tokens"],
+            "accuracy_by_difficulty": result["accuracy_by_difficulty"], "model": path,
+            "eval_seconds": time.perf_counter() - t0}
+
+
+def reference_entry(cfg: Long2ShortConfig, held_out: list[Problem]) -> dict[str, Any]:
+    """The long model on the held-out set: from `reference` (a summary.json) or evaluated here."""
+    if cfg.reference:
+        summary = json.loads(Path(cfg.reference).read_text())
+        return {"name": "long", "model": cfg.model,
+                **{k: summary[k] for k in ("accuracy", "mean_tokens")}}
+    return {"name": "long", **evaluate_model(cfg.model, held_out, cfg)}
+
+
+def compare(entry: dict[str, Any], long: dict[str, Any]) -> dict[str, Any]:
+    """Token reduction (fraction of the long model's mean tokens saved) and accuracy change."""
+    return {**entry, "token_reduction": 1.0 - entry["mean_tokens"] / max(long["mean_tokens"], 1e-9),
+            "accuracy_delta": entry["accuracy"] - long["accuracy"]}
+
+
+def table(entries: list[dict[str, Any]], long: dict[str, Any]) -> str:
+    lines = ["| method | held-out accuracy | mean tokens | tokens saved | accuracy change | train s |",
+             "|---|---|---|---|---|---|",
+             f"| long (reference) | {100 * long['accuracy']:.1f}% | {long['mean_tokens']:.1f} | - | - | - |"]
+    lines += [f"| {e['name']} | {100 * e['accuracy']:.1f}% | {e['mean_tokens']:.1f} | "
+              f"{100 * e['token_reduction']:.0f}% | {100 * e['accuracy_delta']:+.1f} pts | "
+              f"{e['train_seconds']:.0f} |" for e in entries]
+    return "\n".join(lines)
+
+
+def run(cfg: Long2ShortConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    if not (cfg.model and cfg.data and cfg.eval_data):
+        raise OpenK1Error("long2short: needs --model (the long-CoT RL model), --data (training "
+                          "problems) and eval_data (held-out problems)")
+    run_dir = RunDir(cfg.out or "runs/long2short", tensorboard=False)
+    run_dir.write_config(cfg)
+    held_out = load_problems(cfg.eval_data)
+    long = reference_entry(cfg, held_out)
+    ctx, entries = Context(cfg, run_dir.path), []
+    t0 = time.perf_counter()
+    if {"shortest_rs", "dpo"} & set(cfg.methods):
+        ctx.samples()                   # drawn once for both, timed on their own
+    sample_seconds = time.perf_counter() - t0
+    for method in cfg.methods:
+        t0 = time.perf_counter()
+        made = METHODS[method](ctx)
+        entry = {"name": f"l2s_{method}", "train_seconds": time.perf_counter() - t0,
+                 **evaluate_model(made["model"], held_out, cfg)}
+        entries.append(compare(entry, long))
+    text = table(entries, long)
+    plot = plot_tradeoff(entries, long, run_dir.path / "tradeoff.png")
+    summary = {"reference": long, "stages": entries, **{e["name"]: e for e in entries},
+               "table": text, "plot": str(plot), "sample_seconds": sample_seconds, "wall_seconds": time.perf_counter() - start}
+    run_dir.write_summary(summary)
+    print(text)
+    return summary

@@ -1,0 +1,91 @@
+"""`openk1 long2short`: sample selection rules, the RL preset, and every method end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from openk1.cli import main
+from openk1.config import build
+from openk1.data.io import write_jsonl
+from openk1.errors import OpenK1Error
+from openk1.stages import long2short
+from openk1.types import Problem
+
+P = [Problem("1+1=", "2", id="a"), Problem("2+2=", "4", id="b"), Problem("3+3=", "6", id="c")]
+# (response, tokens, correct): a's shortest correct has 4 tokens, so with ratio 1.5 a correct
+# response is rejected from 6 tokens on (5 is kept out, 6 is in); b has no correct response.
+GROUPS = [
+    [("long ok", 6, True), ("ok", 4, True), ("bad", 3, False), ("mid", 5, True), ("bad", 3, False)],
+    [("x", 2, False), ("y", 9, False)],
+    [("six", 7, True), ("  six", 9, True)],
+]
+
+
+def test_shortest_correct_rows():
+    rows = long2short.shortest_rows(P, GROUPS)
+    assert [(r["id"], r["response"]) for r in rows] == [("a", "ok"), ("c", "six")]
+
+
+def test_preference_pairs_follow_the_report():
+    rows = long2short.preference_pairs(P, GROUPS, length_ratio=1.5)
+    # a: chosen "ok" (4); "long ok" 6 >= 1.5 x 4 = 6 is rejected, "mid" 5 < 6 is not; "bad" once
+    # c: chosen "six" (7); "  six" 9 < 1.5 x 7 = 10.5 -> no pair; b: no correct -> no pair
+    assert [(r["id"], r["chosen"], r["rejected"]) for r in rows] == [("a", "ok", "long ok"), ("a", "ok", "bad")]
+    assert [r["rejected"] for r in long2short.preference_pairs(P, GROUPS, 1.5, pairs_per_prompt=1)] == ["long ok"]
+    # ratio 1.2: a also rejects "mid" (5 >= 4.8), c rejects "  six" (9 >= 8.4)
+    assert [r["rejected"] for r in long2short.preference_pairs(P, GROUPS, 1.2)] == ["long ok", "bad", "mid", "  six"]
+
+
+def test_rl_section_defaults_to_the_long2short_preset():
+    cfg = build(long2short.Long2ShortConfig, {"rl": {"iterations": 3}})
+    assert cfg.rl.iterations == 3                                   # the user's key wins
+    assert cfg.rl.length_penalty_weight > 0 and cfg.rl.length_penalty_warmup == 0
+    assert cfg.rl.sampling.max_new_tokens < build(long2short.RLConfig, {}).sampling.max_new_tokens * 100
+
+
+def test_every_method_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
+    problems = [{"prompt": f"{a}+1=", "answer": str(a + 1), "difficulty": 1} for a in range(4)]
+    write_jsonl(tmp_path / "train.jsonl", problems)
+    write_jsonl(tmp_path / "heldout.jsonl", problems[:2])
+    groups = [[(f"\\boxed{{{a + 1}}}", 9, True), (f"{a}+1={a + 1} so \\boxed{{{a + 1}}}", 20, True),
+               ("\\boxed{0}", 9, False)] for a in range(4)]
+    drawn = []
+    monkeypatch.setattr(long2short, "draw_samples",
+                        lambda cfg, root: drawn.append(1) or ([long2short.load_problems(cfg.data)[i] for i in range(4)], groups))
+    values = {
+        "model": str(tiny_model_dir), "data": str(tmp_path / "train.jsonl"),
+        "eval_data": str(tmp_path / "heldout.jsonl"), "out": str(tmp_path / "l2s"),
+        "eval": {"samples_per_prompt": 1, "max_new_tokens": 6},
+        "merge": {"short_model": str(tiny_model_dir), "weights": [0.7, 0.3]},
+        "shortest_rs": {"epochs": 1, "batch_size": 2},
+        "dpo": {"epochs": 1, "batch_size": 4},
+        "rl": {"iterations": 1, "prompts_per_iter": 2, "samples_per_prompt": 2, "sampling": {"max_new_tokens": 6},
+               "checkpoint_every": 1},
+    }
+    (tmp_path / "l2s.yaml").write_text(json.dumps(values))
+    assert main(["long2short", "--config", str(tmp_path / "l2s.yaml")]) == 0
+    summary = json.loads((tmp_path / "l2s" / "summary.json").read_text())
+    assert drawn == [1]                                             # samples drawn once for RS and DPO
+    for name in ("l2s_merge", "l2s_shortest_rs", "l2s_dpo", "l2s_rl"):
+        entry = summary[name]
+        assert 0.0 <= entry["accuracy"] <= 1.0 and 0 < entry["mean_tokens"] <= 6
+        assert (tmp_path / "l2s" / name.removeprefix("l2s_") / "model" / "config.json").is_file()
+        assert entry["model"].endswith("model") and f"| {name} |" in summary["table"]
+    assert [s["name"] for s in summary["stages"]] == ["l2s_merge", "l2s_shortest_rs", "l2s_dpo", "l2s_rl"]
+    assert (tmp_path / "l2s" / "tradeoff.png").stat().st_size > 1000
+    pairs = [json.loads(x) for x in (tmp_path / "l2s" / "dpo_pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 8 and all(p["chosen"].startswith("\\boxed") for p in pairs)
+    rl_cfg = (tmp_path / "l2s" / "rl" / "config.yaml").read_text()
+    assert "length_penalty_warmup: 0" in rl_cfg
+
+
+def test_merge_needs_a_short_model(tmp_path, tiny_model_dir):
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1=", "answer": "2"}])
+    cfg = build(long2short.Long2ShortConfig, {
+        "model": str(tiny_model_dir), "data": str(tmp_path / "p.jsonl"), "eval_data": str(tmp_path / "p.jsonl"),
+        "out": str(tmp_path / "o"), "methods": ["merge"], "reference": str(tmp_path / "ref.json")})
+    (tmp_path / "ref.json").write_text(json.dumps({"accuracy": 0.5, "mean_tokens": 10.0}))
+    with pytest.raises(OpenK1Error, match="merge.short_model"):
+        long2short.run(cfg)
