@@ -50,11 +50,20 @@ def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.T
     """
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)            # [B, L]
     attention_mask = torch.cat([prompt_mask, action_mask], dim=1)       # [B, L]
+    T = response_ids.shape[1]
+    # Only positions P-1 .. L-2 score a response token: the LM head runs on the last T + 1
+    # positions, not on the prompt's (`logits_to_keep`, where the model accepts it).
+    keep = {"logits_to_keep": T + 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids(attention_mask), use_cache=False)
-    P = prompt_ids.shape[1]
-    logits = out.logits[:, P - 1:-1]                                    # [B, T, V]
+                position_ids=position_ids(attention_mask), use_cache=False, **keep)
+    logits = out.logits[:, -(T + 1):-1]                                 # [B, T, V]
     return token_logprobs(logits, response_ids, chunk_size=chunk_size) * action_mask
+
+
+def _accepts(model: Any, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(model.forward).parameters
 
 
 def cached_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,

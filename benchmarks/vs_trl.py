@@ -1,0 +1,648 @@
+"""openk1's RL iteration vs TRL's GRPOTrainer at equal work, plus this CPU's matmul peak.
+
+    python benchmarks/vs_trl.py [--quick] [--threads 1] [--iterations 5]
+
+One ~6M-parameter tiny Llama (openk1's `tiny_llama`, hidden 256, 7 layers, character tokenizer)
+is saved once; each framework loads it in its own subprocess (so each peak RSS is its own) and
+the two run one RL iteration each in turn, alternating which goes first, after a warm-up.
+Equal work per iteration, forced:
+  - the same prompts x samples (synthetic addition), the same max completion length, and EOS is
+    ignored on both sides (TRL: `min_new_tokens` = max; openk1: a tokenizer view whose EOS id
+    matches no token), so every response is exactly `max_new_tokens` long;
+  - one optimizer step per generation over the whole batch (TRL: num_iterations 1, steps per
+    generation = gradient accumulation steps; openk1: 1 mini-batch x 1 epoch), the same
+    micro-batch, AdamW with the same betas, lr and clipping, fp32, no gradient checkpointing,
+    no vLLM, beta 0 (no reference model), the same reward (openk1's math verifier);
+  - the same torch thread count in both.
+Tokens are counted from what each framework actually generated and trained.
+
+FLOP utilisation counts matmul FLOPs only: 2 N per token forward, 6 N forward+backward, with
+N the parameters used in matmuls (every layer's projections plus the tied LM head; the embedding
+lookup is not a matmul), plus attention's QK^T and AV (4 d L per token per layer forward, L the
+mean attended length; x3 for forward+backward). Prompt tokens are processed but not trained:
+the update's figure counts trained (response) tokens only, the conservative choice.
+
+The last line is `speedup_vs_trl: X`, the ratio of median per-iteration wall times (= ratio of
+generated tokens/s, since the work is equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PREFIX = "@@bench "
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        base = {"prompts": 8, "k": 8, "max_new_tokens": 64, "micro_batch": 32, "iterations": 3, "warmup": 1,
+                "hidden": 256, "layers": 7}
+    else:
+        base = {"prompts": 16, "k": 8, "max_new_tokens": 128, "micro_batch": 64, "iterations": 5, "warmup": 1,
+                "hidden": 256, "layers": 7}
+    if args.iterations:
+        base["iterations"] = args.iterations
+    base |= {"mode": "throughput", "threads": args.threads, "lr": 1e-5, "seed": 0}
+    return base
+
+
+def build_model(root: Path, cfg: dict[str, Any]) -> tuple[str, int]:
+    """Save the ~6M-parameter tiny Llama; returns (model dir, parameter count)."""
+    from openk1.models.io import save_model
+    from openk1.models.tiny import TinyModelConfig, char_tokenizer, tiny_llama
+
+    tokenizer = char_tokenizer()
+    size = TinyModelConfig(hidden=cfg["hidden"], layers=cfg["layers"], heads=8, kv_heads=8,
+                           intermediate=3 * cfg["hidden"])
+    model = tiny_llama(size, tokenizer, seed=cfg["seed"])
+    path = root / "model"
+    save_model(model, tokenizer, path)
+    return str(path), sum(p.numel() for p in model.parameters())
+
+
+def build_prompts(root: Path, n: int, seed: int) -> str:
+    """n addition problems (difficulty 1-2) as openk1 dataset rows."""
+    from openk1.data.io import write_jsonl
+    from openk1.data.synthetic import make_row
+
+    rng = random.Random(seed)
+    rows = [make_row(rng, 1 + i % 2, f"bench-{i}", 0.0) for i in range(n)]
+    path = root / "prompts.jsonl"
+    write_jsonl(path, rows)
+    return str(path)
+
+
+def matmul_peak(threads: int, n: int, repeats: int) -> float:
+    """Median GFLOP/s of torch.mm on n x n fp32 matrices (2 n^3 FLOPs each)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def rss_mib() -> tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MiB, from /proc/self/status."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, value = line.split(":")
+            fields[key] = int(value.split()[0]) / 1024
+    if not fields:  # not Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def report(payload: dict[str, Any]) -> None:
+    print(PREFIX + json.dumps(payload), flush=True)
+
+
+def wait_for_go(evaluate: Any = None) -> bool:
+    """Block until the parent says `go` (True) or `stop` (False); `eval` runs `evaluate` first."""
+    while True:
+        command = sys.stdin.readline().strip()
+        if command == "eval" and evaluate is not None:
+            t0 = time.perf_counter()
+            report(evaluate() | {"eval_seconds": time.perf_counter() - t0})
+            continue
+        return command == "go"
+
+
+def held_out_evaluator(model: Any, tokenizer: Any, spec: dict[str, Any]) -> Any:
+    """Held-out accuracy with openk1's evaluate (the demo's settings), the same for both frameworks."""
+    from openk1.data.io import load_problems
+    from openk1.stages.demo import preset
+    from openk1.stages.eval import EvalSettings, evaluate
+
+    problems = load_problems(spec["eval_data"])
+    settings = EvalSettings(**preset(quick=False)["eval"])
+    return lambda: {"accuracy": evaluate(model, tokenizer, problems, settings)["accuracy"]}
+
+
+class _NoEOS:
+    """A tokenizer view whose EOS id matches no token: every response runs to max_new_tokens."""
+
+    eos_token_id = -1
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+# ----------------------------------------------------------------------------- rollout prototype
+# A rollout-side speed-up measured here, not applied: rollout/hf.py is being rewritten elsewhere.
+# transformers' DynamicCache concatenates every layer's K and V at every decoding step (O(L) copy
+# per token, O(L^2) per response); this layer writes into a buffer that doubles when full.
+
+
+def _growing_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):  # type: ignore[misc]
+        """keys/values are prefix views of buffers with spare room. Row surgery (rollout/kv_cache.py
+        reassigns keys/values) leaves tensors that are not such views: they are copied once."""
+
+        k_buf: Any = None
+        v_buf: Any = None
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, m = (self.keys.shape[-2] if self.keys.numel() else 0), key_states.shape[-2]
+            owned = (n > 0 and self.k_buf is not None and self.keys.data_ptr() == self.k_buf.data_ptr()
+                     and self.keys.stride() == self.k_buf.stride() and self.keys.shape[0] == self.k_buf.shape[0])
+            if not owned or n + m > self.k_buf.shape[-2]:
+                shape = (*key_states.shape[:-2], max(2 * (n + m), 64), key_states.shape[-1])
+                k_buf, v_buf = key_states.new_empty(shape), value_states.new_empty(shape)
+                if n:
+                    k_buf[..., :n, :], v_buf[..., :n, :] = self.keys, self.values
+                self.k_buf, self.v_buf = k_buf, v_buf
+            self.k_buf[..., n:n + m, :] = key_states
+            self.v_buf[..., n:n + m, :] = value_states
+            self.keys, self.values = self.k_buf[..., :n + m, :], self.v_buf[..., :n + m, :]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def prototype_rollout(engine: Any, problems: list[Any], spec: dict[str, Any], iteration: int) -> dict[str, float]:
+    """Time the same engine with a growing (amortised) KV cache instead of DynamicCache's cat."""
+    from transformers.cache_utils import DynamicCache
+
+    from openk1.models import forward
+    from openk1.rollout import hf
+
+    layer_class = _growing_layer_class()
+    plain = hf.cached_forward
+
+    def growing_forward(model: Any, input_ids: Any, attention_mask: Any, cache: Any = None) -> Any:
+        if cache is None:
+            cache = DynamicCache(config=model.config)
+            for layer in cache.layers:
+                layer.__class__ = layer_class
+        return forward.cached_forward(model, input_ids, attention_mask, cache)
+
+    prompts = [p.prompt for p in problems[:spec["prompts"]]]
+    out = {}
+    for name, fn in (("plain", plain), ("growing", growing_forward)):
+        hf.cached_forward = fn
+        try:
+            t0, c0 = time.perf_counter(), time.process_time()
+            engine.generate(prompts, spec["k"], seed=iteration)
+            out[f"proto_{name}_s"], out[f"proto_{name}_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            hf.cached_forward = plain
+    return out
+
+
+def replay_buffer() -> Any:
+    try:
+        from openk1.rollout.partial import ReplayBuffer
+    except ImportError:  # before partial rollouts
+        return None
+    return ReplayBuffer()
+
+
+def iteration_args(fn: Any, **available: Any) -> dict[str, Any]:
+    """The arguments `rl._iteration` takes, by name (its signature grows as features land)."""
+    import inspect
+
+    return {name: available[name] for name in inspect.signature(fn).parameters if name in available}
+
+
+def openk1_worker(spec: dict[str, Any]) -> None:
+    import torch
+
+    from openk1.cli import quiet_libraries
+    from openk1.config import build
+    from openk1.data.io import load_problems
+    from openk1.data.samplers import make_sampler
+    from openk1.models.io import load_model
+    from openk1.optim import make_optimizer
+    from openk1.rollout.hf import HFEngine
+    from openk1.stages import rl
+
+    quiet_libraries()
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    B = spec["prompts"] * spec["k"]
+    accuracy_mode = spec["mode"] == "accuracy"
+    common = {"model": spec["model"], "data": spec["data"], "out": spec["out"], "seed": spec["seed"]}
+    if accuracy_mode:  # the demo's RL preset, as `openk1 demo` runs it
+        from openk1.config import merge
+        from openk1.stages.demo import preset
+
+        cfg = build(rl.RLConfig, merge(preset(quick=False)["rl"], common))
+    else:
+        cfg = build(rl.RLConfig, common | {
+            "prompts_per_iter": spec["prompts"], "samples_per_prompt": spec["k"], "tau": 0.5,
+            "minibatches_per_iter": 1, "epochs_per_iter": 1, "micro_batch_size": spec["micro_batch"],
+            "reset_optimizer": False,
+            "optim": {"lr": spec["lr"], "warmup_steps": 0, "betas": [0.9, 0.95], "grad_clip": 1.0},
+            "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": spec["max_new_tokens"],
+                         "batch_size": B},
+        })
+    B = cfg.prompts_per_iter * cfg.samples_per_prompt
+    problems = load_problems(cfg.data)
+    model, tokenizer = load_model(cfg.model)
+    optimizer = make_optimizer(model, cfg.optim)
+    sampler = make_sampler(cfg.sampler, problems, cfg.seed)
+    buffer = replay_buffer()
+    engine = HFEngine(model, tokenizer if accuracy_mode else _NoEOS(tokenizer), cfg.sampling)
+    evaluate = held_out_evaluator(model, tokenizer, spec) if accuracy_mode else None
+    cpu = {"update": 0.0}
+    plain_update = rl.update
+
+    def timed_update(*a: Any, **kw: Any) -> Any:  # CPU seconds of the update (wall is in metrics)
+        c0 = time.process_time()
+        out = plain_update(*a, **kw)
+        cpu["update"] += time.process_time() - c0
+        return out
+
+    rl.update = timed_update  # type: ignore[assignment]
+    report({"ready": True, "rss_mib": rss_mib()[0]})
+    iteration = 0
+    while wait_for_go(evaluate):
+        t0, c0, cpu["update"] = time.perf_counter(), time.process_time(), 0.0
+        metrics = rl._iteration(**iteration_args(rl._iteration, model=model, optimizer=optimizer, engine=engine,
+                                                 sampler=sampler, problems=problems, cfg=cfg, iteration=iteration,
+                                                 buffer=buffer))
+        seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        tokens = metrics["response_tokens/mean"] * B
+        rss, peak = rss_mib()
+        proto = {} if accuracy_mode else prototype_rollout(engine, problems, spec, iteration)
+        report({"seconds": seconds, "cpu_s": cpu_s, "update_cpu_s": cpu["update"],
+                "rollout_cpu_s": cpu_s - cpu["update"], "rollout_s": metrics["time/rollout"] + metrics["time/reward"],
+                "update_s": metrics["time/update"], "generated_tokens": tokens, "trained_tokens": tokens,
+                "rss_mib": rss, "peak_rss_mib": peak, **proto})
+        iteration += 1
+
+
+def trl_worker(spec: dict[str, Any]) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from openk1.cli import quiet_libraries
+    from openk1.data.io import load_problems
+    from openk1.models.io import load_model
+    from openk1.rewards.math import verify_math
+    from openk1.types import Problem
+
+    quiet_libraries()
+    torch.set_num_threads(spec["threads"])
+    problems = load_problems(spec["data"])
+    dataset = Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems])
+    counts = {"generated": 0}
+
+    def math_reward(completions: list[str], answer: list[str], completion_ids: list[list[int]],
+                    **_: Any) -> list[float]:
+        counts["generated"] += sum(len(c) for c in completion_ids)
+        return [verify_math(c, Problem(prompt="", answer=a)).reward for c, a in zip(completions, answer)]
+
+    B, mb = spec["prompts"] * spec["k"], spec["micro_batch"]
+    steps = spec["warmup"] + spec["iterations"]
+    model, tokenizer = load_model(spec["model"])
+    evaluate = None
+    if spec["mode"] == "accuracy":
+        evaluate = held_out_evaluator(model, tokenizer, spec)
+        args = accuracy_trl_config(GRPOConfig, spec)
+    else:
+        args = throughput_trl_config(GRPOConfig, spec, B, mb, steps)
+    trainer = GRPOTrainer(model=model, reward_funcs=math_reward, args=args, train_dataset=dataset,
+                          processing_class=tokenizer)
+    timing = {"go": 0.0, "cpu": 0.0, "rollout": 0.0, "rollout_cpu": 0.0}
+    generate = trainer._generate_and_score_completions
+
+    def timed_generate(*a: Any, **kw: Any) -> Any:
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = generate(*a, **kw)
+        timing["rollout"] += time.perf_counter() - t0
+        timing["rollout_cpu"] += time.process_time() - c0
+        return out
+
+    trainer._generate_and_score_completions = timed_generate  # type: ignore[method-assign]
+
+    class Alternate(TrainerCallback):
+        """Blocks before each optimizer step's work until the parent says go; reports after."""
+
+        def on_train_begin(self, *a: Any, **kw: Any) -> None:
+            report({"ready": True, "rss_mib": rss_mib()[0]})
+            if not wait_for_go(evaluate):
+                raise SystemExit(0)
+            timing["go"], timing["cpu"] = time.perf_counter(), time.process_time()
+            timing["rollout"], timing["rollout_cpu"], counts["generated"] = 0.0, 0.0, 0
+
+        def on_step_end(self, *a: Any, **kw: Any) -> None:
+            seconds, cpu = time.perf_counter() - timing["go"], time.process_time() - timing["cpu"]
+            rss, peak = rss_mib()
+            report({"seconds": seconds, "cpu_s": cpu, "rollout_cpu_s": timing["rollout_cpu"],
+                    "update_cpu_s": cpu - timing["rollout_cpu"], "rollout_s": timing["rollout"],
+                    "update_s": seconds - timing["rollout"],
+                    "generated_tokens": counts["generated"], "trained_tokens": counts["generated"],
+                    "rss_mib": rss, "peak_rss_mib": peak})
+            if not wait_for_go(evaluate):
+                raise SystemExit(0)
+            timing["go"], timing["cpu"] = time.perf_counter(), time.process_time()
+            timing["rollout"], timing["rollout_cpu"], counts["generated"] = 0.0, 0.0, 0
+
+    trainer.add_callback(Alternate())
+    trainer.train()
+    while wait_for_go(evaluate):  # the parent asked for more iterations than max_steps
+        report({"error": "no more steps"})
+
+
+def throughput_trl_config(config_class: Any, spec: dict[str, Any], B: int, mb: int, steps: int) -> Any:
+    """Equal work with openk1's side: one optimizer step per generation, EOS ignored."""
+    return config_class(
+        output_dir=spec["out"], use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=mb, gradient_accumulation_steps=B // mb, num_generations=spec["k"],
+        max_completion_length=spec["max_new_tokens"], num_iterations=1, beta=0.0, use_vllm=False,
+        temperature=1.0, top_p=1.0, learning_rate=spec["lr"], lr_scheduler_type="constant",
+        warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
+        max_steps=steps, logging_steps=10**6, save_strategy="no", report_to="none", seed=spec["seed"],
+        disable_dropout=True, dataloader_num_workers=0, log_completions=False,
+        generation_kwargs={"min_new_tokens": spec["max_new_tokens"]},
+    )
+
+
+def accuracy_trl_config(config_class: Any, spec: dict[str, Any]) -> Any:
+    """TRL's recommended GRPO (its defaults: DAPO token-level loss, group-scaled advantages, clip 0.2,
+    beta 0, one update per generation, AdamW (0.9, 0.999), linear decay) at the demo's batch:
+    32 prompts x 8 samples, 100 new tokens, temperature 1, lr 1e-4 (the demo's; TRL's default 1e-6 is
+    sized for billion-parameter models). CPU, fp32, no gradient checkpointing, no vLLM."""
+    return config_class(
+        output_dir=spec["out"], use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=64, gradient_accumulation_steps=4, num_generations=8,
+        max_completion_length=100, learning_rate=1e-4, max_steps=spec["iterations"],
+        logging_steps=10**6, save_strategy="no", report_to="none", seed=spec["seed"],
+        dataloader_num_workers=0, log_completions=False,
+    )
+
+
+WORKERS = {"openk1": openk1_worker, "trl": trl_worker}
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+class Worker:
+    def __init__(self, name: str, spec: dict[str, Any], env: dict[str, str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", name, "--spec", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ready = self.read()
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(PREFIX):
+                return dict(json.loads(line[len(PREFIX):]))
+        raise RuntimeError(f"{self.name} worker exited (code {self.proc.wait()})")
+
+    def step(self, command: str = "go") -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def alternate(spec: dict[str, Any], env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Warm-up + iterations of both frameworks, one iteration each in turn."""
+    workers = {name: Worker(name, spec | {"out": str(Path(spec["root"]) / name)}, env) for name in WORKERS}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in WORKERS}
+    try:
+        for i in range(spec["warmup"] + spec["iterations"]):
+            order = list(WORKERS) if i % 2 == 0 else list(WORKERS)[::-1]
+            for name in order:
+                row = workers[name].step()
+                if "error" in row:
+                    raise RuntimeError(f"{name}: {row['error']}")
+                row["setup_rss_mib"] = workers[name].ready["rss_mib"]
+                if i >= spec["warmup"]:
+                    rows[name].append(row)
+                print(f"  iter {i} {name:6s} {row['seconds']:.2f}s "
+                      f"(rollout {row['rollout_s']:.2f}, update {row['update_s']:.2f})", flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
+    keys = ("seconds", "cpu_s", "rollout_cpu_s", "update_cpu_s", "rollout_s", "update_s",
+            "generated_tokens", "trained_tokens",
+            "proto_plain_s", "proto_growing_s", "proto_plain_cpu_s", "proto_growing_cpu_s")
+    med = {k: statistics.median(r[k] for r in rows) for k in keys if k in rows[0]}
+    return med | {
+        "gen_tok_s": statistics.median(r["generated_tokens"] / r["rollout_s"] for r in rows),
+        "train_tok_s": statistics.median(r["trained_tokens"] / r["update_s"] for r in rows),
+        "iter_tok_s": statistics.median(r["generated_tokens"] / r["seconds"] for r in rows),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
+        "setup_rss_mib": rows[0]["setup_rss_mib"],
+    }
+
+
+def flops_per_token(params_matmul: int, layers: int, hidden: int, context: float) -> float:
+    """Forward matmul FLOPs per token: 2 N + attention 4 d L per layer."""
+    return 2 * params_matmul + 4 * layers * hidden * context
+
+
+def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: float, params: int) -> float:
+    o, t = res["openk1"], res["trl"]
+    P = spec["prompts"] * spec["k"]
+    T = spec["max_new_tokens"]
+    print(f"\n{spec['prompts']} prompts x {spec['k']} samples = {P} responses of {T} tokens, "
+          f"micro-batch {spec['micro_batch']}, 1 optimizer step per iteration, {params / 1e6:.2f}M parameters, "
+          f"{spec['threads']} threads; medians of {spec['iterations']} alternating iterations after "
+          f"{spec['warmup']} warm-up\n")
+    print("| | openk1 | TRL GRPOTrainer | openk1 / TRL |\n|---|---|---|---|")
+
+    def line(name: str, a: float, b: float, fmt: str, ratio: float) -> None:
+        print(f"| {name} | {a:{fmt}} | {b:{fmt}} | {ratio:.2f}x |")
+
+    line("iteration wall time (s)", o["seconds"], t["seconds"], ".2f", t["seconds"] / o["seconds"])
+    line("iteration CPU time (s)", o["cpu_s"], t["cpu_s"], ".2f", t["cpu_s"] / o["cpu_s"])
+    line("  rollout + reward (s)", o["rollout_s"], t["rollout_s"], ".2f", t["rollout_s"] / o["rollout_s"])
+    line("  update (s)", o["update_s"], t["update_s"], ".2f", t["update_s"] / o["update_s"])
+    line("  rollout + reward CPU (s)", o["rollout_cpu_s"], t["rollout_cpu_s"], ".2f",
+         t["rollout_cpu_s"] / o["rollout_cpu_s"])
+    line("  update CPU (s)", o["update_cpu_s"], t["update_cpu_s"], ".2f", t["update_cpu_s"] / o["update_cpu_s"])
+    line("generated tokens / iteration", o["generated_tokens"], t["generated_tokens"], ".0f",
+         o["generated_tokens"] / max(t["generated_tokens"], 1))
+    line("generated tokens/s (rollout)", o["gen_tok_s"], t["gen_tok_s"], ".0f", o["gen_tok_s"] / t["gen_tok_s"])
+    line("trained tokens/s (update)", o["train_tok_s"], t["train_tok_s"], ".0f", o["train_tok_s"] / t["train_tok_s"])
+    line("end-to-end tokens/s", o["iter_tok_s"], t["iter_tok_s"], ".0f", o["iter_tok_s"] / t["iter_tok_s"])
+    line("peak RSS (MiB)", o["peak_rss_mib"], t["peak_rss_mib"], ".0f", o["peak_rss_mib"] / t["peak_rss_mib"])
+    line("  of which after setup (MiB)", o["peak_rss_mib"] - o["setup_rss_mib"],
+         t["peak_rss_mib"] - t["setup_rss_mib"], ".0f",
+         (o["peak_rss_mib"] - o["setup_rss_mib"]) / max(t["peak_rss_mib"] - t["setup_rss_mib"], 1e-9))
+    # FLOP utilisation of openk1 (and TRL, for reference)
+    n = params  # tied embeddings: the LM head's matmul uses the embedding matrix once
+    prompt_len = 7.0  # "<bos>dd+d=" style prompts: ~6-8 tokens
+    ctx_train = prompt_len + T / 2
+    fwd = flops_per_token(n, spec["layers"], spec["hidden"], ctx_train)
+    print(f"\nmatmul peak (torch.mm {spec['matmul_n']}^2 fp32, {spec['threads']} threads, median): "
+          f"{peak:.1f} GFLOP/s")
+    print("| FLOP utilisation | openk1 | TRL |\n|---|---|---|")
+    for name, key, mult in (("update (6N + attention per trained token)", "train_tok_s", 3),
+                            ("rollout (2N + attention per generated token)", "gen_tok_s", 1)):
+        u_o, u_t = (r[key] * fwd * mult / 1e9 / peak for r in (o, t))
+        print(f"| {name} | {100 * u_o:.1f}% ({o[key] * fwd * mult / 1e9:.1f} GFLOP/s) "
+              f"| {100 * u_t:.1f}% ({t[key] * fwd * mult / 1e9:.1f} GFLOP/s) |")
+    print(f"\nrollout prototype (not applied: rollout/hf.py is being rewritten), same engine and prompts, "
+          f"median: DynamicCache {o['proto_plain_s']:.2f} s wall / {o['proto_plain_cpu_s']:.2f} s CPU -> "
+          f"growing KV buffer {o['proto_growing_s']:.2f} s / {o['proto_growing_cpu_s']:.2f} s CPU "
+          f"({o['proto_plain_cpu_s'] / o['proto_growing_cpu_s']:.2f}x in CPU time)")
+    return t["seconds"] / o["seconds"]
+
+
+# ----------------------------------------------------------------------------- time to accuracy
+
+
+def time_to_accuracy(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """Both frameworks from the demo's SFT model, alternating iterations; held-out accuracy every
+    `eval_every` iterations (evaluation time excluded); training seconds = wall time of the
+    iterations (rollout + reward + update)."""
+    root = Path(tempfile.mkdtemp(prefix="openk1-vs-trl-acc-"))
+    spec = {"mode": "accuracy", "model": args.model, "data": args.data, "eval_data": args.eval_data,
+            "threads": args.threads, "seed": 0, "iterations": args.iterations or 20, "warmup": 0,
+            "prompts": 32, "k": 8, "micro_batch": 64, "max_new_tokens": 100, "lr": 1e-4}
+    workers = {name: Worker(name, spec | {"out": str(root / name)}, env) for name in WORKERS}
+    curves: dict[str, list[tuple[int, float, float, float]]] = {name: [] for name in WORKERS}
+    elapsed = {name: [0.0, 0.0] for name in WORKERS}  # wall, CPU
+    try:
+        for it in range(spec["iterations"] + 1):
+            order = list(WORKERS) if it % 2 == 0 else list(WORKERS)[::-1]
+            if it % args.eval_every == 0 or it == spec["iterations"]:
+                for name in order:
+                    acc = workers[name].step("eval")["accuracy"]
+                    curves[name].append((it, elapsed[name][0], elapsed[name][1], acc))
+                    print(f"  iter {it:2d} {name:6s} train {elapsed[name][0]:7.1f} s wall "
+                          f"{elapsed[name][1]:7.1f} s CPU  held-out accuracy {100 * acc:.1f}%", flush=True)
+            if it == spec["iterations"]:
+                break
+            for name in order:
+                row = workers[name].step()
+                elapsed[name][0] += row["seconds"]
+                elapsed[name][1] += row["cpu_s"]
+    finally:
+        for w in workers.values():
+            w.close()
+    (root / "curves.json").write_text(json.dumps(curves))
+    print_accuracy(spec, curves)
+    print(f"\nraw curves: {root / 'curves.json'}")
+
+
+def first_reaching(curve: list[tuple[int, float, float, float]], target: float) -> tuple[int, float, float] | None:
+    for it, wall, cpu, acc in curve:
+        if acc >= target - 1e-9:
+            return it, wall, cpu
+    return None
+
+
+def print_accuracy(spec: dict[str, Any], curves: dict[str, list[tuple[int, float, float, float]]]) -> None:
+    print(f"\nHeld-out accuracy (200 problems x 4 samples, openk1's verifier) vs training seconds, from the "
+          f"same SFT model, {spec['iterations']} iterations of 32 prompts x 8 samples each, "
+          f"{spec['threads']} thread(s), alternating\n")
+    print("| iteration | openk1 s (wall / CPU) | openk1 accuracy | TRL s (wall / CPU) | TRL accuracy |")
+    print("|---|---|---|---|---|")
+    for (it, ow, oc, oa), (_, tw, tc, ta) in zip(curves["openk1"], curves["trl"]):
+        print(f"| {it} | {ow:.1f} / {oc:.1f} | {100 * oa:.1f}% | {tw:.1f} / {tc:.1f} | {100 * ta:.1f}% |")
+    target = curves["trl"][-1][3]
+    o, t = first_reaching(curves["openk1"], target), first_reaching(curves["trl"], target)
+    print(f"\nTRL's final accuracy: {100 * target:.1f}%")
+    assert t is not None
+    print(f"TRL reaches it at iteration {t[0]}: {t[1]:.1f} s wall, {t[2]:.1f} s CPU")
+    if o is None:
+        print("openk1 does not reach it in this run")
+        print("time_to_trl_accuracy_ratio: inf")
+        return
+    print(f"openk1 reaches it at iteration {o[0]}: {o[1]:.1f} s wall, {o[2]:.1f} s CPU "
+          f"({o[1] / t[1]:.2f}x TRL's wall time, {o[2] / t[2]:.2f}x its CPU time)")
+    print(f"time_to_trl_accuracy_ratio: {o[1] / t[1]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in both frameworks (1: steadiest on a shared machine)")
+    parser.add_argument("--iterations", type=int, default=0)
+    parser.add_argument("--time-to-accuracy", action="store_true",
+                        help="held-out accuracy per training second from the demo's SFT model")
+    parser.add_argument("--model", default="runs/demo/sft/model", help="(--time-to-accuracy) SFT model")
+    parser.add_argument("--data", default="runs/demo/curate/curated.jsonl", help="(--time-to-accuracy) RL prompts")
+    parser.add_argument("--eval-data", default="runs/demo/data/heldout.jsonl", help="(--time-to-accuracy)")
+    parser.add_argument("--eval-every", type=int, default=2, help="(--time-to-accuracy) iterations")
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        WORKERS[args.worker](json.loads(args.spec))
+        return
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+                        "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+                        "PYTHONWARNINGS": "ignore"}
+    if args.time_to_accuracy:
+        time_to_accuracy(args, env)
+        return
+    spec = settings(args)
+    root = Path(tempfile.mkdtemp(prefix="openk1-vs-trl-"))
+    spec["root"] = str(root)
+    spec["model"], params = build_model(root, spec)
+    spec["data"] = build_prompts(root, 256, spec["seed"])
+    spec["matmul_n"] = 2048
+    peak_before = matmul_peak(args.threads, spec["matmul_n"], 7)
+    rows = alternate(spec, env)
+    peak = statistics.median([peak_before, matmul_peak(args.threads, spec["matmul_n"], 7)])
+    res = {name: summarise(r) for name, r in rows.items()}
+    speedup = print_table(spec, res, peak, params)
+    (root / "result.json").write_text(json.dumps({"spec": spec, "rows": rows, "summary": res, "peak": peak}))
+    print(f"\nraw rows: {root / 'result.json'}")
+    print(f"speedup_vs_trl: {speedup:.2f}")
+
+
+if __name__ == "__main__":
+    main()
