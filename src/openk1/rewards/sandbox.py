@@ -1,17 +1,42 @@
 """Run untrusted programs inside bubblewrap (`bwrap`): the code-reward sandbox (SPEC §6).
 
-Each run gets fresh namespaces (`--unshare-all`: no network, own PID/IPC/UTS/cgroup and a user
-namespace with no capabilities), a root made of read-only binds of the system directories, a
-private size-capped tmpfs at /tmp as its working directory (the program's files are copied in
-from memory, never from a host path), an empty environment, and resource limits applied by
-`prlimit` inside the sandbox (CPU seconds, address space, processes, file size). The parent
-enforces a wall-clock limit and an output cap, and SIGKILLs the whole process group at the end;
-the PID namespace takes every descendant with it. When the scorer runs as root, bwrap itself is
-started as `nobody`, so the program maps to an unprivileged host user (RLIMIT_NPROC is not
-enforced for host root).
+Guarantees of every run, in both modes: no network (an empty network namespace: loopback
+only); its own PID namespace (/proc shows only the run's processes; it cannot signal or ptrace
+anything outside); its own IPC, UTS and cgroup namespaces and a user namespace in which the
+program has no capabilities (uid 1000 inside; `nobody` on the host when the scorer is root, so
+RLIMIT_NPROC applies); a read-only root made of binds of the system directories (no view of
+the host's home, project or /tmp); a fresh private size-capped tmpfs at /tmp as the working
+directory (files are copied in from memory, never from a host path) and a fresh /dev/shm; an
+empty environment (only what `_env` sets); rlimits on CPU seconds, address space, processes,
+file size and core size; a wall-clock limit and an output cap enforced by the parent; and at
+the end every process it started is killed: the run's PID namespace dies with its init.
 
-Departure from the report: Kimi's sandbox is a crun container service on reused cgroups; this is
-one bwrap process per run, with the same isolation goals and no daemon.
+mode="zygote" (the default): a bwrap started once per concurrently running program (a pool of
+2 workers keeps 2) runs zygote.py, which starts each program in a new user, mount, PID, IPC,
+UTS and cgroup namespace nested in that sandbox; see zygote.py for the steps. It answers only
+once the run's PID namespace is empty, and takes the next run only then, so nothing a program
+leaves (files in /tmp or /dev/shm, SysV IPC objects, background processes) reaches the next
+one; on a timeout, an output overflow or any protocol error the whole zygote is SIGKILLed and
+replaced. Differences from per_run: consecutive runs of one zygote share its (empty) network
+namespace, which they cannot configure (it belongs to an ancestor user namespace) and where
+nothing of theirs outlives them; the program's init (PID 1) is a fork of the zygote (no
+capabilities, non-dumpable, no signal handlers) rather than bwrap's; rlimits are set by that
+fork instead of by exec'ing `prlimit`. Where the zygote cannot start (e.g. nested user
+namespaces refused) the Sandbox warns once and runs per_run.
+
+mode="per_run": one bwrap per program (`--unshare-all`, a fresh network namespace each time)
+with limits applied by `prlimit` inside it; the parent SIGKILLs bwrap's process group at the
+end and the PID namespace takes every descendant with it.
+
+Cost (benchmarks/sandbox_overhead.py, `print(1)`): bwrap's set-up and tear-down of a full set
+of namespaces and a dozen mounts, the `prlimit` exec, and a full fork of the scorer (Popen can
+not use vfork when switching to `nobody`) made per_run about 2.5x a bare subprocess; a zygote
+run costs a few forks of a small Python process, a handful of mounts and no exec besides the
+program's, about 1.5x.
+
+Departure from the report: Kimi's sandbox is a crun container service on reused cgroups; this
+is bwrap with the same isolation goals and no system daemon (the zygotes are the scorer's own
+children and exit with it).
 
 >>> box = Sandbox()
 >>> box.run({"main.py": "print(input()[::-1])"}, box.python_argv("main.py"), "abc").stdout
@@ -69,6 +94,7 @@ READ_CHUNK = 1 << 16
 ZYGOTE: Final = "zygote"  # Sandbox.mode values
 PER_RUN: Final = "per_run"
 ZYGOTE_MAX_FDS = 253  # SCM_RIGHTS: stdin, stdout, stderr and one memfd per file
+ZYGOTE_START_S = 30.0  # longest wait for a zygote to start, or for its reply after a run
 FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -172,7 +198,10 @@ def _probe(box: Sandbox) -> None:
 def _zygote_works(box: Sandbox) -> bool:
     """Run `python -c pass` through a zygote once; where that fails (e.g. nested user
     namespaces refused), warn and let `box` fall back to one bwrap per run."""
-    result = box._run_zygote({}, [], set(), box.python_argv("-c", "pass"), "", Limits())
+    try:
+        result = box._run_zygote({}, [], set(), box.python_argv("-c", "pass"), "", Limits())
+    except SandboxUnavailable as exc:
+        result = ExecResult(RE, "", str(exc), -1, 0.0)
     if not result.ok:
         warnings.warn(
             "sandbox zygote unusable here, falling back to one bwrap per run (slower, same "
@@ -409,7 +438,6 @@ class Sandbox:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            start = time.monotonic()
             try:
                 zygote = _ZYGOTES.start(
                     self, json.dumps(request).encode(), [stdin_fd, out_w, err_w, *fds]
@@ -417,6 +445,7 @@ class Sandbox:
             finally:
                 for fd in (stdin_fd, out_w, err_w):
                     os.close(fd)
+            start = zygote.sent_at  # the wall clock starts at the request, not a zygote's start
             out, err, timed_out, overflow = _read_capped(
                 out_r, err_r, zygote.sock.fileno(), start + limits.wall_s, limits.output_bytes
             )
@@ -562,6 +591,7 @@ class _Zygote:
     """One long-lived bwrap running zygote.py, driven over a SOCK_SEQPACKET socket pair."""
 
     def __init__(self, argv: list[str], drop_to_nobody: bool) -> None:
+        self.sent_at = time.monotonic()
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.log = os.memfd_create("zygote-stderr")
         try:
@@ -580,21 +610,34 @@ class _Zygote:
         finally:
             theirs.close()
 
+    def wait_ready(self) -> None:
+        """Wait for the zygote's start, so that no run's wall clock pays for it."""
+        ready, problem = self._receive(ZYGOTE_START_S)
+        if problem is not None or "ready" not in ready:
+            self.kill()
+            raise SandboxUnavailable(f"sandbox zygote did not start: {problem or ready}")
+
+    def _receive(self, timeout_s: float) -> tuple[dict[str, Any], str | None]:
+        """The zygote's next message, or ({}, what went wrong)."""
+        self.sock.settimeout(timeout_s)
+        try:
+            data = self.sock.recv(1 << 20)
+        except OSError as exc:
+            return {}, f"no reply ({exc}): {self._log_tail()}"
+        if not data:
+            return {}, f"zygote exited: {self._log_tail()}"
+        answer: dict[str, Any] = json.loads(data)
+        return answer, None
+
     def send(self, request: bytes, fds: list[int]) -> None:
+        self.sent_at = time.monotonic()
         socket.send_fds(self.sock, [request], fds)
 
     def reply(self) -> tuple[int, str | None]:
         """(exit code, None) once the run is over, or (-1, what went wrong)."""
-        self.sock.settimeout(30.0)
-        try:
-            data = self.sock.recv(1 << 20)
-        except OSError as exc:
-            return -1, f"no reply ({exc}): {self._log_tail()}"
-        if not data:
-            return -1, f"zygote exited: {self._log_tail()}"
-        answer: dict[str, Any] = json.loads(data)
-        if "code" not in answer:
-            return -1, str(answer.get("error"))
+        answer, problem = self._receive(ZYGOTE_START_S)
+        if problem is not None or "code" not in answer:
+            return -1, problem or str(answer.get("error"))
         return int(answer["code"]), None
 
     def _log_tail(self) -> str:
@@ -630,7 +673,9 @@ class _ZygotePool:
             if self._spawner is None:
                 self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-zygotes")
             spawner = self._spawner
-        return spawner.submit(_Zygote, box._zygote_argv(), os.geteuid() == 0).result()
+        zygote = spawner.submit(_Zygote, box._zygote_argv(), os.geteuid() == 0).result()
+        zygote.wait_ready()
+        return zygote
 
     def start(self, box: Sandbox, request: bytes, fds: list[int]) -> _Zygote:
         """Send `request` to an idle zygote (a new one if none, or if the idle one is dead)."""

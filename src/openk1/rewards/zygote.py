@@ -3,7 +3,7 @@ each program in fresh namespaces of its own (used by `sandbox.Sandbox`, mode "zy
 
 Not imported by the scorer: `sandbox.py` passes this file's source to `python -I -S -c` inside
 bwrap, so it uses the standard library only (`ctypes` for unshare, mount, prctl and capset).
-At start the zygote resets every signal to SIG_DFL and becomes a child subreaper.
+At start the zygote resets every signal to SIG_DFL, becomes a child subreaper and says ready.
 
 Per request (one JSON message on the control socket, with the fds stdin, stdout, stderr and one
 memfd per file attached) the zygote forks:
@@ -202,6 +202,7 @@ def serve(control_fd: int) -> None:
     gc.disable()  # no collection in the forks: fewer copy-on-write faults
     gc.freeze()
     control = socket.socket(fileno=control_fd)
+    control.sendall(b'{"ready": true}')
     while True:
         msg, fds, _, _ = socket.recv_fds(control, 1 << 20, MAX_FDS)
         if not msg:
