@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev,ray]"
 	touch $(STAMP)
 
 setup: $(STAMP)

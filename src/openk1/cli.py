@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--debug", action="store_true", help="show tracebacks")
         if name in ("rl", "pretrain", "sft", "longcot", "dpo"):
             cmd.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
+        if name == "rl":
+            cmd.add_argument("--ray", action="store_true",
+                             help="rollout, reward and trainer as Ray actors (settings: ray.*)")
         if name == "score":
             cmd.add_argument("--input", help="rows with `response` and problem fields")
         if name == "longcot":
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         quiet_libraries()
         run, config_cls = load_stage(args.command)
+        if getattr(args, "ray", False):
+            from openk1.dist import ray_rl
+
+            run = ray_rl.run
         cfg = build(config_cls, config_values(args), source=args.config or "config")
         from openk1.dist import runtime
 

@@ -38,6 +38,7 @@ from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
 from openk1.dist import fsdp, runtime
 from openk1.dist.rollout import ShardedEngine
+from openk1.dist.settings import RaySettings, VLLMSettings
 from openk1.models.forward import response_logprobs, tokenize, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
@@ -80,17 +81,22 @@ class RLConfig(StageConfig):
     keep_checkpoints: int = 2
     score_workers: int = 0
     resume: bool = False
+    ray: RaySettings = RaySettings()         # `openk1 rl --ray` (dist/settings.py)
+    vllm: VLLMSettings = VLLMSettings()      # ray.engine: vllm
 
 
 PLOTTED = ["reward/mean", "eval/accuracy", "response_tokens/mean", "update/opmd/kl_old_new_per_token"]
 
 
 def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: int,
-                cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Verified rewards [B] (+ the length penalty once it is on), correctness [B] and metrics."""
+                cfg: RLConfig, score: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Verified rewards [B] (+ the length penalty once it is on), correctness [B] and metrics.
+
+    `score` (default `score_many`) verifies; `openk1 rl --ray` passes its reward actors."""
     repeated = [p for p in problems for _ in range(k)]
+    score = score or score_many
     scores = runtime.shard_map(   # each rank verifies its share; scores gathered in order
-        lambda texts, probs: score_many(texts, probs, cfg.score_workers, rewards=cfg.rewards),
+        lambda texts, probs: score(texts, probs, cfg.score_workers, rewards=cfg.rewards),
         rollout.texts, repeated)
     correct = torch.tensor([s.reward >= 1.0 for s in scores])
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
@@ -210,7 +216,9 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
     }
 
 
-def run(cfg: RLConfig) -> dict[str, Any]:
+def run(cfg: RLConfig, make_engine: Any = None, score: Any = None) -> dict[str, Any]:
+    """`make_engine(model, tokenizer)` and `score` replace the in-process rollout engine and
+    verifier (dist/ray_rl.py passes Ray actors); by default HFEngine (split across torchrun ranks)."""
     problems = load_problems(cfg.data)
     held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
     run_dir = runtime.run_dir(cfg.out)   # rank 0 writes; other ranks write nothing
@@ -230,9 +238,10 @@ def run(cfg: RLConfig) -> dict[str, Any]:
         start_iteration = state["step"]
         run_dir.truncate_metrics(start_iteration)
     run_dir.write_config(cfg)
-    engine = ShardedEngine(HFEngine(model, tokenizer, cfg.sampling))   # each rank: its share
+    engine = (make_engine(model, tokenizer) if make_engine else
+              ShardedEngine(HFEngine(model, tokenizer, cfg.sampling)))   # each rank: its share
     summary = train(model, tokenizer, optimizer, engine, sampler, buffer, problems, held_out, cfg,
-                    run_dir, start_iteration, trainee=trainee)
+                    run_dir, start_iteration, trainee=trainee, score=score)
     if runtime.is_main():
         save_model(model, tokenizer, run_dir.path / "model")
         plot_curves(run_dir.metrics_path, PLOTTED, run_dir.path / "curves.png", title="openk1 rl")
@@ -244,7 +253,8 @@ def run(cfg: RLConfig) -> dict[str, Any]:
 
 def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: HFEngine,
           sampler: Sampler, buffer: ReplayBuffer, problems: list[Problem], held_out: list[Problem],
-          cfg: RLConfig, run_dir: RunDir, start_iteration: int, trainee: Any = None) -> dict[str, Any]:
+          cfg: RLConfig, run_dir: RunDir, start_iteration: int, trainee: Any = None,
+          score: Any = None) -> dict[str, Any]:
     """The iteration loop: rollout -> reward -> update -> (eval, checkpoint).
 
     `trainee` (default: model) takes the optimizer steps; under torchrun it is the FSDP2 copy
@@ -259,7 +269,7 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
     for iteration in bar:
         if cfg.reset_optimizer:
             optimizer = make_optimizer(trainee, cfg.optim)
-        metrics = _iteration(trainee, optimizer, engine, sampler, buffer, problems, cfg, iteration)
+        metrics = _iteration(trainee, optimizer, engine, sampler, buffer, problems, cfg, iteration, score)
         fsdp.sync_weights(trainee, model)   # no-op in one process
         step = iteration + 1
         run_dir.log(step, metrics)
@@ -278,7 +288,8 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
 
 
 def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, sampler: Sampler,
-               buffer: ReplayBuffer, problems: list[Problem], cfg: RLConfig, iteration: int) -> dict[str, Any]:
+               buffer: ReplayBuffer, problems: list[Problem], cfg: RLConfig, iteration: int,
+               score: Any = None) -> dict[str, Any]:
     k = cfg.samples_per_prompt
     indices = sampler.sample(iteration, cfg.prompts_per_iter)
     sampling = sampler_metrics(sampler, iteration)
@@ -290,7 +301,7 @@ def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, s
         return metrics | {"time/rollout": t1 - t0}
     batch = [problems[g.problem] for g in finished]
     rollout = partial.to_rollout(finished, engine.tokenizer)              # whole responses
-    rewards, correct, reward_metrics = rewards_for(rollout, batch, k, iteration, cfg)
+    rewards, correct, reward_metrics = rewards_for(rollout, batch, k, iteration, cfg, score)
     group_ids = torch.arange(len(batch)).repeat_interleave(k)
     advantages, adv_metrics = compute_advantages(rewards, group_ids, cfg.tau, cfg.baseline)
     sampler.update([g.problem for g in finished], correct.float().view(len(batch), k).mean(-1).tolist())

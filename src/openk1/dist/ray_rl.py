@@ -1,0 +1,233 @@
+"""`openk1 rl --ray`: the RL loop with rollout workers, reward workers and the trainer as Ray actors.
+
+    driver ── Trainer actor: rl.run(cfg, make_engine=RayEngine, score=RayScorer)
+                 │   (the loop, the iteration math, eval, checkpoints: all stages/rl.py)
+                 ├── RayEngine.sample(requests) ─▶ RolloutWorker actors (requests split among them)
+                 │     weights pushed first when the policy changed: ray.put(state_dict) once,
+                 │     load_weights(ref, version) on every worker; version = optimizer steps so far
+                 └── RayScorer(texts, problems) ─▶ RewardWorker actors (responses split among them)
+
+Versions: a rollout worker holds the version it last loaded and refuses (StaleWeightsError) a
+request for any other version, and refuses weights older than the ones it holds, so no
+rollout is ever sampled from a policy the trainer did not ask for.
+
+Placement (`rl.ray`, dist/settings.py): disaggregated (rollout actors on their own CPUs/GPUs)
+or colocated (they share the trainer's GPU; the vLLM engine sleeps after each rollout and
+wakes for the next weights, the trainer empties its CUDA cache before each rollout).
+
+Multi-node: `ray start --head` on one node, `ray start --address HEAD:6379` on the others, then
+`openk1 rl --ray --set ray.address=auto ...` on the head (README "Scaling out").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+import torch
+from ray._private import ray_constants
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from openk1.dist.settings import RaySettings
+from openk1.rollout.hf import Request, concat_rollouts
+from openk1.types import Rollout
+
+
+class StaleWeightsError(RuntimeError):
+    """A rollout worker was asked for a policy version it does not hold."""
+
+
+def split(items: list[Any], parts: int) -> list[list[Any]]:
+    """Contiguous, balanced shares of `items`, in order.
+
+    >>> split([1, 2, 3, 4, 5], 2)
+    [[1, 2, 3], [4, 5]]
+    """
+    base, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def make_rollout_engine(kind: str, model_path: str, sampling: Any, vllm: Any) -> Any:
+    if kind == "vllm":
+        from openk1.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, sampling, vllm)
+    from openk1.models.io import load_model
+    from openk1.rollout.hf import HFEngine
+
+    model, tokenizer = load_model(model_path)
+    return HFEngine(model, tokenizer, sampling)
+
+
+class RolloutWorker:
+    """Holds one rollout engine and the policy version of its weights (0: as loaded)."""
+
+    def __init__(self, kind: str, model_path: str, sampling: Any, vllm: Any, colocated: bool) -> None:
+        self.engine = make_rollout_engine(kind, model_path, sampling, vllm)
+        self.version, self.colocated = 0, colocated
+        self._sleep()
+
+    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
+        if version < self.version:
+            raise StaleWeightsError(f"weights of version {version} offered, version {self.version} held")
+        with self._awake():
+            _load(self.engine, state)
+        self.version = version
+        return version
+
+    def sample(self, requests: list[Request], version: int) -> Rollout:
+        if version != self.version:
+            raise StaleWeightsError(f"rollout of version {version} asked, version {self.version} held")
+        with self._awake():
+            return self.engine.sample(requests)
+
+    @contextlib.contextmanager
+    def _awake(self) -> Iterator[None]:
+        if self.colocated and hasattr(self.engine, "wake_up"):
+            self.engine.wake_up()
+        try:
+            yield
+        finally:
+            self._sleep()
+
+    def _sleep(self) -> None:
+        if self.colocated and hasattr(self.engine, "sleep"):
+            self.engine.sleep()
+
+
+def _load(engine: Any, state: dict[str, torch.Tensor]) -> None:
+    if hasattr(engine, "load_weights"):          # vLLM: streamed into the running engine
+        engine.load_weights(state)
+    else:                                        # HF: the engine's own module
+        engine.model.load_state_dict(state)
+
+
+class RewardWorker:
+    def score(self, texts: list[str], problems: list[Any], workers: int, rewards: Any) -> list[Any]:
+        from openk1.rewards.scoring import score_many
+
+        return score_many(texts, problems, workers, rewards=rewards)
+
+
+class RayScorer:
+    """`score_many`'s signature over reward actors: responses split among them, order kept."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.workers = workers
+
+    def __call__(self, texts: list[str], problems: list[Any], workers: int = 0, rewards: Any = None) -> list[Any]:
+        shares = [(w, t, p) for w, t, p in zip(self.workers, split(texts, len(self.workers)),
+                                                split(problems, len(self.workers))) if t]
+        parts = ray.get([w.score.remote(t, p, workers, rewards) for w, t, p in shares])
+        return [s for part in parts for s in part]
+
+
+class RayEngine:
+    """The rollout-engine interface in the trainer's process, backed by rollout actors."""
+
+    def __init__(self, model: Any, tokenizer: Any, workers: list[Any], colocated: bool) -> None:
+        self.model, self.tokenizer, self.workers, self.colocated = model, tokenizer, workers, colocated
+        self.version, self.pushed = 0, -1    # -1: push at the first rollout (resumed weights)
+        self.push_seconds: list[float] = []
+        self._hook = register_optimizer_step_post_hook(self._stepped)   # version = steps taken
+
+    def _stepped(self, *_: Any) -> None:
+        self.version += 1
+
+    def push_weights(self) -> None:
+        """Send the current weights to every rollout worker (once per version)."""
+        if self.pushed == self.version:
+            return
+        import time
+
+        t0 = time.perf_counter()
+        ref = ray.put({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        ray.get([w.load_weights.remote(ref, self.version) for w in self.workers])
+        self.pushed = self.version
+        self.push_seconds.append(time.perf_counter() - t0)
+
+    def sample(self, requests: list[Request]) -> Rollout:
+        self.push_weights()
+        if self.colocated and torch.cuda.is_available():
+            torch.cuda.empty_cache()             # hand the GPU's free memory to the rollout
+        shares = [(w, s) for w, s in zip(self.workers, split(requests, len(self.workers))) if s]
+        parts = ray.get([w.sample.remote(s, self.version) for w, s in shares])
+        return concat_rollouts(parts, self.tokenizer.pad_token_id)
+
+    def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
+        from openk1.models.forward import tokenize
+
+        ids = [tuple(p) for p in tokenize(self.tokenizer, prompts)]
+        k = samples_per_prompt
+        return self.sample([Request(ids[r // k], (seed, r)) for r in range(len(prompts) * k)])
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+class Trainer:
+    """Runs stages/rl.py's `run` with Ray-backed rollout and reward workers."""
+
+    def run(self, cfg_values: dict[str, Any], rollout_workers: list[Any], reward_workers: list[Any]
+            ) -> dict[str, Any]:
+        from openk1.stages import rl
+
+        cfg = rl.RLConfig.model_validate(cfg_values)
+        engines: list[RayEngine] = []
+
+        def make_engine(model: Any, tokenizer: Any) -> RayEngine:
+            engines.append(RayEngine(model, tokenizer, rollout_workers, cfg.ray.placement == "colocated"))
+            return engines[-1]
+
+        try:
+            summary = rl.run(cfg, make_engine=make_engine, score=RayScorer(reward_workers))
+        finally:
+            for engine in engines:
+                engine.close()
+        pushes = engines[0].push_seconds if engines else []
+        return summary | {"ray": {"weight_pushes": len(pushes), "push_seconds": sum(pushes),
+                                  "policy_version": engines[0].version if engines else 0}}
+
+
+def init_ray(settings: RaySettings) -> bool:
+    """Join `settings.address`, or start a private Ray bound to 127.0.0.1; True if started here."""
+    if ray.is_initialized():
+        return False
+    if settings.address:
+        ray.init(address=settings.address)
+        return False
+    # loopback only: this process's constant (ray is imported) and its children's environment
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    for key in ("RAY_agent_register_timeout_ms", "RAY_raylet_start_wait_time_s"):   # slow, busy CPUs:
+        os.environ.setdefault(key, "180000" if key.endswith("_ms") else "180")     # 30 s is not enough
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=settings.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    return True
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """`openk1 rl --ray`: place the actors, run the trainer, return its summary."""
+    s: RaySettings = cfg.ray
+    started = init_ray(s)
+    try:
+        colocated = s.placement == "colocated"
+        rollout_cls = ray.remote(num_cpus=s.rollout_cpus, num_gpus=s.rollout_gpus)(RolloutWorker)
+        reward_cls = ray.remote(num_cpus=s.reward_cpus)(RewardWorker)
+        trainer_cls = ray.remote(num_cpus=s.trainer_cpus, num_gpus=s.trainer_gpus)(Trainer)
+        rollouts = [rollout_cls.remote(s.engine, cfg.model, cfg.sampling, cfg.vllm, colocated)
+                    for _ in range(s.rollout_workers)]
+        rewards = [reward_cls.remote() for _ in range(s.reward_workers)]
+        trainer = trainer_cls.remote()
+        return ray.get(trainer.run.remote(cfg.model_dump(), rollouts, rewards))
+    finally:
+        if started:
+            ray.shutdown()

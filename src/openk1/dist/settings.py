@@ -1,0 +1,50 @@
+"""Config sections of the scale-out paths (no Ray or vLLM import: safe in every config).
+
+`rl.ray` (used by `openk1 rl --ray`, dist/ray_rl.py):
+
+    address          ""      start a private Ray on this machine (bound to 127.0.0.1);
+                             "auto": join the cluster `ray start` made (multi-node)
+    num_cpus         2       CPUs of the private Ray (ignored with an address)
+    rollout_workers  1       rollout actors; the requests of an iteration are split among them
+    reward_workers   1       reward actors; the responses are split among them
+    placement        disaggregated | colocated
+                     disaggregated: rollout actors on their own resources (rollout_gpus each);
+                     colocated (hybrid): rollout actors share the trainer's GPU (give both
+                     fractions, e.g. 0.5 + 0.5) and release memory in turn: the vLLM engine
+                     sleeps after each rollout and wakes for the next weights; the trainer
+                     frees its cached blocks before each rollout (HF on CPU: nothing to release)
+    engine           hf | vllm   the rollout actors' engine (vllm: rollout/vllm_engine.py)
+    trainer_cpus / trainer_gpus, rollout_cpus / rollout_gpus, reward_cpus
+                     Ray resources of each actor (fractions allowed)
+
+`rl.vllm` (engine: vllm): dtype, gpu_memory_utilization, max_model_len, enforce_eager,
+sleep_level (1: weights to CPU RAM, KV cache dropped).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from openk1.config import Section
+
+
+class VLLMSettings(Section):
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = 0.5   # of the whole GPU: leave room for a colocated trainer
+    max_model_len: int = 4096
+    enforce_eager: bool = False
+    sleep_level: int = 1
+
+
+class RaySettings(Section):
+    address: str = ""
+    num_cpus: int = 2
+    rollout_workers: int = 1
+    reward_workers: int = 1
+    placement: Literal["disaggregated", "colocated"] = "disaggregated"
+    engine: Literal["hf", "vllm"] = "hf"
+    trainer_cpus: float = 1.0
+    trainer_gpus: float = 0.0
+    rollout_cpus: float = 0.5
+    rollout_gpus: float = 0.0
+    reward_cpus: float = 0.5

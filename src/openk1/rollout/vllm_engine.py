@@ -1,0 +1,130 @@
+"""A vLLM rollout engine behind HFEngine's interface (GPU; `pip install openk1[vllm]`).
+
+    generate(prompts, k, seed) / sample(requests) -> Rollout   token ids, logp, action mask, stops
+    load_weights(state_dict)                                    new policy, engine kept running
+    sleep() / wake_up()                                         colocated (hybrid) mode
+
+NOT RUN HERE: this module was written without a GPU and without vLLM installed; the CPU test
+suite only checks that it is skipped cleanly. `scripts/gpu_smoke.sh MODEL_DIR` is the check a
+user with one GPU runs (README "Scaling out").
+
+Choices, against the HF engine's conventions (rollout/hf.py):
+- logp: vLLM returns the sampled token's log-prob with `logprobs=0`; `logprobs_mode=raw_logprobs`
+  (newer vLLM) makes it log-softmax of the raw logits, as HFEngine's. Older vLLM versions give
+  the same at temperature 1 and top-p 1 (the RL default).
+- Random streams: every request carries its own seed derived from its (seed, sequence number)
+  stream key, so a sequence does not depend on the batch; the tokens differ from HFEngine's
+  (another sampler), not the distribution.
+- Stop reasons: vLLM's "stop" -> "normal", "length" -> "max_tokens" (or "budget" when this
+  call's budget was the limit). Repeat detection is HFEngine's alone (no "repeat" here).
+- Weights: `llm.collective_rpc` runs `model.load_weights` in every worker (tensor parallel
+  included): the engine is never restarted. Sleep level 1 moves weights to CPU RAM and drops the
+  KV cache; wake_up restores them before the next weights arrive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from openk1.data.padding import pad
+from openk1.models.forward import tokenize
+from openk1.rollout.hf import Request, SamplingConfig
+from openk1.types import Rollout
+
+FINISH = {"stop": "normal", "length": "max_tokens", "abort": "max_tokens"}
+
+
+def stream_seed(stream: tuple[int, int]) -> int:
+    """A 31-bit per-request seed from a (seed, sequence number) stream key.
+
+    >>> stream_seed((0, 0)) != stream_seed((0, 1))
+    True
+    """
+    seed, index = stream
+    return (seed * 1_000_003 + index * 7_919 + 12_345) % (2**31 - 1)
+
+
+def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Runs inside each vLLM worker process (collective_rpc)."""
+    worker.model_runner.model.load_weights(weights=weights)
+
+
+class VLLMEngine:
+    """Rollout engine over `vllm.LLM`, created once per run (sleep-mode enabled)."""
+
+    def __init__(self, model_path: str, sampling: SamplingConfig, settings: Any = None) -> None:
+        from vllm import LLM
+
+        from openk1.dist.settings import VLLMSettings
+
+        self.settings = settings or VLLMSettings()
+        self.sampling = sampling
+        self.llm = LLM(model=model_path, dtype=self.settings.dtype,
+                       gpu_memory_utilization=self.settings.gpu_memory_utilization,
+                       max_model_len=self.settings.max_model_len,
+                       enforce_eager=self.settings.enforce_eager, enable_sleep_mode=True)
+        self.tokenizer = self.llm.get_tokenizer()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.asleep = False
+
+    def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
+        """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
+        ids = [tuple(p) for p in tokenize(self.tokenizer, prompts)]
+        k = samples_per_prompt
+        return self.sample([Request(ids[r // k], (seed, r)) for r in range(len(prompts) * k)])
+
+    def _limit(self, request: Request) -> int:
+        room = self.sampling.max_new_tokens - len(request.prefix)
+        return room if request.budget is None else min(room, request.budget)
+
+    def sample(self, requests: list[Request]) -> Rollout:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(n=1, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
+                                 max_tokens=self._limit(r), logprobs=0, seed=stream_seed(r.stream))
+                  for r in requests]
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids + r.prefix)) for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        tokens, logps, stops = [], [], []
+        for request, out in zip(requests, outputs):
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)
+            tokens.append(ids)
+            logps.append([step[token].logprob for step, token in zip(completion.logprobs or [], ids)])
+            stop = FINISH.get(completion.finish_reason or "length", "max_tokens")
+            if stop == "max_tokens" and request.budget is not None and self._limit(request) == request.budget \
+                    and len(request.prefix) + len(ids) < self.sampling.max_new_tokens:
+                stop = "budget"
+            stops.append(stop)
+        return self._rollout(requests, tokens, logps, stops)
+
+    def _rollout(self, requests: list[Request], tokens: list[list[int]], logps: list[list[float]],
+                 stops: list[str]) -> Rollout:
+        pad_id = self.tokenizer.pad_token_id
+        prompt_ids, prompt_mask = pad([list(r.prompt_ids + r.prefix) for r in requests], pad_id, "left")
+        response_ids, action_mask = pad(tokens, pad_id, "right")
+        logp = torch.zeros(action_mask.shape)
+        for row, values in enumerate(logps):
+            logp[row, :len(values)] = torch.tensor(values, dtype=torch.float32)
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+        return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, logp, stops, texts=texts)
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Push a full state dict (HF parameter names) into the running engine."""
+        self.llm.collective_rpc(_load_weights, args=(list(state.items()),))
+        if hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()       # cached KV blocks belong to the old weights
+
+    def sleep(self) -> None:
+        if not self.asleep:
+            self.llm.sleep(level=self.settings.sleep_level)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
