@@ -45,6 +45,14 @@ def test_rl_section_defaults_to_the_long2short_preset():
     assert cfg.rl.sampling.max_new_tokens < build(long2short.RLConfig, {}).sampling.max_new_tokens * 100
 
 
+def test_demo_preset_is_valid():
+    from openk1.config import read_yaml
+
+    cfg = build(long2short.Long2ShortConfig, read_yaml(long2short.PRESETS / "long2short_demo.yaml"))
+    assert cfg.methods == ["merge", "shortest_rs", "dpo", "rl"] and cfg.samples.samples_per_prompt == 8
+    assert cfg.rl.length_penalty_warmup == 0 and cfg.rl.sampling.max_new_tokens < cfg.eval.max_new_tokens
+
+
 def test_every_method_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     problems = [{"prompt": f"{a}+1=", "answer": str(a + 1), "difficulty": 1} for a in range(4)]
     write_jsonl(tmp_path / "train.jsonl", problems)
