@@ -1,6 +1,13 @@
 """openk1's RL iteration vs TRL's GRPOTrainer at equal work, plus this CPU's matmul peak.
 
-    python benchmarks/vs_trl.py [--quick] [--threads 1] [--iterations 5]
+    python benchmarks/vs_trl.py [--quick] [--threads 1] [--iterations 5]   # throughput
+    python benchmarks/vs_trl.py --time-to-accuracy [--iterations 20] [--eval-every 2]
+    python benchmarks/vs_trl.py --update-ab [--iterations 5]   # the RL update before/after
+
+TRL (`pip install -e .[bench]`) is needed by this script only, never by openk1.
+Timing on a shared machine: both frameworks run one iteration each in turn (one process
+computes at a time) and the table gives medians; CPU seconds (time.process_time) are given
+next to wall seconds because they move far less when other processes load the cores.
 
 One ~6M-parameter tiny Llama (openk1's `tiny_llama`, hidden 256, 7 layers, character tokenizer)
 is saved once; each framework loads it in its own subprocess (so each peak RSS is its own) and
@@ -23,7 +30,12 @@ mean attended length; x3 for forward+backward). Prompt tokens are processed but 
 the update's figure counts trained (response) tokens only, the conservative choice.
 
 The last line is `speedup_vs_trl: X`, the ratio of median per-iteration wall times (= ratio of
-generated tokens/s, since the work is equal).
+end-to-end tokens/s, since the work is equal).
+
+--time-to-accuracy: from the demo's SFT model, openk1's RL as the demo preset runs it and TRL's
+GRPO with its recommended (default) settings at the same batch (`accuracy_trl_config`), held-out
+accuracy (openk1's evaluate, the demo's settings, evaluation time excluded) against cumulative
+training seconds; prints the time each takes to reach TRL's final accuracy.
 """
 
 from __future__ import annotations
@@ -86,20 +98,22 @@ def build_prompts(root: Path, n: int, seed: int) -> str:
     return str(path)
 
 
-def matmul_peak(threads: int, n: int, repeats: int) -> float:
-    """Median GFLOP/s of torch.mm on n x n fp32 matrices (2 n^3 FLOPs each)."""
+def matmul_peak(threads: int, n: int, repeats: int) -> tuple[float, float]:
+    """Median GFLOP/s of torch.mm on n x n fp32 matrices (2 n^3 FLOPs each), per wall second
+    and per CPU second (the latter barely moves when other processes share the cores)."""
     import torch
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(2):
         torch.mm(a, b)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 2 * n**3 / statistics.median(wall) / 1e9, 2 * n**3 / statistics.median(cpu) / 1e9
 
 
 # ----------------------------------------------------------------------------- workers
@@ -140,7 +154,7 @@ def held_out_evaluator(model: Any, tokenizer: Any, spec: dict[str, Any]) -> Any:
     from openk1.stages.eval import EvalSettings, evaluate
 
     problems = load_problems(spec["eval_data"])
-    settings = EvalSettings(**preset(quick=False)["eval"])
+    settings = EvalSettings(**preset(quick=False)["eval"] | {"samples_per_prompt": spec["eval_samples"]})
     return lambda: {"accuracy": evaluate(model, tokenizer, problems, settings)["accuracy"]}
 
 
@@ -262,7 +276,14 @@ def openk1_worker(spec: dict[str, Any]) -> None:
         from openk1.config import merge
         from openk1.stages.demo import preset
 
-        cfg = build(rl.RLConfig, merge(preset(quick=False)["rl"], common))
+        values = merge(preset(quick=False)["rl"], common)
+        if spec.get("core_rl"):   # the OPMD core only: uniform sampler, whole rollouts, no length penalty
+            values = merge(values, {"sampler": {"kind": "uniform"}, "partial": {"enabled": False},
+                                    "length_penalty_weight": 0.0})
+        cfg = build(rl.RLConfig, values)
+        report({"config": {k: v for k, v in cfg.model_dump().items()
+                           if k in ("sampler", "partial", "length_penalty_weight", "tau", "optim",
+                                    "minibatches_per_iter", "epochs_per_iter", "reset_optimizer")}})
     else:
         cfg = build(rl.RLConfig, common | {
             "prompts_per_iter": spec["prompts"], "samples_per_prompt": spec["k"], "tau": 0.5,
@@ -293,17 +314,19 @@ def openk1_worker(spec: dict[str, Any]) -> None:
     report({"ready": True, "rss_mib": rss_mib()[0]})
     iteration = 0
     while wait_for_go(evaluate):
+        reset_peak_rss()   # the peak of this iteration (not of set-up or the prototype run)
         t0, c0, cpu["update"] = time.perf_counter(), time.process_time(), 0.0
         metrics = rl._iteration(**iteration_args(rl._iteration, model=model, optimizer=optimizer, engine=engine,
                                                  sampler=sampler, problems=problems, cfg=cfg, iteration=iteration,
                                                  buffer=buffer))
         seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
-        tokens = metrics["response_tokens/mean"] * B
+        generated = metrics["throughput/generated_tokens_per_s"] * metrics["time/rollout"]
+        trained = metrics.get("response_tokens/mean", 0.0) * B   # 0: partial rollouts trained nothing
         rss, peak = rss_mib()
         proto = {} if accuracy_mode else prototype_rollout(engine, problems, spec, iteration)
         report({"seconds": seconds, "cpu_s": cpu_s, "update_cpu_s": cpu["update"],
-                "rollout_cpu_s": cpu_s - cpu["update"], "rollout_s": metrics["time/rollout"] + metrics["time/reward"],
-                "update_s": metrics["time/update"], "generated_tokens": tokens, "trained_tokens": tokens,
+                "rollout_cpu_s": cpu_s - cpu["update"], "rollout_s": metrics["time/rollout"] + metrics.get("time/reward", 0.0),
+                "update_s": metrics.get("time/update", 0.0), "generated_tokens": generated, "trained_tokens": trained,
                 "rss_mib": rss, "peak_rss_mib": peak, **proto})
         iteration += 1
 
@@ -361,6 +384,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
             report({"ready": True, "rss_mib": rss_mib()[0]})
             if not wait_for_go(evaluate):
                 raise SystemExit(0)
+            reset_peak_rss()
             timing["go"], timing["cpu"] = time.perf_counter(), time.process_time()
             timing["rollout"], timing["rollout_cpu"], counts["generated"] = 0.0, 0.0, 0
 
@@ -374,6 +398,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
                     "rss_mib": rss, "peak_rss_mib": peak})
             if not wait_for_go(evaluate):
                 raise SystemExit(0)
+            reset_peak_rss()
             timing["go"], timing["cpu"] = time.perf_counter(), time.process_time()
             timing["rollout"], timing["rollout_cpu"], counts["generated"] = 0.0, 0.0, 0
 
@@ -489,7 +514,8 @@ def flops_per_token(params_matmul: int, layers: int, hidden: int, context: float
     return 2 * params_matmul + 4 * layers * hidden * context
 
 
-def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: float, params: int) -> float:
+def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: tuple[float, float],
+                params: int) -> float:
     o, t = res["openk1"], res["trl"]
     P = spec["prompts"] * spec["k"]
     T = spec["max_new_tokens"]
@@ -514,8 +540,9 @@ def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: fl
     line("generated tokens/s (rollout)", o["gen_tok_s"], t["gen_tok_s"], ".0f", o["gen_tok_s"] / t["gen_tok_s"])
     line("trained tokens/s (update)", o["train_tok_s"], t["train_tok_s"], ".0f", o["train_tok_s"] / t["train_tok_s"])
     line("end-to-end tokens/s", o["iter_tok_s"], t["iter_tok_s"], ".0f", o["iter_tok_s"] / t["iter_tok_s"])
-    line("peak RSS (MiB)", o["peak_rss_mib"], t["peak_rss_mib"], ".0f", o["peak_rss_mib"] / t["peak_rss_mib"])
-    line("  of which after setup (MiB)", o["peak_rss_mib"] - o["setup_rss_mib"],
+    line("peak RSS in an iteration (MiB)", o["peak_rss_mib"], t["peak_rss_mib"], ".0f",
+         o["peak_rss_mib"] / t["peak_rss_mib"])
+    line("  above RSS after set-up (MiB)", o["peak_rss_mib"] - o["setup_rss_mib"],
          t["peak_rss_mib"] - t["setup_rss_mib"], ".0f",
          (o["peak_rss_mib"] - o["setup_rss_mib"]) / max(t["peak_rss_mib"] - t["setup_rss_mib"], 1e-9))
     # FLOP utilisation of openk1 (and TRL, for reference)
@@ -523,19 +550,97 @@ def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: fl
     prompt_len = 7.0  # "<bos>dd+d=" style prompts: ~6-8 tokens
     ctx_train = prompt_len + T / 2
     fwd = flops_per_token(n, spec["layers"], spec["hidden"], ctx_train)
-    print(f"\nmatmul peak (torch.mm {spec['matmul_n']}^2 fp32, {spec['threads']} threads, median): "
-          f"{peak:.1f} GFLOP/s")
-    print("| FLOP utilisation | openk1 | TRL |\n|---|---|---|")
-    for name, key, mult in (("update (6N + attention per trained token)", "train_tok_s", 3),
-                            ("rollout (2N + attention per generated token)", "gen_tok_s", 1)):
-        u_o, u_t = (r[key] * fwd * mult / 1e9 / peak for r in (o, t))
-        print(f"| {name} | {100 * u_o:.1f}% ({o[key] * fwd * mult / 1e9:.1f} GFLOP/s) "
-              f"| {100 * u_t:.1f}% ({t[key] * fwd * mult / 1e9:.1f} GFLOP/s) |")
+    print(f"\nmatmul peak (torch.mm {spec['matmul_n']}^2 fp32, {spec['threads']} thread(s), median of 7, best of "
+          f"before/after the runs): {peak[0]:.1f} GFLOP/s per wall second, {peak[1]:.1f} per CPU second\n")
+    print("| FLOP utilisation (wall / CPU time) | openk1 | TRL |\n|---|---|---|")
+    for name, tokens, wall, cpu, mult in (
+            ("update (6N + attention per trained token)", "trained_tokens", "update_s", "update_cpu_s", 3),
+            ("rollout (2N + attention per generated token)", "generated_tokens", "rollout_s", "rollout_cpu_s", 1)):
+        cells = []
+        for r in (o, t):
+            flops = r[tokens] * fwd * mult / 1e9
+            cells.append(f"{100 * flops / r[wall] / peak[0]:.0f}% / {100 * flops / r[cpu] / peak[1]:.0f}% "
+                         f"({flops / r[cpu]:.1f} GFLOP per CPU s)")
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
     print(f"\nrollout prototype (not applied: rollout/hf.py is being rewritten), same engine and prompts, "
           f"median: DynamicCache {o['proto_plain_s']:.2f} s wall / {o['proto_plain_cpu_s']:.2f} s CPU -> "
           f"growing KV buffer {o['proto_growing_s']:.2f} s / {o['proto_growing_cpu_s']:.2f} s CPU "
           f"({o['proto_plain_cpu_s'] / o['proto_growing_cpu_s']:.2f}x in CPU time)")
     return t["seconds"] / o["seconds"]
+
+
+# ----------------------------------------------------------------------------- update A/B
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+UPDATE_VARIANTS = ("before", "+response-only LM head", "+length-sorted micro-batches")
+
+
+def update_ab_worker(spec: dict[str, Any]) -> None:
+    """The demo's update (2 mini-batches x 2 epochs, micro-batch 64) on one real rollout of the
+    demo's SFT model (EOS on: lengths vary), each variant in turn; CPU s and peak RSS growth."""
+    import torch
+
+    from openk1.cli import quiet_libraries
+    from openk1.config import build, merge
+    from openk1.data.io import load_problems
+    from openk1.models import forward
+    from openk1.models.io import load_model
+    from openk1.optim import make_optimizer
+    from openk1.rollout.hf import HFEngine
+    from openk1.stages import rl
+    from openk1.stages.demo import preset
+
+    quiet_libraries()
+    torch.set_num_threads(spec["threads"])
+    cfg = build(rl.RLConfig, merge(preset(quick=False)["rl"], {"model": spec["model"], "data": spec["data"],
+                                                              "out": "unused"}))
+    model, tokenizer = load_model(cfg.model)
+    problems = load_problems(cfg.data)[:cfg.prompts_per_iter]
+    rollout = HFEngine(model, tokenizer, cfg.sampling).generate([p.prompt for p in problems],
+                                                                cfg.samples_per_prompt, seed=0)
+    advantages = torch.randn(rollout.response_ids.shape[0], generator=torch.Generator().manual_seed(0))
+    optimizer = make_optimizer(model, cfg.optim)
+    plain_accepts, plain_by_length = forward._accepts, rl.by_length
+    rows: dict[str, list[tuple[float, float]]] = {v: [] for v in UPDATE_VARIANTS}
+    for round_ in range(spec["rounds"] + 1):
+        order = UPDATE_VARIANTS if round_ % 2 == 0 else UPDATE_VARIANTS[::-1]
+        for variant in order:
+            level = UPDATE_VARIANTS.index(variant)
+            forward._accepts = plain_accepts if level >= 1 else (lambda model, name: False)
+            rl.by_length = plain_by_length if level >= 2 else (lambda index, rollout: index)
+            reset_peak_rss()
+            base = rss_mib()[0]
+            c0 = time.process_time()
+            rl.update(model, optimizer, rollout, advantages, cfg, torch.Generator().manual_seed(round_))
+            if round_:  # round 0 is a warm-up
+                rows[variant].append((time.process_time() - c0, rss_mib()[1] - base))
+    forward._accepts, rl.by_length = plain_accepts, plain_by_length
+    report({"rows": rows, "tokens": float(rollout.action_mask.sum()),
+            "lengths": [float(x) for x in rollout.lengths.float().quantile(torch.tensor([0.1, 0.5, 0.9]))]})
+
+
+def update_ab(args: argparse.Namespace, env: dict[str, str]) -> None:
+    spec = {"model": args.model, "data": args.data, "threads": args.threads, "rounds": args.iterations or 5}
+    worker = Worker("update-ab", spec, env)
+    result = worker.ready
+    worker.close()
+    tokens = result["tokens"]
+    print(f"\nRL update of the demo config (4 optimizer steps over 256 responses, micro-batch 64, "
+          f"{tokens:.0f} response tokens, lengths p10/p50/p90 {'/'.join(f'{x:.0f}' for x in result['lengths'])}), "
+          f"median of {spec['rounds']} alternating rounds, {args.threads} thread(s)\n")
+    print("| update variant | CPU s | trained tokens/s (CPU) | peak RSS growth (MiB) |\n|---|---|---|---|")
+    for variant in UPDATE_VARIANTS:
+        cpu = statistics.median(r[0] for r in result["rows"][variant])
+        mem = max(r[1] for r in result["rows"][variant])
+        print(f"| {variant} | {cpu:.2f} | {2 * tokens / cpu:.0f} | {mem:.0f} |")
 
 
 # ----------------------------------------------------------------------------- time to accuracy
@@ -548,8 +653,11 @@ def time_to_accuracy(args: argparse.Namespace, env: dict[str, str]) -> None:
     root = Path(tempfile.mkdtemp(prefix="openk1-vs-trl-acc-"))
     spec = {"mode": "accuracy", "model": args.model, "data": args.data, "eval_data": args.eval_data,
             "threads": args.threads, "seed": 0, "iterations": args.iterations or 20, "warmup": 0,
+            "eval_samples": args.eval_samples, "core_rl": args.core_rl,
             "prompts": 32, "k": 8, "micro_batch": 64, "max_new_tokens": 100, "lr": 1e-4}
     workers = {name: Worker(name, spec | {"out": str(root / name)}, env) for name in WORKERS}
+    print(f"openk1 RL settings: {workers['openk1'].ready['config']}", flush=True)
+    workers["openk1"].ready = workers["openk1"].read()
     curves: dict[str, list[tuple[int, float, float, float]]] = {name: [] for name in WORKERS}
     elapsed = {name: [0.0, 0.0] for name in WORKERS}  # wall, CPU
     try:
@@ -583,7 +691,8 @@ def first_reaching(curve: list[tuple[int, float, float, float]], target: float) 
 
 
 def print_accuracy(spec: dict[str, Any], curves: dict[str, list[tuple[int, float, float, float]]]) -> None:
-    print(f"\nHeld-out accuracy (200 problems x 4 samples, openk1's verifier) vs training seconds, from the "
+    print(f"\nHeld-out accuracy (200 problems x {spec['eval_samples']} samples, openk1's verifier) vs training "
+          f"seconds, from the "
           f"same SFT model, {spec['iterations']} iterations of 32 prompts x 8 samples each, "
           f"{spec['threads']} thread(s), alternating\n")
     print("| iteration | openk1 s (wall / CPU) | openk1 accuracy | TRL s (wall / CPU) | TRL accuracy |")
@@ -604,6 +713,9 @@ def print_accuracy(spec: dict[str, Any], curves: dict[str, list[tuple[int, float
     print(f"time_to_trl_accuracy_ratio: {o[1] / t[1]:.2f}")
 
 
+ALL_WORKERS = WORKERS | {"update-ab": update_ab_worker}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
@@ -616,17 +728,26 @@ def main() -> None:
     parser.add_argument("--data", default="runs/demo/curate/curated.jsonl", help="(--time-to-accuracy) RL prompts")
     parser.add_argument("--eval-data", default="runs/demo/data/heldout.jsonl", help="(--time-to-accuracy)")
     parser.add_argument("--eval-every", type=int, default=2, help="(--time-to-accuracy) iterations")
-    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--core-rl", action="store_true",
+                        help="(--time-to-accuracy) openk1 without the demo's curriculum, partial rollouts "
+                             "and length penalty")
+    parser.add_argument("--eval-samples", type=int, default=4, help="(--time-to-accuracy) per held-out problem")
+    parser.add_argument("--update-ab", action="store_true",
+                        help="the demo's RL update before/after each optimisation (CPU s, peak RSS)")
+    parser.add_argument("--worker", choices=list(ALL_WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        WORKERS[args.worker](json.loads(args.spec))
+        ALL_WORKERS[args.worker](json.loads(args.spec))
         return
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
                         "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
                         "PYTHONWARNINGS": "ignore"}
     if args.time_to_accuracy:
         time_to_accuracy(args, env)
+        return
+    if args.update_ab:
+        update_ab(args, env)
         return
     spec = settings(args)
     root = Path(tempfile.mkdtemp(prefix="openk1-vs-trl-"))
@@ -636,7 +757,8 @@ def main() -> None:
     spec["matmul_n"] = 2048
     peak_before = matmul_peak(args.threads, spec["matmul_n"], 7)
     rows = alternate(spec, env)
-    peak = statistics.median([peak_before, matmul_peak(args.threads, spec["matmul_n"], 7)])
+    peak_after = matmul_peak(args.threads, spec["matmul_n"], 7)
+    peak = (max(peak_before[0], peak_after[0]), max(peak_before[1], peak_after[1]))
     res = {name: summarise(r) for name, r in rows.items()}
     speedup = print_table(spec, res, peak, params)
     (root / "result.json").write_text(json.dumps({"spec": spec, "rows": rows, "summary": res, "peak": peak}))
