@@ -209,8 +209,15 @@ def init_ray(settings: RaySettings) -> bool:
     for key in ("RAY_agent_register_timeout_ms", "RAY_raylet_start_wait_time_s"):   # slow, busy CPUs:
         os.environ.setdefault(key, "180000" if key.endswith("_ms") else "180")     # 30 s is not enough
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(num_cpus=settings.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    for attempt in range(3):   # ray.init gives a local raylet 30 s (fixed): retry on a busy machine
+        try:
+            ray.init(num_cpus=settings.num_cpus, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", log_to_driver=False)
+            return True
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     return True
 
 
