@@ -11,11 +11,16 @@ has a reference answer and two response formats, written as ordinary dataset row
             4+8+1=12 wait 13 c1          <- an occasional slip, corrected
             3+0+1=4 c0
             check 432-85=347 ok
+            recheck 347+85=432 ok        <- optional re-verification, each line with
+            verify 7+5=12 ok                probability `reflection_rate`: the redundancy
+            reflect carries ok              ("overthinking") long2short learns to drop
+            so the answer is 432
             \\boxed{432}
 
 The long trace shows planning (the plan line), evaluation (the check), reflection and
 correction (the "wait" slips). Carries make higher difficulties genuinely harder for a tiny
-model, which leaves RL clear room to improve.
+model, which leaves RL clear room to improve. The optional lines after the check never change
+the answer, so a response without them is as correct and about a third shorter (demo).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class TaskConfig(Section):
     min_difficulty: int = 1        # see LEVELS
     max_difficulty: int = 3
     slip_rate: float = 0.15
+    reflection_rate: float = 0.0   # chance of each optional re-verification line (long format)
 
 
 # difficulty -> (digits of a, digits of b)
@@ -61,8 +67,10 @@ def short_response(a: int, b: int) -> str:
     return f"\\boxed{{{a + b}}}"
 
 
-def long_response(a: int, b: int, rng: random.Random, slip_rate: float) -> str:
-    """Column-by-column addition: a plan, occasional corrected slips and a final check."""
+def long_response(a: int, b: int, rng: random.Random, slip_rate: float,
+                  reflection_rate: float = 0.0) -> str:
+    """Column-by-column addition: a plan, occasional corrected slips, a final check and
+    optional re-verification lines."""
     da, db = str(a)[::-1], str(b)[::-1]
     columns = max(len(da), len(db))
     lines, carry = [f"plan {columns} columns"], 0
@@ -73,11 +81,15 @@ def long_response(a: int, b: int, rng: random.Random, slip_rate: float) -> str:
         slip = f"{abs(total + rng.choice((-1, 1)))} wait " if rng.random() < slip_rate else ""
         carry = total // 10
         lines.append(f"{expr}={slip}{total} c{carry}")
-    lines += [f"check {a + b}-{b}={a} ok", short_response(a, b)]
-    return "\n".join(lines)
+    x, y = a % 10, b % 10
+    optional = [f"recheck {a}+{b}={a + b} ok", f"verify {x}+{y}={x + y} ok", "reflect carries ok",
+                f"so the answer is {a + b}"]
+    lines += [f"check {a + b}-{b}={a} ok"] + [line for line in optional if rng.random() < reflection_rate]
+    return "\n".join(lines + [short_response(a, b)])
 
 
-def make_row(rng: random.Random, difficulty: int, pid: str, slip_rate: float) -> dict[str, Any]:
+def make_row(rng: random.Random, difficulty: int, pid: str, slip_rate: float,
+             reflection_rate: float = 0.0) -> dict[str, Any]:
     a, b = operands(rng, difficulty)
     return {
         "id": pid,
@@ -87,7 +99,7 @@ def make_row(rng: random.Random, difficulty: int, pid: str, slip_rate: float) ->
         "domain": "arithmetic",
         "difficulty": difficulty,
         "short_response": short_response(a, b),
-        "long_response": long_response(a, b, rng, slip_rate),
+        "long_response": long_response(a, b, rng, slip_rate, reflection_rate),
     }
 
 
@@ -100,7 +112,7 @@ def make_split(cfg: TaskConfig, n: int, split: str, exclude: set[str]) -> list[d
         if len(rows) == n:
             return rows
         difficulty = rng.randint(cfg.min_difficulty, cfg.max_difficulty)
-        row = make_row(rng, difficulty, f"{split}-{len(rows)}", cfg.slip_rate)
+        row = make_row(rng, difficulty, f"{split}-{len(rows)}", cfg.slip_rate, cfg.reflection_rate)
         if row["prompt"] not in seen:
             seen.add(row["prompt"])
             rows.append(row)

@@ -50,6 +50,7 @@ class PartialConfig(Section):
     segment_tokens: int = Field(64, ge=1)    # output-token budget of a trajectory per iteration
     max_segments: int = Field(4, ge=1)       # staleness bound: the last segment has no budget
     old_segments: Literal["include", "mask"] = "include"
+    min_finished_groups: int = Field(1, ge=1)   # train once this many groups are complete (fewer wait)
 
 
 @dataclass
@@ -130,6 +131,17 @@ def advance(engine: Any, groups: list[Group], iteration: int, cfg: PartialConfig
 def split(groups: list[Group]) -> tuple[list[Group], list[Group]]:
     """(groups whose k responses have all finished, the others)."""
     return [g for g in groups if g.finished], [g for g in groups if not g.finished]
+
+
+def ready(groups: list[Group], min_groups: int) -> tuple[list[Group], list[Group]]:
+    """(groups to train on now, groups to keep in the buffer): the finished groups once there
+    are at least `min_groups` of them; fewer wait (finished) for the next iteration's.
+
+    With a budget, the first iteration finishes only the groups whose k responses are all
+    short: training on those few alone is a large, noisy and length-biased step.
+    """
+    finished, unfinished = split(groups)
+    return (finished, unfinished) if len(finished) >= min_groups else ([], finished + unfinished)
 
 
 def to_rollout(groups: list[Group], tokenizer: Any) -> Rollout:

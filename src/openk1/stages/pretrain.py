@@ -90,6 +90,11 @@ def worked_doc(rng: random.Random, cfg: CorpusConfig, exclude: set[str]) -> str:
             return cfg.instruction + prompt_text(a, b) + long_response(a, b, rng, 0.15)
 
 
+def worked_text(row: dict[str, Any], cfg: CorpusConfig) -> str:
+    """A task row (synthetic.make_row) as a worked document, e.g. for an evaluation-loss set."""
+    return cfg.instruction + row["prompt"] + row["long_response"]
+
+
 def make_corpus(cfg: CorpusConfig, root: str | Path, exclude: set[str]) -> dict[str, str]:
     """Write base.jsonl, cooldown.jsonl and long.jsonl (`text` rows) under root; problems whose
     prompt is in `exclude` (the held-out set) never appear. Returns {part: path}."""

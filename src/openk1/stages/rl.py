@@ -323,7 +323,7 @@ def rollout_phase(engine: HFEngine, buffer: ReplayBuffer, problems: list[Problem
     fresh = partial.new_groups(indices, prompt_ids, cfg.samples_per_prompt, seed=cfg.seed * 1_000_003 + iteration)
     groups = buffer.groups + fresh
     sampled = partial.advance(engine, groups, iteration, cfg.partial)
-    finished, buffer.groups = partial.split(groups)
+    finished, buffer.groups = partial.ready(groups, cfg.partial.min_finished_groups)
     return finished, sampled
 
 
