@@ -23,6 +23,13 @@ def sft_values(model, data, out):
             "optim": {"lr": 0.01, "lr_min": 0.001, "warmup_steps": 1, "grad_clip": 0.5}}
 
 
+def dpo_values(model, data, out):
+    """5 pairs a step -> rank shares 3|2 in micro-batches of 2 (a padding pass on rank 1)."""
+    return {"model": str(model), "data": str(data), "out": str(out), "epochs": 0, "max_steps": 3,
+            "batch_size": 5, "micro_batch_size": 2, "log_every": 1, "beta": 0.5, "nll_weight": 0.1,
+            "optim": {"lr": 0.002, "lr_min": 0.001, "warmup_steps": 0, "grad_clip": 0.5}}
+
+
 def rl_values(model, data, out):
     return {"model": str(model), "data": str(data), "eval_data": str(data), "out": str(out),
             "iterations": 2, "prompts_per_iter": 3, "samples_per_prompt": 4, "eval_every": 2,
@@ -45,8 +52,11 @@ def two_ranks(tiny_model_dir, fixed_batch, tmp_path_factory):
     rl_rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "type": "math", "difficulty": 1}
                for a in range(1, 5) for b in range(1, 4)]
     write_jsonl(root / "rl.jsonl", rl_rows)
+    write_jsonl(root / "dpo.jsonl", [{"prompt": f"{a}+1=", "chosen": f"\\boxed{{{a + 1}}}",
+                                      "rejected": f"{a}+1 is \\boxed{{{a + 2}}}" + "!" * a} for a in range(7)])
     calls = [("rl_update", (str(tiny_model_dir), str(fixed_batch), str(root / "update.pt"))),
              ("sft_run", (sft_values(tiny_model_dir, root / "sft.jsonl", root / "sft"),)),
+             ("dpo_run", (dpo_values(tiny_model_dir, root / "dpo.jsonl", root / "dpo"),)),
              ("rl_run", (rl_values(tiny_model_dir, root / "rl.jsonl", root / "rl"), str(root)))]
     run_ranks(workers.several, 2, calls)
     return root
@@ -101,6 +111,26 @@ def test_sft_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
     w2 = load_model(two / "model")[0].state_dict()
     start = load_model(tiny_model_dir)[0].state_dict()
     assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-3   # it trained
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < TOL
+
+
+def test_dpo_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
+    from openk1.config import build
+    from openk1.models.io import load_model
+    from openk1.stages import dpo
+
+    dpo.run(build(dpo.DPOConfig, dpo_values(tiny_model_dir, two_ranks / "dpo.jsonl", tmp_path / "one")))
+    one, two = tmp_path / "one", two_ranks / "dpo"
+    m1, m2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [r["step"] for r in m2] == [1, 2, 3]               # rank 0 alone wrote the metrics
+    for r1, r2 in zip(m1, m2):
+        assert abs(r1["loss"]) > 1e-3
+        for key in ("loss", "grad_norm", "reward/margin"):
+            assert r2[key] == pytest.approx(r1[key], abs=TOL), key
+    w1 = load_model(one / "model")[0].state_dict()
+    w2 = load_model(two / "model")[0].state_dict()
+    start = load_model(tiny_model_dir)[0].state_dict()
+    assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-4   # it trained
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < TOL
 
 

@@ -69,6 +69,14 @@ def sft_run(rank: int, values: dict[str, Any]) -> None:
     assert runtime.world_size() == 2
 
 
+def dpo_run(rank: int, values: dict[str, Any]) -> None:
+    from openk1.config import build
+    from openk1.stages import dpo
+
+    dpo.run(build(dpo.DPOConfig, values))
+    assert runtime.world_size() == 2
+
+
 def several(rank: int, calls: list[tuple[str, tuple[Any, ...]]]) -> None:
     """Run several workers in one process group (one spawn: process start-up dominates)."""
     for name, args in calls:

@@ -27,6 +27,7 @@ from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.batching import encode_pairs
 from openk1.data.io import _field, load_problems, read_rows
+from openk1.dist import fsdp, runtime
 from openk1.models.forward import eval_mode, response_logprobs, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, cosine_lr, guarded_step, make_optimizer, set_lr
@@ -111,36 +112,42 @@ def reference_logps(model: Any, tokenizer: Any, pairs: list[Pair], cfg: DPOConfi
 
 def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.Tensor,
                cfg: DPOConfig) -> dict[str, float]:
-    """Backward over micro-batches of one step's pairs; returns the step's loss and metrics."""
+    """Backward over micro-batches of one step's pairs; returns the step's loss and metrics.
+
+    Under torchrun each rank takes its share of the pairs; the normaliser is the step's pair
+    count, so the summed gradients equal one process's; weight-0 passes keep FSDP's collectives
+    in step (dist/runtime.py `micro_batches`)."""
     size = cfg.micro_batch_size or len(pairs)
     totals: dict[str, float] = {}
-    for s in range(0, len(pairs), size):
-        micro, ref = pairs[s:s + size], reference[s:s + size]
+    for index, weight in runtime.micro_batches(runtime.shard(torch.arange(len(pairs))), size):
+        micro, ref = [pairs[i] for i in index.tolist()], reference[index]
         chosen, rejected, tokens = sequence_logps(model, tokenizer, micro, cfg.max_response_tokens)
         loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta,
                                  normaliser=len(pairs), chosen_tokens=tokens, nll_weight=cfg.nll_weight)
-        loss.backward()
-        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())    # micro losses add up
-        for key, value in metrics.items():                                  # means -> batch means
-            totals[key] = totals.get(key, 0.0) + float(value) * len(micro) / len(pairs)
-    return totals
+        (loss * weight).backward()
+        share = weight * len(micro) / len(pairs)                            # means -> batch means
+        for key, value in [("loss", float(loss.detach()) * weight), *metrics.items()]:
+            totals[key] = totals.get(key, 0.0) + (float(value) if key == "loss" else float(value) * share)
+    return {key: runtime.all_reduce_sum(value) for key, value in totals.items()}
 
 
 def run(cfg: DPOConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    run_dir = RunDir(cfg.out)
+    run_dir = runtime.run_dir(cfg.out)   # under torchrun rank 0 writes, the others do not
     pairs = load_pairs(cfg.data)
     reference = _reference(cfg, run_dir, pairs)
     model, tokenizer = load_model(str(latest_checkpoint(run_dir.path) / "model") if cfg.resume else cfg.model)
-    optimizer = make_optimizer(model, cfg.optim)
+    trainee = fsdp.trainee(model)        # FSDP2 copy under torchrun, else model
+    optimizer = make_optimizer(trainee, cfg.optim)
     first = 0
-    if cfg.resume:
-        first = load_state(latest_checkpoint(run_dir.path), optimizer)["step"]
+    if cfg.resume:   # FSDP: Adam's shards are not saved, the optimizer restarts
+        first = load_state(latest_checkpoint(run_dir.path), None if runtime.is_distributed() else optimizer)["step"]
         run_dir.truncate_metrics(first)
     run_dir.write_config(cfg)
-    summary = train(model, tokenizer, optimizer, pairs, reference, cfg, run_dir, first)
-    save_model(model, tokenizer, run_dir.path / "model")
-    if cfg.eval_data:
+    summary = train(model, trainee, tokenizer, optimizer, pairs, reference, cfg, run_dir, first)
+    if runtime.is_main():
+        save_model(model, tokenizer, run_dir.path / "model")
+    if cfg.eval_data and runtime.is_main():
         result = evaluate(model, tokenizer, load_problems(cfg.eval_data), cfg.eval, rewards=cfg.rewards)
         summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
     summary.update(model=str(run_dir.path / "model"), pairs=len(pairs),
@@ -156,29 +163,35 @@ def _reference(cfg: DPOConfig, run_dir: RunDir, pairs: list[Pair]) -> torch.Tens
     if cfg.resume and path.is_file():
         return torch.load(path)
     model, tokenizer = load_model(cfg.model)
-    reference = reference_logps(model, tokenizer, pairs, cfg)
-    with atomic_file(path) as tmp:
-        torch.save(reference, tmp)
+    reference = reference_logps(model, tokenizer, pairs, cfg)   # every rank: same numbers
+    if runtime.is_main():
+        with atomic_file(path) as tmp:
+            torch.save(reference, tmp)
     return reference
 
 
-def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, pairs: list[Pair],
+def train(model: Any, trainee: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, pairs: list[Pair],
           reference: torch.Tensor, cfg: DPOConfig, run_dir: RunDir, first: int) -> dict[str, Any]:
-    """Steps first..total-1 with a cosine LR; logs, checkpoints, progress bar."""
+    """Steps first..total-1 with a cosine LR; logs, checkpoints, progress bar. `trainee` takes
+    the steps (the FSDP2 copy under torchrun); `model` gets its weights to be saved."""
     total = total_steps(cfg, len(pairs))
-    model.train()
+    trainee.train()
     stats: dict[str, float] = {}
-    bar = tqdm(total=total, initial=first, desc=run_dir.path.name, unit="step", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=total, initial=first, desc=run_dir.path.name, unit="step", dynamic_ncols=True,
+               mininterval=1.0, disable=not runtime.is_main())
     for step in range(first, total):
         lr = cosine_lr(step, total, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps)
         set_lr(optimizer, lr)
         index = step_indices(step, len(pairs), cfg.batch_size, cfg.seed)
-        stats = train_step(model, tokenizer, [pairs[i] for i in index.tolist()], reference[index], cfg)
-        stats.update(guarded_step(model, optimizer, cfg.optim.grad_clip), lr=lr)
+        stats = train_step(trainee, tokenizer, [pairs[i] for i in index.tolist()], reference[index], cfg)
+        stats.update(guarded_step(trainee, optimizer, cfg.optim.grad_clip), lr=lr)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             run_dir.log(step + 1, stats)
         if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == total:
-            save_checkpoint(run_dir.path, step + 1, model, tokenizer, optimizer, {}, cfg.keep_checkpoints)
+            fsdp.sync_weights(trainee, model)                 # the full weights (no-op alone)
+            if runtime.is_main():
+                save_checkpoint(run_dir.path, step + 1, model, tokenizer,
+                                None if runtime.is_distributed() else optimizer, {}, cfg.keep_checkpoints)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", margin=f"{stats['reward/margin']:.2f}")
         bar.update()
     bar.close()

@@ -27,8 +27,8 @@ from openk1.config import Section
 from openk1.data.io import write_jsonl
 from openk1.data.packing import OverlongRule, encode_row
 from openk1.data.synthetic import long_response, operands, prompt_text
+from openk1.dist import runtime
 from openk1.models.io import load_model, save_model
-from openk1.report.run_dir import RunDir
 from openk1.schedules import Stage
 from openk1.trainer import LMConfig, model_path, train_lm
 
@@ -39,14 +39,15 @@ class PretrainConfig(LMConfig):
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
-    run_dir = RunDir(cfg.out)
+    run_dir = runtime.run_dir(cfg.out)   # under torchrun rank 0 writes, the others do not
     model, tokenizer = load_model(model_path(cfg, run_dir))
     torch.manual_seed(cfg.seed)
     run_dir.write_config(cfg)
     start = time.perf_counter()
     summary: dict[str, Any] = train_lm(model, tokenizer, cfg, list(cfg.stages),
                                        partial(encode_row, tokenizer=tokenizer), run_dir)
-    save_model(model, tokenizer, run_dir.path / "model")
+    if runtime.is_main():
+        save_model(model, tokenizer, run_dir.path / "model")
     summary["wall_seconds"] = time.perf_counter() - start
     summary["model"] = str(run_dir.path / "model")
     run_dir.write_summary(summary)
