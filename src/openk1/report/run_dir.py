@@ -90,13 +90,18 @@ class RunDir:
         atomic_write_text(self.path / "config.yaml", dump(cfg))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        """Scalars to metrics.jsonl and TensorBoard; a tensor of several values (e.g. every
+        response's length) to TensorBoard only, as a histogram."""
+        histograms = {k: v for k, v in metrics.items() if hasattr(v, "numel") and v.numel() > 1}
+        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items() if k not in histograms}}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self._tb.add_scalar(key, value, step)
+            for key, values in histograms.items():
+                self._tb.add_histogram(key, values, step)
             self._tb.flush()
 
     def truncate_metrics(self, last_step: int) -> None:

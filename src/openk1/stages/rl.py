@@ -201,7 +201,7 @@ def rollout_metrics(sampled: Rollout, carried: int, seconds: float) -> dict[str,
 
 
 def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Tensor,
-                     problems: list[Problem]) -> dict[str, float]:
+                     problems: list[Problem]) -> dict[str, Any]:
     """The trained (whole) responses, problems [B] one per row: reward, accuracy, lengths."""
     lengths = rollout.lengths.float()
     p10, p50, p90 = torch.quantile(lengths, torch.tensor([0.1, 0.5, 0.9])).tolist()
@@ -212,6 +212,7 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
         "response_tokens/mean": float(lengths.mean()),
         "response_tokens/p10": p10, "response_tokens/p50": p50, "response_tokens/p90": p90,
         "response_tokens/max": float(lengths.max()),
+        "response_tokens/histogram": lengths,              # [B]: TensorBoard histogram only
         "partial/segments_mean": float(partial.segment_counts(rollout).float().mean()),
     }
 
