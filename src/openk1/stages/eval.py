@@ -54,7 +54,7 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
         "mean_tokens": float(rollout.lengths.float().mean()),
         "problems": len(problems),
         "samples": len(scores),
-        "accuracy_by_difficulty": _by_difficulty(repeated, rewards),
+        "accuracy_by_difficulty": by_difficulty(repeated, rewards),
     }
     if keep_samples:
         result["rows"] = [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "response": t,
@@ -63,7 +63,8 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
     return result
 
 
-def _by_difficulty(problems: list[Problem], rewards: torch.Tensor) -> dict[str, float]:
+def by_difficulty(problems: list[Problem], rewards: torch.Tensor) -> dict[str, float]:
+    """Mean reward [N] per problem difficulty (eval's held-out split and RL's train metrics)."""
     groups: dict[str, list[float]] = defaultdict(list)
     for p, r in zip(problems, rewards.tolist()):
         groups[str(p.difficulty)].append(r)

@@ -49,7 +49,7 @@ from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout import partial
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.rollout.partial import Group, PartialConfig, ReplayBuffer
-from openk1.stages.eval import EvalSettings, _by_difficulty, evaluate
+from openk1.stages.eval import EvalSettings, by_difficulty, evaluate
 from openk1.types import Problem, Rollout
 
 
@@ -208,7 +208,7 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
     return {
         "reward/mean": float(rewards.mean()),
         "accuracy/train": float(correct.float().mean()),
-        **{f"accuracy/train_d{d}": a for d, a in _by_difficulty(problems, correct.float()).items()},
+        **{f"accuracy/train_d{d}": a for d, a in by_difficulty(problems, correct.float()).items()},
         "response_tokens/mean": float(lengths.mean()),
         "response_tokens/p10": p10, "response_tokens/p50": p50, "response_tokens/p90": p90,
         "response_tokens/max": float(lengths.max()),
