@@ -27,3 +27,13 @@ def test_quick_demo_rl_beats_sft(tmp_path):
     assert (out / "curate" / "curated.jsonl").exists() and (out / "curate" / "summary.json").exists()
     for stage in ("pretrain", "sft", "longcot_sft/sft", "rl"):
         assert (out / stage / "metrics.jsonl").exists() and (out / stage / "config.yaml").exists()
+
+
+def test_overthinking_preset_overlays_the_demo():
+    from openk1.config import build, merge, read_yaml
+    from openk1.stages.demo import PRESETS, DemoConfig, preset
+
+    cfg = build(DemoConfig, merge(preset(False), read_yaml(PRESETS / "demo_overthinking.yaml")))
+    assert cfg.task.reflection_rate == 0.5 and cfg.long2short.shortest_rs_rounds == 2
+    assert cfg.rl.sampler.kind == "uniform" and not cfg.rl.partial.enabled
+    assert cfg.rl.iterations == 20 and cfg.longcot_sft.max_steps == 300     # the rest is demo.yaml's

@@ -89,6 +89,30 @@ def test_every_method_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     assert "length_penalty_warmup: 0" in rl_cfg
 
 
+def test_shortest_rs_rounds_sample_the_previous_round(tmp_path, tiny_model_dir, monkeypatch):
+    problems = [{"prompt": f"{a}+1=", "answer": str(a + 1)} for a in range(4)]
+    write_jsonl(tmp_path / "train.jsonl", problems)
+    calls = []
+
+    def draw(cfg, root, model_dir="", round_=1):
+        calls.append((model_dir, round_))
+        n = 9 - 3 * round_                                     # round 1 keeps 6-token answers, round 2 3
+        return long2short.load_problems(cfg.data), [[(f"\\boxed{{{a + 1}}}" + "!" * n, n, True)] for a in range(4)]
+
+    monkeypatch.setattr(long2short, "draw_samples", draw)
+    cfg = build(long2short.Long2ShortConfig, {
+        "model": str(tiny_model_dir), "data": str(tmp_path / "train.jsonl"), "out": str(tmp_path / "l2s"),
+        "eval_data": str(tmp_path / "train.jsonl"), "shortest_rs_rounds": 2,
+        "shortest_rs": {"epochs": 1, "batch_size": 2}})
+    made = long2short.run_shortest_rs(long2short.Context(cfg, tmp_path / "l2s"))
+    first = str(tmp_path / "l2s" / "shortest_rs_round1" / "model")
+    assert calls == [("", 1), (first, 2)]                      # round 2 samples round 1's model
+    assert made["rounds"] == 2 and made["model"] == str(tmp_path / "l2s" / "shortest_rs" / "model")
+    second = [json.loads(x)["response"] for x in (tmp_path / "l2s" / "shortest_rs.jsonl").read_text().splitlines()]
+    assert second == [f"\\boxed{{{a + 1}}}!!!" for a in range(4)]
+    assert "shortest_rs_round1/model" in (tmp_path / "l2s" / "shortest_rs" / "config.yaml").read_text()
+
+
 def test_merge_needs_a_short_model(tmp_path, tiny_model_dir):
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1=", "answer": "2"}])
     cfg = build(long2short.Long2ShortConfig, {

@@ -81,6 +81,7 @@ class Long2ShortConfig(StageConfig):
     merge: MergeSettings = MergeSettings()
     samples: SampleSettings = SampleSettings()
     shortest_rs: SFTConfig = SFTConfig(epochs=2, batch_size=16)
+    shortest_rs_rounds: int = Field(1, ge=1)   # round r samples from round r-1's model (ours)
     pairs: PairSettings = PairSettings()
     dpo: DPOConfig = DPOConfig()
     rl: RLConfig = RLConfig()
@@ -127,18 +128,22 @@ def preference_pairs(problems: list[Problem], groups: list[list[Sample]], length
     return rows
 
 
-def draw_samples(cfg: Long2ShortConfig, root: Path) -> tuple[list[Problem], list[list[Sample]]]:
-    """n verified samples per training problem from the long model; also DIR/samples.jsonl."""
+def draw_samples(cfg: Long2ShortConfig, root: Path, model_dir: str = "",
+                 round_: int = 1) -> tuple[list[Problem], list[list[Sample]]]:
+    """n verified samples per training problem from the long model (or `model_dir`, for round
+    `round_` of shortest rejection sampling); also DIR/samples.jsonl (samples_round<r>.jsonl)."""
     problems = load_problems(cfg.data)
     problems = problems[:cfg.samples.problems] if cfg.samples.problems else problems
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(model_dir or cfg.model)
     k = cfg.samples.samples_per_prompt
-    rollout = HFEngine(model, tokenizer, cfg.samples.sampling).generate([p.prompt for p in problems], k, cfg.seed)
+    rollout = HFEngine(model, tokenizer, cfg.samples.sampling).generate([p.prompt for p in problems], k,
+                                                                        cfg.seed + round_ - 1)
     scores = score_many(rollout.texts, [p for p in problems for _ in range(k)], cfg.samples.score_workers,
                         rewards=cfg.rewards)
     samples = [(text, int(n), s.reward >= 1.0 and stop == "normal")
                for text, n, s, stop in zip(rollout.texts, rollout.lengths, scores, rollout.stop_reason)]
-    write_jsonl(root / "samples.jsonl", [{"id": p.id, "response": t, "tokens": n, "correct": ok}
+    name = "samples.jsonl" if round_ == 1 else f"samples_round{round_}.jsonl"
+    write_jsonl(root / name, [{"id": p.id, "response": t, "tokens": n, "correct": ok}
                                          for j, (t, n, ok) in enumerate(samples) for p in [problems[j // k]]])
     return problems, [samples[i * k:(i + 1) * k] for i in range(len(problems))]
 
@@ -170,13 +175,21 @@ def run_merge(ctx: Context) -> dict[str, Any]:
 
 
 def run_shortest_rs(ctx: Context) -> dict[str, Any]:
-    rows = shortest_rows(*ctx.samples())
-    if not rows:
-        raise OpenK1Error("long2short: no correct sample to keep for shortest rejection sampling")
-    write_jsonl(ctx.root / "shortest_rs.jsonl", rows)
-    cfg = ctx.stage(SFTConfig, ctx.cfg.shortest_rs, model=ctx.cfg.model,
-                    data=str(ctx.root / "shortest_rs.jsonl"), out=str(ctx.root / "shortest_rs"))
-    return {**sft_stage.run(cfg), "rows": len(rows)}
+    """`shortest_rs_rounds` rounds of: sample, keep the shortest correct, SFT; round 1 uses the
+    shared samples of the long model, round r > 1 samples the model of round r - 1."""
+    rounds, model, summary = ctx.cfg.shortest_rs_rounds, ctx.cfg.model, {}
+    for r in range(1, rounds + 1):
+        samples = ctx.samples() if r == 1 else draw_samples(ctx.cfg, ctx.root, model, r)
+        rows = shortest_rows(*samples)
+        if not rows:
+            raise OpenK1Error(f"long2short: no correct sample to keep for shortest rejection sampling (round {r})")
+        name = "shortest_rs" if r == rounds else f"shortest_rs_round{r}"
+        write_jsonl(ctx.root / f"{name}.jsonl", rows)
+        cfg = ctx.stage(SFTConfig, ctx.cfg.shortest_rs, model=model, data=str(ctx.root / f"{name}.jsonl"),
+                        out=str(ctx.root / name))
+        summary = {**sft_stage.run(cfg), "rows": len(rows), "rounds": r}
+        model = summary["model"]
+    return summary
 
 
 def run_dpo(ctx: Context) -> dict[str, Any]:
