@@ -94,9 +94,18 @@ def test_rl_update_two_ranks_equals_one_process(tiny_model_dir, fixed_batch, two
         assert worst < TOL, f"{aggregation}: max weight difference {worst:.2e}"
 
 
+def assert_trained_alike(start_dir, one, two, moved):
+    """The 1-process model moved from the start by more than `moved` (it trained), and the
+    2-rank model equals it within TOL."""
+    from openk1.models.io import load_model
+
+    w1, w2, start = (load_model(d)[0].state_dict() for d in (one / "model", two / "model", start_dir))
+    assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > moved
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < TOL
+
+
 def test_sft_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
     from openk1.config import build
-    from openk1.models.io import load_model
     from openk1.stages import sft
 
     sft.run(build(sft.SFTConfig, sft_values(tiny_model_dir, two_ranks / "sft.jsonl", tmp_path / "one")))
@@ -107,16 +116,11 @@ def test_sft_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
     for r1, r2 in zip(m1, m2):
         assert r2["loss"] == pytest.approx(r1["loss"], abs=TOL)
         assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], abs=TOL)
-    w1 = load_model(one / "model")[0].state_dict()
-    w2 = load_model(two / "model")[0].state_dict()
-    start = load_model(tiny_model_dir)[0].state_dict()
-    assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-3   # it trained
-    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < TOL
+    assert_trained_alike(tiny_model_dir, one, two, moved=1e-3)
 
 
 def test_dpo_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
     from openk1.config import build
-    from openk1.models.io import load_model
     from openk1.stages import dpo
 
     dpo.run(build(dpo.DPOConfig, dpo_values(tiny_model_dir, two_ranks / "dpo.jsonl", tmp_path / "one")))
@@ -127,11 +131,7 @@ def test_dpo_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
         assert abs(r1["loss"]) > 1e-3
         for key in ("loss", "grad_norm", "reward/margin"):
             assert r2[key] == pytest.approx(r1[key], abs=TOL), key
-    w1 = load_model(one / "model")[0].state_dict()
-    w2 = load_model(two / "model")[0].state_dict()
-    start = load_model(tiny_model_dir)[0].state_dict()
-    assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-4   # it trained
-    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < TOL
+    assert_trained_alike(tiny_model_dir, one, two, moved=1e-4)
 
 
 def test_rl_stage_on_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):

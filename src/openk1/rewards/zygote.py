@@ -132,17 +132,24 @@ def _program(req: dict[str, Any], stdio: list[int]) -> None:
         os._exit(1)
 
 
-def _init(req: dict[str, Any], stdio: list[int]) -> None:
-    """I: PID 1 of the run's namespace (never returns)."""
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+def _fork(body: Any, stderr: int, what: str) -> int:
+    """Fork; the child runs `body` (which never returns) and exits SETUP_FAILED if it does or
+    raises, reporting `what` failed on the run's stderr. Returns the child's pid (parent)."""
     child = os.fork()
     if child == 0:
         try:
-            _program(req, stdio)
+            body()
         except BaseException as exc:  # noqa: BLE001 - reported on the run's stderr
-            os.write(stdio[2], f"sandbox: setup failed: {exc!r}\n".encode())
+            os.write(stderr, f"sandbox: {what} failed: {exc!r}\n".encode())
         finally:
             os._exit(SETUP_FAILED)
+    return child
+
+
+def _init(req: dict[str, Any], stdio: list[int]) -> None:
+    """I: PID 1 of the run's namespace (never returns)."""
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    child = _fork(lambda: _program(req, stdio), stdio[2], "setup")
     os.closerange(0, 1 << 20)
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     _drop_capabilities()
@@ -173,17 +180,10 @@ def _run(req: dict[str, Any], fds: list[int]) -> None:
             _copy_in(fd, f"{WORKDIR}/{name}", int(mode))
         for fd in file_fds:
             os.close(fd)
-        child = os.fork()
+        _fork(lambda: _init(req, stdio), stdio[2], "init")
     except Exception as exc:  # noqa: BLE001 - reported on the run's stderr
         os.write(stdio[2], f"sandbox: setup failed: {exc}\n".encode())
         os._exit(SETUP_FAILED)
-    if child == 0:
-        try:
-            _init(req, stdio)
-        except BaseException as exc:  # noqa: BLE001 - reported on the run's stderr
-            os.write(stdio[2], f"sandbox: init failed: {exc!r}\n".encode())
-        finally:
-            os._exit(SETUP_FAILED)
     os._exit(0)  # I is handed to the zygote, its subreaper
 
 
