@@ -2,8 +2,10 @@
 
 import functools
 
+import pytest
 import torch
 
+from openk1.models import lean as lean_module
 from openk1.models.forward import response_logprobs, tokenize
 from openk1.rollout.hf import HFEngine, Request, SamplingConfig
 from openk1.rollout.repeat import RepeatConfig
@@ -11,13 +13,23 @@ from openk1.rollout.repeat import RepeatConfig
 PROMPTS = ["12+3=", "7+845=", "1+1=", "99+1=", "3+4="]
 
 
+LEAN = {"on": True}
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["lean", "hf"])
+def decoder_kind(request):
+    """Every test runs on both decode states: the lean static cache and HF's DynamicCache."""
+    LEAN["on"] = request.param
+
+
 def engine(tiny, **sampling):
     model, tokenizer = tiny
-    return HFEngine(model, tokenizer, SamplingConfig(**{"max_new_tokens": 24, **sampling}))
+    return HFEngine(model, tokenizer, SamplingConfig(**{"max_new_tokens": 24, "lean": LEAN["on"], **sampling}))
 
 
-def count_forwards(model):
-    """Record the input shape [b, n] of every forward pass of `model`."""
+def count_forwards(model, monkeypatch):
+    """Record the input shape [b, n] of every forward pass (HF's, or the lean decoder's prefill
+    [n, width] and step [b, 1])."""
     calls = []
     original = model.forward
 
@@ -27,6 +39,18 @@ def count_forwards(model):
         return original(*args, **kwargs)
 
     model.forward = counting
+    extend, step = lean_module.Decoder.extend, lean_module.Decoder.step
+
+    def counting_extend(self, contexts, pad_id):
+        calls.append((len(contexts), max(len(c) for c in contexts)))
+        return extend(self, contexts, pad_id)
+
+    def counting_step(self, tokens):
+        calls.append((tokens.shape[0], 1))
+        return step(self, tokens)
+
+    monkeypatch.setattr(lean_module.Decoder, "extend", counting_extend)
+    monkeypatch.setattr(lean_module.Decoder, "step", counting_step)
     return calls
 
 
@@ -50,7 +74,7 @@ def test_continuous_logp_equals_fresh_forward(tiny):
     assert torch.allclose(rollout.logp[mask], fresh[mask].detach(), atol=1e-4)
 
 
-def test_refill_fills_freed_slots(tiny):
+def test_refill_fills_freed_slots(tiny, monkeypatch):
     """Budgets 12, 2, 2, 2, 12, 2, 2, 2 on 4 slots (greedy: this model never says EOS).
 
     Static: two waves of 12 steps = 2 prefills + 2 x 11 decode passes.
@@ -61,7 +85,7 @@ def test_refill_fills_freed_slots(tiny):
     model, tokenizer = tiny
     ids = tuple(tokenize(tokenizer, ["1+1="])[0])
     requests = [Request(ids, (0, i), budget=b) for i, b in enumerate([12, 2, 2, 2, 12, 2, 2, 2])]
-    calls = count_forwards(model)
+    calls = count_forwards(model, monkeypatch)
     static = engine(tiny, temperature=0.0, batch_size=4, continuous_batching=False).sample(requests)
     assert static.stop_reason == ["budget"] * 8
     assert [c for c in calls if c[1] > 1] == [(4, 5), (4, 5)] and sum(c[1] == 1 for c in calls) == 22

@@ -36,6 +36,7 @@ import torch
 from openk1.config import Section
 from openk1.data.padding import pad
 from openk1.models.forward import cached_forward, eval_mode, tokenize
+from openk1.models.lean import LeanModel
 from openk1.rollout import kv_cache
 from openk1.rollout.repeat import RepeatConfig, RepeatDetector
 from openk1.rollout.streams import counter_uniform
@@ -51,6 +52,7 @@ class SamplingConfig(Section):
     batch_size: int = 256                    # sequences decoded together; bounds KV-cache memory
     continuous_batching: bool = True         # finished sequences free their slots for waiting ones
     repeat: RepeatConfig = RepeatConfig()    # stop a response that starts repeating itself
+    lean: bool = True                        # static KV cache + openk1's Llama-family forward (models/lean.py)
 
 
 @dataclass(frozen=True)
@@ -92,52 +94,81 @@ class _Output:
 
 @dataclass
 class _Rows:
-    """The sequences decoding together, one row each; rows leave and join between steps."""
+    """Bookkeeping of the sequences decoding together, one row each, in the decode state's row
+    order; rows leave and join between steps."""
 
     index: torch.Tensor       # [b] request index
     keys: torch.Tensor        # [b, 2] random-stream key (seed, sequence number)
     position: torch.Tensor    # [b] response position of the next token (prefix included)
     left: torch.Tensor        # [b] tokens this call may still add
-    attention: torch.Tensor   # [b, L] 1 on the real tokens held in the KV cache
     logits: torch.Tensor      # [b, V] next-token logits
-    cache: Any
     detector: RepeatDetector | None
 
-    def select(self, keep: torch.Tensor) -> _Rows | None:
-        """Rows where keep [b] is True, or None if there are none."""
-        if not keep.any():
-            return None
-        if keep.all():
-            return self
-        rows = keep.nonzero().squeeze(-1)
-        return _Rows(self.index[rows], self.keys[rows], self.position[rows], self.left[rows],
-                     self.attention[rows], self.logits[rows], kv_cache.select(self.cache, rows),
-                     self.detector.select(rows) if self.detector is not None else None)
+    def take(self, order: torch.Tensor) -> _Rows:
+        """Rows `order` [n] (old row indices), in that order."""
+        return _Rows(self.index[order], self.keys[order], self.position[order], self.left[order],
+                     self.logits[order], self.detector.select(order) if self.detector is not None else None)
 
     def join(self, other: _Rows) -> _Rows:
-        """These rows, then `other`'s: the shorter cache and mask are left-padded."""
-        width = max(self.attention.shape[1], other.attention.shape[1])
-        attention = torch.cat([kv_cache.left_pad(m, width, 1) for m in (self.attention, other.attention)])
+        """These rows, then `other`'s."""
         detector = (self.detector.join(other.detector)
                     if self.detector is not None and other.detector is not None else None)
         return _Rows(torch.cat([self.index, other.index]), torch.cat([self.keys, other.keys]),
                      torch.cat([self.position, other.position]), torch.cat([self.left, other.left]),
-                     attention, torch.cat([self.logits, other.logits]),
-                     kv_cache.join(self.cache, other.cache), detector)
+                     torch.cat([self.logits, other.logits]), detector)
 
-    def drop_padding(self) -> None:
-        """Cut the leading cache columns that are padding in every row."""
-        first = int(self.attention.any(0).long().argmax())
-        if first:
-            self.attention = self.attention[:, first:]
-            kv_cache.drop_left(self.cache, first)
+
+class HFCacheState:
+    """Decode state over HF's own forward and DynamicCache (any causal LM): rows left-padded to a
+    common length, the attention mask [b, L] marking real tokens (rollout/kv_cache.py)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.cache, self.attention = model, None, None
+
+    def extend(self, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
+        """Prefill new rows after the existing ones -> their next-token logits [n, V]."""
+        ids, mask = pad(contexts, pad_id, "left")
+        logits, cache = cached_forward(self.model, ids, mask)                # [n, V]
+        if self.cache is None:
+            self.cache, self.attention = cache, mask
+        else:
+            width = max(self.attention.shape[1], mask.shape[1])
+            self.attention = torch.cat([kv_cache.left_pad(m, width, 1) for m in (self.attention, mask)])
+            self.cache = kv_cache.join(self.cache, cache)
+        return logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append tokens [b] -> next-token logits [b, V]."""
+        attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=1)
+        logits, self.cache = cached_forward(self.model, tokens[:, None], attention, self.cache)
+        first = int(attention.any(0).long().argmax())   # leading columns that are padding in every row
+        self.attention = attention[:, first:]
+        kv_cache.drop_left(self.cache, first)
+        return logits
+
+    def keep(self, keep: torch.Tensor) -> torch.Tensor:
+        """Keep rows where keep [b] is True -> order [n] (old row indices, ascending)."""
+        order = keep.nonzero().squeeze(-1)
+        if not keep.any():
+            self.cache, self.attention = None, None
+        elif not keep.all():
+            kv_cache.select(self.cache, order)
+            self.attention = self.attention[order]
+        return order
 
 
 class HFEngine:
-    """Rollout engine over an in-process HF model (CPU or one GPU)."""
+    """Rollout engine over an in-process HF model (CPU or one GPU).
 
-    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig) -> None:
-        self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+    Decoding runs on models/lean.py's static-cache decoder when the model is Llama-family
+    (`sampling.lean`, the default), else on HF's forward and DynamicCache (HFCacheState): the same
+    tokens either way (the forward passes agree to fp32 rounding). `dtype` (default: the model's)
+    is the decoder's compute dtype: bfloat16 packs bf16 weights and KV cache for this call.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig,
+                 dtype: torch.dtype | None = None) -> None:
+        self.model, self.tokenizer, self.sampling, self.dtype = model, tokenizer, sampling, dtype
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
         """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
@@ -157,38 +188,47 @@ class HFEngine:
         waiting = deque(range(len(requests)))
         rows: _Rows | None = None
         with eval_mode(self.model):
+            state = self._state(requests)
             while waiting or rows is not None:
-                rows = self._admit(rows, waiting, requests)
-                rows = self._step(rows, outputs)
+                rows = self._admit(rows, waiting, requests, state)
+                rows = self._step(rows, outputs, state)
         return self._rollout(requests, outputs)
+
+    def _state(self, requests: list[Request]) -> Any:
+        """The decode state for this call: a lean static-cache decoder sized for these requests,
+        or HF's DynamicCache."""
+        lean = LeanModel.of(self.model, self.dtype) if self.sampling.lean else None
+        if lean is None:
+            return HFCacheState(self.model)
+        length = max(len(r.prompt_ids) + len(r.prefix) + self._limit(r) for r in requests)
+        return lean.decoder(min(self.sampling.batch_size, len(requests)), length)
 
     def _limit(self, request: Request) -> int:
         room = self.sampling.max_new_tokens - len(request.prefix)
         return room if request.budget is None else min(room, request.budget)
 
-    def _admit(self, rows: _Rows | None, waiting: deque[int], requests: list[Request]) -> _Rows:
+    def _admit(self, rows: _Rows | None, waiting: deque[int], requests: list[Request], state: Any) -> _Rows:
         """Prefill waiting sequences into free slots when the batching rule says so."""
         running = 0 if rows is None else len(rows.index)
         count = min(self.sampling.batch_size - running, len(waiting))
         worth_it = count >= min(max(1, self.sampling.batch_size // REFILL_FRACTION), len(waiting))
         if rows is not None and not (self.sampling.continuous_batching and count and worth_it):
             return rows
-        new = self._prefill([waiting.popleft() for _ in range(count)], requests)
+        new = self._prefill([waiting.popleft() for _ in range(count)], requests, state)
         return new if rows is None else rows.join(new)
 
-    def _prefill(self, index: list[int], requests: list[Request]) -> _Rows:
+    def _prefill(self, index: list[int], requests: list[Request], state: Any) -> _Rows:
         chosen = [requests[i] for i in index]
-        ids, mask = pad([list(r.prompt_ids + r.prefix) for r in chosen], self.tokenizer.pad_token_id, "left")
-        logits, cache = cached_forward(self.model, ids, mask)                # [n, V]
+        logits = state.extend([list(r.prompt_ids + r.prefix) for r in chosen], self.tokenizer.pad_token_id)
         detector = None
         if self.sampling.repeat.enabled:
             detector = RepeatDetector.from_config(self.sampling.repeat, len(chosen))
             detector.prime([list(r.prefix) for r in chosen])
         return _Rows(torch.tensor(index), torch.tensor([r.stream for r in chosen]),
                      torch.tensor([len(r.prefix) for r in chosen]),
-                     torch.tensor([self._limit(r) for r in chosen]), mask, logits, cache, detector)
+                     torch.tensor([self._limit(r) for r in chosen]), logits, detector)
 
-    def _step(self, rows: _Rows, outputs: list[_Output]) -> _Rows | None:
+    def _step(self, rows: _Rows, outputs: list[_Output], state: Any) -> _Rows | None:
         """Sample one token per row, record it, drop finished rows, run the next forward pass."""
         uniforms = counter_uniform(rows.keys[:, 0], rows.keys[:, 1], rows.position)
         token = sample_tokens(rows.logits, self.sampling.temperature, self.sampling.top_p, uniforms)
@@ -199,15 +239,11 @@ class HFEngine:
             outputs[i].logp.append(lp)
             outputs[i].stop = stop
         rows.position, rows.left = rows.position + 1, rows.left - 1
-        keep = torch.tensor([not s for s in stops])
-        running = rows.select(keep)
-        if running is None:
+        order = state.keep(torch.tensor([not s for s in stops]))           # [n] old rows, new order
+        if not len(order):
             return None
-        attention = torch.cat([running.attention, torch.ones_like(running.attention[:, :1])], dim=1)
-        running.logits, running.cache = cached_forward(self.model, token[keep][:, None], attention,
-                                                        running.cache)
-        running.attention = attention
-        running.drop_padding()
+        running = rows.take(order)
+        running.logits = state.step(token[order])
         return running
 
     def _stops(self, rows: _Rows, token: torch.Tensor) -> list[str]:

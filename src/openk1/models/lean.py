@@ -1,0 +1,271 @@
+"""A lean forward pass for Llama-family Hugging Face models, and a static KV cache for decoding.
+
+The HF model stays the model: its parameters are read (never copied for training) and its rotary
+embedding module computes cos/sin, so every RoPE variant HF supports is supported. What changes is
+the per-token overhead around the matmuls, which on a CPU and a small model is most of the time:
+
+  - q/k/v and gate/up run as one matmul each (the weights concatenated),
+  - RMSNorm is `F.rms_norm`, attention is `F.scaled_dot_product_attention` (GQA native),
+  - no mask objects, cache classes, hooks or output dataclasses per call,
+  - decoding writes K/V into a preallocated cache [layers, slots, Hkv, T, D] in place; rows that
+    finish are compacted by moving only the rows that fill the holes (no per-step concatenation).
+
+Supported: model_type llama, qwen2, qwen3 (q/k norm), mistral without a sliding window; SiLU MLP,
+no attention dropout (`LeanModel.of` returns None otherwise, and callers use HF's forward).
+The result equals HF's forward to fp32 rounding (tests/models/test_lean.py: 1e-5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+@dataclass
+class _Layer:
+    """Weights of one decoder layer (views of the HF parameters, or packed copies)."""
+
+    norm1: torch.Tensor        # [d]
+    qkv: torch.Tensor          # [(H + 2 Hkv) D, d]
+    qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None    # [D] (qwen3)
+    k_norm: torch.Tensor | None
+    o: torch.Tensor            # [d, H D]
+    o_bias: torch.Tensor | None
+    norm2: torch.Tensor        # [d]
+    gate_up: torch.Tensor      # [2 I, d]
+    down: torch.Tensor         # [d, I]
+
+
+def _cat(*tensors: Any) -> torch.Tensor | None:
+    return None if tensors[0] is None else torch.cat(tensors)
+
+
+def _layer_weights(layer: Any) -> _Layer:
+    a, m = layer.self_attn, layer.mlp
+    return _Layer(
+        norm1=layer.input_layernorm.weight,
+        qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+        qkv_bias=_cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
+        q_norm=a.q_norm.weight if hasattr(a, "q_norm") else None,
+        k_norm=a.k_norm.weight if hasattr(a, "k_norm") else None,
+        o=a.o_proj.weight, o_bias=a.o_proj.bias,
+        norm2=layer.post_attention_layernorm.weight,
+        gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+        down=m.down_proj.weight,
+    )
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why the lean path cannot run `model` (None: it can)."""
+    config = getattr(model, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"model_type {kind!r} is not one of {SUPPORTED}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"hidden_act {config.hidden_act!r}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    if getattr(config, "attention_dropout", 0.0) or getattr(config, "mlp_bias", False):
+        return "attention dropout or MLP bias"
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        return "sharded parameters (FSDP): the layers' own forward gathers them"
+    return None
+
+
+class LeanModel:
+    """Functional forward of an HF Llama-family causal LM over its own parameters."""
+
+    def __init__(self, model: Any, dtype: torch.dtype | None = None) -> None:
+        c = model.config
+        self.model = model
+        self.dtype = dtype or next(model.parameters()).dtype   # compute dtype (weights cast to it)
+        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.eps = c.rms_norm_eps
+        self.rotary = model.model.rotary_emb
+
+    @classmethod
+    def of(cls, model: Any, dtype: torch.dtype | None = None) -> LeanModel | None:
+        return None if unsupported_reason(model) else cls(model, dtype)
+
+    def weights(self) -> list[_Layer]:
+        """Per-layer weights in the compute dtype, differentiable (concatenations and casts are
+        part of the graph, so gradients reach the HF parameters in their own dtype)."""
+        return [_Layer(**{k: _to(v, self.dtype) for k, v in vars(_layer_weights(layer)).items()})
+                for layer in self.model.model.layers]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.model.embed_tokens(ids).to(self.dtype)
+
+    # ------------------------------------------------------------------ full sequences
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+               keep: int, weights: list[_Layer] | None = None) -> torch.Tensor:
+        """Logits of the last `keep` positions [B, keep, V] for input_ids [B, L].
+
+        attention_mask [B, L] (1 real, 0 padding, any side), position_ids [B, L]. A real token
+        attends to the real tokens at or before it; a padding query attends to itself only
+        (its output is never used, and no row of the softmax is empty)."""
+        L = input_ids.shape[1]
+        real = attention_mask.bool()
+        causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
+        eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
+        mask = (causal & real[:, None, :]) | eye                             # [B, L, L]
+        mask = mask[:, None]                                                # [B, 1, L, L]
+        x = self.embed(input_ids)                                           # [B, L, d]
+        cos, sin = self.rotary(x, position_ids)                             # [B, L, D]
+        for w in weights or self.weights():
+            x = self._layer(w, x, cos, sin, lambda q, k, v: _attention(q, k, v, mask))
+        return self._head(x[:, -keep:])
+
+    # ------------------------------------------------------------------ decoding
+
+    def _layer(self, w: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Any) -> torch.Tensor:
+        """x [B, n, d] -> [B, n, d]; attend(q, k, v) with q [B, H, n, D], k/v [B, Hkv, n, D]."""
+        B, n, _ = x.shape
+        H, Hkv, D = self.heads, self.kv_heads, self.head_dim
+        h = F.rms_norm(x, x.shape[-1:], w.norm1, self.eps)
+        q, k, v = F.linear(h, w.qkv, w.qkv_bias).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q, k, v = q.view(B, n, H, D), k.view(B, n, Hkv, D), v.view(B, n, Hkv, D)
+        if w.q_norm is not None:
+            q, k = F.rms_norm(q, (D,), w.q_norm, self.eps), F.rms_norm(k, (D,), w.k_norm, self.eps)
+        c, s = cos[:, :, None], sin[:, :, None]                             # [B, n, 1, D]
+        q, k = q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
+        a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
+        x = x + F.linear(a.transpose(1, 2).reshape(B, n, H * D), w.o, w.o_bias)
+        h = F.rms_norm(x, x.shape[-1:], w.norm2, self.eps)
+        gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, w.down)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.rms_norm(x, x.shape[-1:], _to(self.model.model.norm.weight, self.dtype), self.eps)
+        head = self.model.lm_head
+        return F.linear(x, _to(head.weight, self.dtype), _to(head.bias, self.dtype))
+
+    @torch.no_grad()
+    def decoder(self, slots: int, length: int) -> Decoder:
+        """A static-cache decoder with `slots` rows of at most `length` tokens each."""
+        return Decoder(self, slots, length)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def _to(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return x if x is None or x.dtype == dtype else x.to(dtype)
+
+
+MATMUL_ATTENTION_MAX = 512   # longer sequences: SDPA's kernel (no [B, H, L, L] scores in memory)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q [B, H, L, D] over k/v [B, Hkv, L, D] under a boolean mask [B, 1, L, L].
+
+    Short sequences use two batched matmuls and a softmax: on a CPU that is several times faster
+    than SDPA's flash kernel (forward and backward, and in bf16 its backward is slower still),
+    at the cost of materialising the [B, H, L, L] scores; long ones use SDPA."""
+    if q.shape[2] > MATMUL_ATTENTION_MAX:
+        return _sdpa(q, k, v, mask, causal=False)
+    if q.shape[1] != k.shape[1]:
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5                # [B, H, L, L]
+    scores = scores.float().masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+          causal: bool) -> torch.Tensor:
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                          enable_gqa=gqa)
+
+
+class Decoder:
+    """Rows 0..b-1 of a static KV cache [layers, slots, Hkv, length, D], one sequence each.
+
+    Row i holds its tokens in columns 0..lens[i]-1 (no padding inside a row). `extend` prefills
+    new rows after the last one, `step` appends one token to every row, `keep` drops rows and
+    compacts the rest by moving only the rows that fill the holes (their new order is returned).
+    Weights are packed once per decoder (no grad), so create one per rollout call.
+    """
+
+    def __init__(self, lean: LeanModel, slots: int, length: int) -> None:
+        self.lean, self.length = lean, length
+        self.weights = lean.weights()     # packed (and cast) once: the decoder runs under no_grad
+        p = next(lean.model.parameters())
+        shape = (len(self.weights), slots, lean.kv_heads, length, lean.head_dim)
+        self.k = torch.zeros(shape, dtype=lean.dtype, device=p.device)
+        self.v = torch.zeros(shape, dtype=lean.dtype, device=p.device)
+        self.lens = torch.zeros(0, dtype=torch.long, device=p.device)      # [b]
+
+    @property
+    def rows(self) -> int:
+        return self.lens.shape[0]
+
+    @torch.no_grad()
+    def extend(self, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
+        """Prefill new rows (token lists, right-padded here) after the existing ones -> logits of
+        each context's last token [n, V] (fp32)."""
+        b, n = self.rows, len(contexts)
+        lens = torch.tensor([len(c) for c in contexts], device=self.lens.device)
+        width = int(lens.max())
+        if b + n > self.k.shape[1] or width > self.length:
+            raise ValueError(f"decoder holds {self.k.shape[1]} rows x {self.length} tokens; "
+                             f"asked for {b + n} rows, a context of {width}")
+        ids = torch.full((n, width), pad_id, dtype=torch.long, device=self.lens.device)
+        for i, c in enumerate(contexts):
+            ids[i, :len(c)] = torch.tensor(c)
+        positions = torch.arange(width, device=ids.device).expand(n, width)
+        causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()[None, None]
+        x = self.lean.embed(ids)                                             # [n, W, d]
+        cos, sin = self.lean.rotary(x, positions)
+        for layer, w in enumerate(self.weights):
+            def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> torch.Tensor:
+                self.k[layer, b:b + n, :, :width], self.v[layer, b:b + n, :, :width] = k, v
+                return _attention(q, k, v, causal)   # right padding: real queries never see it
+            x = self.lean._layer(w, x, cos, sin, attend)
+        last = x[torch.arange(n), lens - 1][:, None]                        # [n, 1, d]
+        self.lens = torch.cat([self.lens, lens])
+        return self.lean._head(last)[:, 0].float()
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append tokens [b] (one per row) -> next-token logits [b, V] (fp32)."""
+        b, pos = self.rows, self.lens                                       # [b]
+        rows = torch.arange(b, device=pos.device)
+        width = int(pos.max()) + 1
+        mask = (torch.arange(width, device=pos.device) <= pos[:, None])[:, None, None]  # [b, 1, 1, W]
+        x = self.lean.embed(tokens[:, None])                                # [b, 1, d]
+        cos, sin = self.lean.rotary(x, pos[:, None])
+        for layer, w in enumerate(self.weights):
+            def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> torch.Tensor:
+                K, V = self.k[layer], self.v[layer]                          # [slots, Hkv, T, D]
+                K[rows, :, pos], V[rows, :, pos] = k[:, :, 0], v[:, :, 0]
+                return _attention(q, K[:b, :, :width], V[:b, :, :width], mask)
+            x = self.lean._layer(w, x, cos, sin, attend)
+        self.lens = pos + 1
+        return self.lean._head(x)[:, 0].float()
+
+    @torch.no_grad()
+    def keep(self, keep: torch.Tensor) -> torch.Tensor:
+        """Keep rows where keep [b] is True -> order [n]: new row j is old row order[j]."""
+        n = int(keep.sum())
+        order = torch.arange(n, device=keep.device)
+        holes = (~keep[:n]).nonzero().squeeze(-1)                            # rows < n dropped
+        movers = keep[n:].nonzero().squeeze(-1) + n                          # rows >= n kept
+        if holes.numel():
+            width = int(self.lens.max())
+            self.k[:, holes, :, :width] = self.k[:, movers, :, :width]
+            self.v[:, holes, :, :width] = self.v[:, movers, :, :width]
+            order[holes] = movers
+        self.lens = self.lens[order]
+        return order
