@@ -68,7 +68,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
                 "hidden": 256, "layers": 7}
     if args.iterations:
         base["iterations"] = args.iterations
-    base |= {"mode": "throughput", "threads": args.threads, "lr": 1e-5, "seed": 0}
+    base |= {"mode": "throughput", "threads": args.threads, "lr": 1e-5, "seed": 0, "precision": args.precision}
     return base
 
 
@@ -98,13 +98,25 @@ def build_prompts(root: Path, n: int, seed: int) -> str:
     return str(path)
 
 
-def matmul_peak(threads: int, n: int, repeats: int) -> tuple[float, float]:
-    """Median GFLOP/s of torch.mm on n x n fp32 matrices (2 n^3 FLOPs each), per wall second
-    and per CPU second (the latter barely moves when other processes share the cores)."""
+def mean_prompt_tokens(data: str, model: str) -> float:
+    """Mean prompt length in tokens (with the tokenizer's special tokens), over the prompt file."""
+    from openk1.data.io import load_problems
+    from openk1.models.forward import tokenize
+    from transformers import AutoTokenizer
+
+    prompts = [p.prompt for p in load_problems(data)]
+    return statistics.mean(len(ids) for ids in tokenize(AutoTokenizer.from_pretrained(model), prompts))
+
+
+def matmul_peak(threads: int, n: int, repeats: int, precision: str = "fp32") -> tuple[float, float]:
+    """Median GFLOP/s of torch.mm on n x n matrices (2 n^3 FLOPs each; fp32, or bf16 for the
+    bf16 runs: AMX on this CPU), per wall second and per CPU second (the latter barely moves
+    when other processes share the cores)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(2):
         torch.mm(a, b)
     wall, cpu = [], []
@@ -173,72 +185,6 @@ class _NoEOS:
         return getattr(self._tokenizer, name)
 
 
-# ----------------------------------------------------------------------------- rollout prototype
-# A rollout-side speed-up measured here, not applied: rollout/hf.py is being rewritten elsewhere.
-# transformers' DynamicCache concatenates every layer's K and V at every decoding step (O(L) copy
-# per token, O(L^2) per response); this layer writes into a buffer that doubles when full.
-
-
-def _growing_layer_class() -> type:
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):  # type: ignore[misc]
-        """keys/values are prefix views of buffers with spare room. Row surgery (rollout/kv_cache.py
-        reassigns keys/values) leaves tensors that are not such views: they are copied once."""
-
-        k_buf: Any = None
-        v_buf: Any = None
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n, m = (self.keys.shape[-2] if self.keys.numel() else 0), key_states.shape[-2]
-            owned = (n > 0 and self.k_buf is not None and self.keys.data_ptr() == self.k_buf.data_ptr()
-                     and self.keys.stride() == self.k_buf.stride() and self.keys.shape[0] == self.k_buf.shape[0])
-            if not owned or n + m > self.k_buf.shape[-2]:
-                shape = (*key_states.shape[:-2], max(2 * (n + m), 64), key_states.shape[-1])
-                k_buf, v_buf = key_states.new_empty(shape), value_states.new_empty(shape)
-                if n:
-                    k_buf[..., :n, :], v_buf[..., :n, :] = self.keys, self.values
-                self.k_buf, self.v_buf = k_buf, v_buf
-            self.k_buf[..., n:n + m, :] = key_states
-            self.v_buf[..., n:n + m, :] = value_states
-            self.keys, self.values = self.k_buf[..., :n + m, :], self.v_buf[..., :n + m, :]
-            return self.keys, self.values
-
-    return GrowingLayer
-
-
-def prototype_rollout(engine: Any, problems: list[Any], spec: dict[str, Any], iteration: int) -> dict[str, float]:
-    """Time the same engine with a growing (amortised) KV cache instead of DynamicCache's cat."""
-    from transformers.cache_utils import DynamicCache
-
-    from openk1.models import forward
-    from openk1.rollout import hf
-
-    layer_class = _growing_layer_class()
-    plain = hf.cached_forward
-
-    def growing_forward(model: Any, input_ids: Any, attention_mask: Any, cache: Any = None) -> Any:
-        if cache is None:
-            cache = DynamicCache(config=model.config)
-            for layer in cache.layers:
-                layer.__class__ = layer_class
-        return forward.cached_forward(model, input_ids, attention_mask, cache)
-
-    prompts = [p.prompt for p in problems[:spec["prompts"]]]
-    out = {}
-    for name, fn in (("plain", plain), ("growing", growing_forward)):
-        hf.cached_forward = fn
-        try:
-            t0, c0 = time.perf_counter(), time.process_time()
-            engine.generate(prompts, spec["k"], seed=iteration)
-            out[f"proto_{name}_s"], out[f"proto_{name}_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
-        finally:
-            hf.cached_forward = plain
-    return out
-
-
 def replay_buffer() -> Any:
     try:
         from openk1.rollout.partial import ReplayBuffer
@@ -261,6 +207,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
     from openk1.config import build
     from openk1.data.io import load_problems
     from openk1.data.samplers import make_sampler
+    from openk1.models.forward import PRECISIONS
     from openk1.models.io import load_model
     from openk1.optim import make_optimizer
     from openk1.rollout.hf import HFEngine
@@ -276,7 +223,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
         from openk1.config import merge
         from openk1.stages.demo import preset
 
-        values = merge(preset(quick=False)["rl"], common)
+        values = merge(preset(quick=False)["rl"], common | {"precision": spec["precision"]})
         if spec.get("core_rl"):   # the OPMD core only: uniform sampler, whole rollouts, no length penalty
             values = merge(values, {"sampler": {"kind": "uniform"}, "partial": {"enabled": False},
                                     "length_penalty_weight": 0.0})
@@ -288,7 +235,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
         cfg = build(rl.RLConfig, common | {
             "prompts_per_iter": spec["prompts"], "samples_per_prompt": spec["k"], "tau": 0.5,
             "minibatches_per_iter": 1, "epochs_per_iter": 1, "micro_batch_size": spec["micro_batch"],
-            "reset_optimizer": False,
+            "reset_optimizer": False, "precision": spec["precision"],
             "optim": {"lr": spec["lr"], "warmup_steps": 0, "betas": [0.9, 0.95], "grad_clip": 1.0},
             "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": spec["max_new_tokens"],
                          "batch_size": B},
@@ -299,7 +246,8 @@ def openk1_worker(spec: dict[str, Any]) -> None:
     optimizer = make_optimizer(model, cfg.optim)
     sampler = make_sampler(cfg.sampler, problems, cfg.seed)
     buffer = replay_buffer()
-    engine = HFEngine(model, tokenizer if accuracy_mode else _NoEOS(tokenizer), cfg.sampling)
+    engine = HFEngine(model, tokenizer if accuracy_mode else _NoEOS(tokenizer), cfg.sampling,
+                      PRECISIONS[cfg.precision])
     evaluate = held_out_evaluator(model, tokenizer, spec) if accuracy_mode else None
     cpu = {"update": 0.0}
     plain_update = rl.update
@@ -323,11 +271,10 @@ def openk1_worker(spec: dict[str, Any]) -> None:
         generated = metrics["throughput/generated_tokens_per_s"] * metrics["time/rollout"]
         trained = metrics.get("response_tokens/mean", 0.0) * B   # 0: partial rollouts trained nothing
         rss, peak = rss_mib()
-        proto = {} if accuracy_mode else prototype_rollout(engine, problems, spec, iteration)
         report({"seconds": seconds, "cpu_s": cpu_s, "update_cpu_s": cpu["update"],
                 "rollout_cpu_s": cpu_s - cpu["update"], "rollout_s": metrics["time/rollout"] + metrics.get("time/reward", 0.0),
                 "update_s": metrics.get("time/update", 0.0), "generated_tokens": generated, "trained_tokens": trained,
-                "rss_mib": rss, "peak_rss_mib": peak, **proto})
+                "rss_mib": rss, "peak_rss_mib": peak})
         iteration += 1
 
 
@@ -411,8 +358,8 @@ def trl_worker(spec: dict[str, Any]) -> None:
 def throughput_trl_config(config_class: Any, spec: dict[str, Any], B: int, mb: int, steps: int) -> Any:
     """Equal work with openk1's side: one optimizer step per generation, EOS ignored."""
     return config_class(
-        output_dir=spec["out"], use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        per_device_train_batch_size=mb, gradient_accumulation_steps=B // mb, num_generations=spec["k"],
+        output_dir=spec["out"], use_cpu=True, bf16=spec["precision"] == "bf16", fp16=False,
+        gradient_checkpointing=False, per_device_train_batch_size=mb, gradient_accumulation_steps=B // mb, num_generations=spec["k"],
         max_completion_length=spec["max_new_tokens"], num_iterations=1, beta=0.0, use_vllm=False,
         temperature=1.0, top_p=1.0, learning_rate=spec["lr"], lr_scheduler_type="constant",
         warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
@@ -426,9 +373,11 @@ def accuracy_trl_config(config_class: Any, spec: dict[str, Any]) -> Any:
     """TRL's recommended GRPO (its defaults: DAPO token-level loss, group-scaled advantages, clip 0.2,
     beta 0, one update per generation, AdamW (0.9, 0.999), linear decay) at the demo's batch:
     32 prompts x 8 samples, 100 new tokens, temperature 1, lr 1e-4 (the demo's; TRL's default 1e-6 is
-    sized for billion-parameter models). CPU, fp32, no gradient checkpointing, no vLLM."""
+    sized for billion-parameter models). CPU, no gradient checkpointing, no vLLM; bf16 mixed
+    precision (TRL's default) with --precision bf16, else fp32."""
     return config_class(
-        output_dir=spec["out"], use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        output_dir=spec["out"], use_cpu=True, bf16=spec["precision"] == "bf16", fp16=False,
+        gradient_checkpointing=False,
         per_device_train_batch_size=64, gradient_accumulation_steps=4, num_generations=8,
         max_completion_length=100, learning_rate=1e-4, max_steps=spec["iterations"],
         logging_steps=10**6, save_strategy="no", report_to="none", seed=spec["seed"],
@@ -497,8 +446,7 @@ def alternate(spec: dict[str, Any], env: dict[str, str]) -> dict[str, list[dict[
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
     keys = ("seconds", "cpu_s", "rollout_cpu_s", "update_cpu_s", "rollout_s", "update_s",
-            "generated_tokens", "trained_tokens",
-            "proto_plain_s", "proto_growing_s", "proto_plain_cpu_s", "proto_growing_cpu_s")
+            "generated_tokens", "trained_tokens")
     med = {k: statistics.median(r[k] for r in rows) for k in keys if k in rows[0]}
     return med | {
         "gen_tok_s": statistics.median(r["generated_tokens"] / r["rollout_s"] for r in rows),
@@ -546,26 +494,28 @@ def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: tu
          t["peak_rss_mib"] - t["setup_rss_mib"], ".0f",
          (o["peak_rss_mib"] - o["setup_rss_mib"]) / max(t["peak_rss_mib"] - t["setup_rss_mib"], 1e-9))
     # FLOP utilisation of openk1 (and TRL, for reference)
-    n = params  # tied embeddings: the LM head's matmul uses the embedding matrix once
-    prompt_len = 7.0  # "<bos>dd+d=" style prompts: ~6-8 tokens
-    ctx_train = prompt_len + T / 2
-    fwd = flops_per_token(n, spec["layers"], spec["hidden"], ctx_train)
-    print(f"\nmatmul peak (torch.mm {spec['matmul_n']}^2 fp32, {spec['threads']} thread(s), median of 7, best of "
-          f"before/after the runs): {peak[0]:.1f} GFLOP/s per wall second, {peak[1]:.1f} per CPU second\n")
+    n, L, d, P_len = params, spec["layers"], spec["hidden"], spec["prompt_tokens"]
+    S = P_len + T                                               # tokens per sequence in the update
+    update_flops = 3 * (2 * n * S + 4 * L * d * S * S / 2)      # forward + backward per sequence
+    rollout_flops = T * flops_per_token(n, L, d, P_len + T / 2)  # per response (decode steps)
+    dtype = "bf16" if spec["precision"] == "bf16" else "fp32"
+    print(f"\nmatmul peak (torch.mm {spec['matmul_n']}^2 {dtype}, {spec['threads']} thread(s), median of 7, best "
+          f"of before/after the runs): {peak[0]:.1f} GFLOP/s per wall second, {peak[1]:.1f} per CPU second\n")
+    print(f"Matmul FLOPs only (2N per token forward, 6N forward + backward, N = {n / 1e6:.2f}M; attention "
+          f"QK^T and AV over the causal half). The update processes {P_len:.1f} prompt + {T} response "
+          f"tokens per sequence: the first row counts all of them (the usual MFU), the second only the "
+          f"response tokens (a lower bound).\n")
     print("| FLOP utilisation (wall / CPU time) | openk1 | TRL |\n|---|---|---|")
-    for name, tokens, wall, cpu, mult in (
-            ("update (6N + attention per trained token)", "trained_tokens", "update_s", "update_cpu_s", 3),
-            ("rollout (2N + attention per generated token)", "generated_tokens", "rollout_s", "rollout_cpu_s", 1)):
+    rows = (("update, all processed tokens", update_flops / S, "update_s", "update_cpu_s"),
+            ("update, response tokens only", update_flops / S * T / S, "update_s", "update_cpu_s"),
+            ("rollout, generated tokens", rollout_flops / T, "rollout_s", "rollout_cpu_s"))
+    for name, per_token, wall, cpu in rows:
         cells = []
         for r in (o, t):
-            flops = r[tokens] * fwd * mult / 1e9
+            flops = r["trained_tokens" if "update" in name else "generated_tokens"] * per_token / 1e9
             cells.append(f"{100 * flops / r[wall] / peak[0]:.0f}% / {100 * flops / r[cpu] / peak[1]:.0f}% "
                          f"({flops / r[cpu]:.1f} GFLOP per CPU s)")
         print(f"| {name} | {cells[0]} | {cells[1]} |")
-    print(f"\nrollout prototype (not applied: rollout/hf.py is being rewritten), same engine and prompts, "
-          f"median: DynamicCache {o['proto_plain_s']:.2f} s wall / {o['proto_plain_cpu_s']:.2f} s CPU -> "
-          f"growing KV buffer {o['proto_growing_s']:.2f} s / {o['proto_growing_cpu_s']:.2f} s CPU "
-          f"({o['proto_plain_cpu_s'] / o['proto_growing_cpu_s']:.2f}x in CPU time)")
     return t["seconds"] / o["seconds"]
 
 
@@ -653,7 +603,7 @@ def time_to_accuracy(args: argparse.Namespace, env: dict[str, str]) -> None:
     root = Path(tempfile.mkdtemp(prefix="openk1-vs-trl-acc-"))
     spec = {"mode": "accuracy", "model": args.model, "data": args.data, "eval_data": args.eval_data,
             "threads": args.threads, "seed": 0, "iterations": args.iterations or 20, "warmup": 0,
-            "eval_samples": args.eval_samples, "core_rl": args.core_rl,
+            "eval_samples": args.eval_samples, "core_rl": args.core_rl, "precision": args.precision,
             "prompts": 32, "k": 8, "micro_batch": 64, "max_new_tokens": 100, "lr": 1e-4}
     workers = {name: Worker(name, spec | {"out": str(root / name)}, env) for name in WORKERS}
     print(f"openk1 RL settings: {workers['openk1'].ready['config']}", flush=True)
@@ -723,6 +673,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in both frameworks (1: steadiest on a shared machine)")
     parser.add_argument("--iterations", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="both frameworks: fp32, or bf16 mixed precision (TRL's default; openk1 "
+                             "precision: bf16)")
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="held-out accuracy per training second from the demo's SFT model")
     parser.add_argument("--model", default="runs/demo/sft/model", help="(--time-to-accuracy) SFT model")
@@ -755,10 +708,11 @@ def main() -> None:
     spec["root"] = str(root)
     spec["model"], params = build_model(root, spec)
     spec["data"] = build_prompts(root, 256, spec["seed"])
+    spec["prompt_tokens"] = mean_prompt_tokens(spec["data"], spec["model"])
     spec["matmul_n"] = 2048
-    peak_before = matmul_peak(args.threads, spec["matmul_n"], 7)
+    peak_before = matmul_peak(args.threads, spec["matmul_n"], 7, args.precision)
     rows = alternate(spec, env)
-    peak_after = matmul_peak(args.threads, spec["matmul_n"], 7)
+    peak_after = matmul_peak(args.threads, spec["matmul_n"], 7, args.precision)
     peak = (max(peak_before[0], peak_after[0]), max(peak_before[1], peak_after[1]))
     res = {name: summarise(r) for name, r in rows.items()}
     speedup = print_table(spec, res, peak, params)

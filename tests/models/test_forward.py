@@ -52,3 +52,30 @@ def test_response_logprobs_of_one_token_response(tiny):
     args = (prompt_ids, prompt_mask, response_ids[:, :1], action_mask[:, :1])
     torch.testing.assert_close(response_logprobs(model, *args), plain_response_logprobs(model, *args),
                                atol=1e-5, rtol=0)
+
+
+def test_bf16_mixed_precision_is_close_to_fp32_with_fp32_gradients(tiny):
+    """precision bf16: bf16 matmuls (lean path for Llama), fp32 parameters, gradients and log-probs."""
+    model, tokenizer = tiny
+    args = batch(tokenizer)
+    ref = response_logprobs(model, *args)
+    mixed = response_logprobs(model, *args, dtype=torch.bfloat16)
+    assert mixed.dtype == torch.float32
+    mask = args[3].bool()
+    assert (mixed - ref)[mask].abs().max() < 0.05          # bf16 rounding of a few nats
+    assert (mixed[~mask] == 0).all()
+    mixed.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_falls_back_to_autocast_for_other_architectures():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=32, n_layer=1, n_head=2, n_positions=32)).eval()
+    prompt_ids, prompt_mask = torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.long)
+    response_ids, action_mask = torch.tensor([[4, 5]]), torch.ones(1, 2, dtype=torch.long)
+    ref = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask)
+    mixed = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask, dtype=torch.bfloat16)
+    assert mixed.dtype == torch.float32 and not torch.equal(mixed, ref)   # it did run in bf16
+    assert (mixed - ref).abs().max() < 0.05

@@ -1,6 +1,7 @@
 """RL stage on a tiny random model: metrics, checkpoints, exact resume, bad input."""
 
 import json
+import math
 
 import pytest
 
@@ -113,3 +114,25 @@ def test_partial_rollouts_carry_groups_and_log_metrics(tmp_path, tiny_model_dir)
         assert r["response_tokens/p10"] <= r["response_tokens/p50"] <= r["response_tokens/p90"] <= 6
         assert r["response_tokens/max"] <= 6
         assert r["accuracy/train_d1"] == r["accuracy/train"]         # every problem: difficulty 1
+
+
+def test_bf16_precision_runs_rollout_and_update_in_bf16(tmp_path, tiny_model_dir, monkeypatch):
+    """precision: bf16 reaches the RL rollout decoder (the held-out evaluation stays fp32) and the
+    update, whose losses are finite."""
+    from openk1.models import lean
+
+    dtypes = []
+    decoder = lean.LeanModel.decoder
+
+    def spy(self, slots, length):
+        dtypes.append(self.dtype)
+        return decoder(self, slots, length)
+
+    monkeypatch.setattr(lean.LeanModel, "decoder", spy)
+    rl.run(config(tmp_path, tiny_model_dir, tmp_path / "run", precision="bf16", iterations=2, eval_at_start=False))
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "update/loss" in r]
+    assert len(rows) == 2 and all(math.isfinite(r["update/loss"]) for r in rows)
+    import torch
+
+    assert dtypes and set(dtypes[:2]) == {torch.bfloat16}   # RL rollouts (eval decodes in fp32)
+    assert torch.float32 in dtypes                            # the held-out evaluation

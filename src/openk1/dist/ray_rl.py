@@ -55,23 +55,25 @@ def split(items: list[Any], parts: int) -> list[list[Any]]:
     return out
 
 
-def make_rollout_engine(kind: str, model_path: str, sampling: Any, vllm: Any) -> Any:
+def make_rollout_engine(kind: str, model_path: str, sampling: Any, vllm: Any, precision: str = "fp32") -> Any:
     if kind == "vllm":
         from openk1.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, sampling, vllm)
+    from openk1.models.forward import PRECISIONS
     from openk1.models.io import load_model
     from openk1.rollout.hf import HFEngine
 
     model, tokenizer = load_model(model_path)
-    return HFEngine(model, tokenizer, sampling)
+    return HFEngine(model, tokenizer, sampling, PRECISIONS[precision])
 
 
 class RolloutWorker:
     """Holds one rollout engine and the policy version of its weights (0: as loaded)."""
 
-    def __init__(self, kind: str, model_path: str, sampling: Any, vllm: Any, colocated: bool) -> None:
-        self.engine = make_rollout_engine(kind, model_path, sampling, vllm)
+    def __init__(self, kind: str, model_path: str, sampling: Any, vllm: Any, colocated: bool,
+                 precision: str = "fp32") -> None:
+        self.engine = make_rollout_engine(kind, model_path, sampling, vllm, precision)
         self.version, self.colocated = 0, colocated
         self._sleep()
 
@@ -230,7 +232,8 @@ def run(cfg: Any) -> dict[str, Any]:
         rollout_cls = ray.remote(num_cpus=s.rollout_cpus, num_gpus=s.rollout_gpus)(RolloutWorker)
         reward_cls = ray.remote(num_cpus=s.reward_cpus)(RewardWorker)
         trainer_cls = ray.remote(num_cpus=s.trainer_cpus, num_gpus=s.trainer_gpus)(Trainer)
-        rollouts = [rollout_cls.remote(s.engine, cfg.model, cfg.sampling, cfg.vllm, colocated)
+        rollouts = [rollout_cls.remote(s.engine, cfg.model, cfg.sampling, cfg.vllm, colocated,
+                                        cfg.precision)
                     for _ in range(s.rollout_workers)]
         rewards = [reward_cls.remote() for _ in range(s.reward_workers)]
         trainer = trainer_cls.remote()

@@ -95,13 +95,15 @@ class LeanModel:
         return None if unsupported_reason(model) else cls(model, dtype)
 
     def weights(self) -> list[_Layer]:
-        """Per-layer weights in the compute dtype, differentiable (concatenations and casts are
-        part of the graph, so gradients reach the HF parameters in their own dtype)."""
-        return [_Layer(**{k: _to(v, self.dtype) for k, v in vars(_layer_weights(layer)).items()})
+        """Per-layer weights, matmul weights in the compute dtype, differentiable (concatenations
+        and casts are part of the graph, so gradients reach the HF parameters in their dtype).
+        Norm weights keep the parameters' dtype: the residual stream and the norms run in it."""
+        cast = ("qkv", "qkv_bias", "o", "o_bias", "gate_up", "down")
+        return [_Layer(**{k: _to(v, self.dtype) if k in cast else v for k, v in vars(_layer_weights(layer)).items()})
                 for layer in self.model.model.layers]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.model.embed_tokens(ids).to(self.dtype)
+        return self.model.model.embed_tokens(ids)
 
     # ------------------------------------------------------------------ full sequences
 
@@ -116,35 +118,40 @@ class LeanModel:
         real = attention_mask.bool()
         causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
         eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
-        mask = (causal & real[:, None, :]) | eye                             # [B, L, L]
-        mask = mask[:, None]                                                # [B, 1, L, L]
+        bias = _bias((causal & real[:, None, :]) | eye, self.dtype)[:, None]   # [B, 1, L, L]
         x = self.embed(input_ids)                                           # [B, L, d]
         cos, sin = self.rotary(x, position_ids)                             # [B, L, D]
         for w in weights or self.weights():
-            x = self._layer(w, x, cos, sin, lambda q, k, v: _attention(q, k, v, mask))
+            x = self._layer(w, x, cos, sin, lambda q, k, v: _attention(q, k, v, bias))
         return self._head(x[:, -keep:])
 
     # ------------------------------------------------------------------ decoding
 
     def _layer(self, w: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Any) -> torch.Tensor:
-        """x [B, n, d] -> [B, n, d]; attend(q, k, v) with q [B, H, n, D], k/v [B, Hkv, n, D]."""
+        """x [B, n, d] -> [B, n, d]; attend(q, k, v) with q [B, H, n, D], k/v [B, Hkv, n, D].
+
+        The residual stream x and the norms stay in the parameters' dtype; matmuls and attention
+        run in the compute dtype (one cast after each norm)."""
         B, n, _ = x.shape
         H, Hkv, D = self.heads, self.kv_heads, self.head_dim
-        h = F.rms_norm(x, x.shape[-1:], w.norm1, self.eps)
-        q, k, v = F.linear(h, w.qkv, w.qkv_bias).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q, k, v = q.view(B, n, H, D), k.view(B, n, Hkv, D), v.view(B, n, Hkv, D)
-        if w.q_norm is not None:
-            q, k = F.rms_norm(q, (D,), w.q_norm, self.eps), F.rms_norm(k, (D,), w.k_norm, self.eps)
-        c, s = cos[:, :, None], sin[:, :, None]                             # [B, n, 1, D]
-        q, k = q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
+        h = F.rms_norm(x, x.shape[-1:], w.norm1, self.eps).to(self.dtype)
+        qkv = F.linear(h, w.qkv, w.qkv_bias).view(B, n, H + 2 * Hkv, D)
+        c, s = cos[:, :, None].to(self.dtype), sin[:, :, None].to(self.dtype)  # [B, n, 1, D]
+        if w.q_norm is None:    # q and k rotated together: half the elementwise passes
+            qk = _rope(qkv[:, :, :H + Hkv], c, s)
+            q, k = qk[:, :, :H], qk[:, :, H:]
+        else:
+            q = _rope(F.rms_norm(qkv[:, :, :H].float(), (D,), w.q_norm.float(), self.eps).to(self.dtype), c, s)
+            k = _rope(F.rms_norm(qkv[:, :, H:H + Hkv].float(), (D,), w.k_norm.float(), self.eps).to(self.dtype), c, s)
+        v = qkv[:, :, H + Hkv:]
         a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
         x = x + F.linear(a.transpose(1, 2).reshape(B, n, H * D), w.o, w.o_bias)
-        h = F.rms_norm(x, x.shape[-1:], w.norm2, self.eps)
+        h = F.rms_norm(x, x.shape[-1:], w.norm2, self.eps).to(self.dtype)
         gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
         return x + F.linear(F.silu(gate) * up, w.down)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.rms_norm(x, x.shape[-1:], _to(self.model.model.norm.weight, self.dtype), self.eps)
+        x = F.rms_norm(x, x.shape[-1:], self.model.model.norm.weight, self.eps).to(self.dtype)
         head = self.model.lm_head
         return F.linear(x, _to(head.weight, self.dtype), _to(head.bias, self.dtype))
 
@@ -154,9 +161,15 @@ class LeanModel:
         return Decoder(self, slots, length)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's rotate-half RoPE: x [B, n, heads, D], cos/sin [B, n, 1, D]."""
     half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias: 0 where allowed, -inf elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
 def _to(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -166,20 +179,20 @@ def _to(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 MATMUL_ATTENTION_MAX = 512   # longer sequences: SDPA's kernel (no [B, H, L, L] scores in memory)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention of q [B, H, L, D] over k/v [B, Hkv, L, D] under a boolean mask [B, 1, L, L].
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Attention of q [B, H, n, D] over k/v [B, Hkv, W, D] with an additive bias [B, 1, n, W].
 
-    Short sequences use two batched matmuls and a softmax: on a CPU that is several times faster
-    than SDPA's flash kernel (forward and backward, and in bf16 its backward is slower still),
-    at the cost of materialising the [B, H, L, L] scores; long ones use SDPA."""
+    Short sequences use two batched matmuls and a softmax (computed in fp32 inside the kernel
+    for bf16 inputs): on a CPU several times faster than SDPA's flash kernel, forward and
+    backward (its bf16 backward is slower still), at the cost of materialising the [B, H, n, W]
+    scores; longer ones use SDPA."""
     if q.shape[2] > MATMUL_ATTENTION_MAX:
-        return _sdpa(q, k, v, mask, causal=False)
+        return _sdpa(q, k, v, bias, causal=False)
     if q.shape[1] != k.shape[1]:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5                # [B, H, L, L]
-    scores = scores.float().masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1).to(v.dtype) @ v
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2) + bias            # [B, H, n, W]
+    return torch.softmax(scores, dim=-1) @ v
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -225,7 +238,7 @@ class Decoder:
         for i, c in enumerate(contexts):
             ids[i, :len(c)] = torch.tensor(c)
         positions = torch.arange(width, device=ids.device).expand(n, width)
-        causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()[None, None]
+        causal = _bias(torch.ones(width, width, dtype=torch.bool, device=ids.device).tril(), self.lean.dtype)
         x = self.lean.embed(ids)                                             # [n, W, d]
         cos, sin = self.lean.rotary(x, positions)
         for layer, w in enumerate(self.weights):
@@ -243,14 +256,17 @@ class Decoder:
         b, pos = self.rows, self.lens                                       # [b]
         rows = torch.arange(b, device=pos.device)
         width = int(pos.max()) + 1
-        mask = (torch.arange(width, device=pos.device) <= pos[:, None])[:, None, None]  # [b, 1, 1, W]
+        mask = _bias(torch.arange(width, device=pos.device) <= pos[:, None], self.lean.dtype)[:, None, None]
         x = self.lean.embed(tokens[:, None])                                # [b, 1, d]
         cos, sin = self.lean.rotary(x, pos[:, None])
         for layer, w in enumerate(self.weights):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> torch.Tensor:
                 K, V = self.k[layer], self.v[layer]                          # [slots, Hkv, T, D]
                 K[rows, :, pos], V[rows, :, pos] = k[:, :, 0], v[:, :, 0]
-                return _attention(q, K[:b, :, :width], V[:b, :, :width], mask)
+                K, V = K[:b, :, :width], V[:b, :, :width]
+                if K.dtype == torch.bfloat16:   # SDPA's kernel reads the strided cache without a copy
+                    return _sdpa(q, K, V, mask, causal=False)
+                return _attention(q, K, V, mask)   # fp32: two matmuls are as fast
             x = self.lean._layer(w, x, cos, sin, attend)
         self.lens = pos + 1
         return self.lean._head(x)[:, 0].float()

@@ -39,7 +39,7 @@ from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_m
 from openk1.dist import fsdp, runtime
 from openk1.dist.rollout import ShardedEngine
 from openk1.dist.settings import RaySettings, VLLMSettings
-from openk1.models.forward import response_logprobs, tokenize, trim
+from openk1.models.forward import PRECISIONS, response_logprobs, tokenize, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
 from openk1.report.plots import plot_curves
@@ -65,6 +65,7 @@ class RLConfig(StageConfig):
     minibatches_per_iter: int = 2
     epochs_per_iter: int = 2                 # optimizer steps = minibatches x epochs
     micro_batch_size: int = 64
+    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision in rollout and update
     reset_optimizer: bool = True             # report: each iteration is a new problem
     optim: OptimConfig = OptimConfig(lr=3e-4, warmup_steps=0)
     sampling: SamplingConfig = SamplingConfig()
@@ -150,7 +151,8 @@ def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollo
         prompt_ids, prompt_mask, response_ids, action_mask = (x.to(device) for x in trim(
             rollout.prompt_ids[micro], rollout.prompt_mask[micro],
             rollout.response_ids[micro], rollout.action_mask[micro]))
-        logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask)  # [b, T]
+        logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
+                                 dtype=PRECISIONS[cfg.precision])                            # [b, T]
         if weight == 0.0:   # padding: the FSDP passes the other ranks run, a zero gradient
             (logp.sum() * 0.0).backward()
             continue
@@ -240,7 +242,7 @@ def run(cfg: RLConfig, make_engine: Any = None, score: Any = None) -> dict[str, 
         run_dir.truncate_metrics(start_iteration)
     run_dir.write_config(cfg)
     engine = (make_engine(model, tokenizer) if make_engine else
-              ShardedEngine(HFEngine(model, tokenizer, cfg.sampling)))   # each rank: its share
+              ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision])))
     summary = train(model, tokenizer, optimizer, engine, sampler, buffer, problems, held_out, cfg,
                     run_dir, start_iteration, trainee=trainee, score=score)
     if runtime.is_main():
