@@ -108,3 +108,27 @@ def test_unsupported_models_are_named():
     sliding = MistralForCausalLM(MistralConfig(**SIZE, sliding_window=4))
     assert unsupported_reason(sliding) == "sliding-window attention"
     assert unsupported_reason(build("llama")) is None
+
+
+def test_bf16_decoder_with_reordered_weights_equals_plain_bf16(monkeypatch):
+    """Packing the bf16 weights for oneDNN (CPU) changes the speed, not the logits."""
+    from openk1.models import lean as lean_module
+
+    model = build("llama")
+    ids, mask = batch()
+    contexts = [ids[i][mask[i].bool()].tolist() for i in range(3)]
+    tokens = torch.tensor([3, 4, 5])
+
+    def decode():
+        decoder = LeanModel.of(model, torch.bfloat16).decoder(slots=3, length=12)
+        return decoder, decoder.extend(contexts, pad_id=0), decoder.step(tokens)
+
+    packed, *packed_logits = decode()
+    monkeypatch.setattr(lean_module, "_packable", lambda dtype, device: False)
+    plain, *plain_logits = decode()
+    assert plain.weights[0].packed is None
+    if packed.weights[0].packed is not None:   # a CPU build with oneDNN
+        for a, b in zip(packed_logits, plain_logits):
+            assert torch.allclose(a, b, atol=1e-2)
+    fp32 = LeanModel.of(model).decoder(slots=3, length=12)
+    assert torch.allclose(fp32.extend(contexts, pad_id=0), plain_logits[0], atol=0.1 * plain_logits[0].abs().max())
