@@ -506,8 +506,9 @@ def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: tu
           f"tokens per sequence: the first row counts all of them (the usual MFU), the second only the "
           f"response tokens (a lower bound).\n")
     print("| FLOP utilisation (wall / CPU time) | openk1 | TRL |\n|---|---|---|")
-    rows = (("update, all processed tokens", update_flops / S, "update_s", "update_cpu_s"),
-            ("update, response tokens only", update_flops / S * T / S, "update_s", "update_cpu_s"),
+    # every response is exactly T tokens here, so trained tokens / T = sequences trained
+    rows = (("update, all processed tokens", update_flops / T, "update_s", "update_cpu_s"),
+            ("update, response tokens only", update_flops / S, "update_s", "update_cpu_s"),
             ("rollout, generated tokens", rollout_flops / T, "rollout_s", "rollout_cpu_s"))
     for name, per_token, wall, cpu in rows:
         cells = []
