@@ -47,3 +47,11 @@ def test_counter_uniform_is_uniform_and_key_sensitive():
     assert abs(float(u.mean()) - 0.5) < 0.01
     other = counter_uniform(torch.full((n,), 4), seq // 200, seq % 200)
     assert float((u == other).float().mean()) < 1e-3
+
+
+def test_folded_stream_state_gives_the_same_uniforms():
+    from openk1.rollout.streams import counter_uniform, fold, uniform_at
+
+    seed, seq, pos = torch.tensor([7, 7, 2**40]), torch.tensor([0, 1, 5]), torch.tensor([3, 3, 2**33 + 1])
+    assert torch.equal(uniform_at(fold(seed, seq), pos), counter_uniform(seed, seq, pos))
+    assert not torch.equal(uniform_at(fold(seed, seq), pos + 1), counter_uniform(seed, seq, pos))

@@ -39,7 +39,7 @@ from openk1.models.forward import cached_forward, eval_mode, tokenize
 from openk1.models.lean import LeanModel
 from openk1.rollout import kv_cache
 from openk1.rollout.repeat import RepeatConfig, RepeatDetector
-from openk1.rollout.streams import counter_uniform
+from openk1.rollout.streams import fold, uniform_at
 from openk1.types import Rollout
 
 REFILL_FRACTION = 4     # refill once batch_size / 4 slots are free: one prefill per few finished rows
@@ -98,7 +98,7 @@ class _Rows:
     order; rows leave and join between steps."""
 
     index: torch.Tensor       # [b] request index
-    keys: torch.Tensor        # [b, 2] random-stream key (seed, sequence number)
+    stream: torch.Tensor      # [b] hash state of the random-stream key (seed, sequence number)
     position: torch.Tensor    # [b] response position of the next token (prefix included)
     left: torch.Tensor        # [b] tokens this call may still add
     logits: torch.Tensor      # [b, V] next-token logits
@@ -106,14 +106,14 @@ class _Rows:
 
     def take(self, order: torch.Tensor) -> _Rows:
         """Rows `order` [n] (old row indices), in that order."""
-        return _Rows(self.index[order], self.keys[order], self.position[order], self.left[order],
+        return _Rows(self.index[order], self.stream[order], self.position[order], self.left[order],
                      self.logits[order], self.detector.select(order) if self.detector is not None else None)
 
     def join(self, other: _Rows) -> _Rows:
         """These rows, then `other`'s."""
         detector = (self.detector.join(other.detector)
                     if self.detector is not None and other.detector is not None else None)
-        return _Rows(torch.cat([self.index, other.index]), torch.cat([self.keys, other.keys]),
+        return _Rows(torch.cat([self.index, other.index]), torch.cat([self.stream, other.stream]),
                      torch.cat([self.position, other.position]), torch.cat([self.left, other.left]),
                      torch.cat([self.logits, other.logits]), detector)
 
@@ -224,13 +224,14 @@ class HFEngine:
         if self.sampling.repeat.enabled:
             detector = RepeatDetector.from_config(self.sampling.repeat, len(chosen))
             detector.prime([list(r.prefix) for r in chosen])
-        return _Rows(torch.tensor(index), torch.tensor([r.stream for r in chosen]),
+        keys = torch.tensor([r.stream for r in chosen])                      # [n, 2]
+        return _Rows(torch.tensor(index), fold(keys[:, 0], keys[:, 1]),
                      torch.tensor([len(r.prefix) for r in chosen]),
                      torch.tensor([self._limit(r) for r in chosen]), logits, detector)
 
     def _step(self, rows: _Rows, outputs: list[_Output], state: Any) -> _Rows | None:
         """Sample one token per row, record it, drop finished rows, run the next forward pass."""
-        uniforms = counter_uniform(rows.keys[:, 0], rows.keys[:, 1], rows.position)
+        uniforms = uniform_at(rows.stream, rows.position)            # = counter_uniform(seed, seq, t)
         token = sample_tokens(rows.logits, self.sampling.temperature, self.sampling.top_p, uniforms)
         logp = torch.log_softmax(rows.logits, -1).gather(-1, token[:, None]).squeeze(-1)   # [b]
         stops = self._stops(rows, token)

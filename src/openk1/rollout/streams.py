@@ -41,8 +41,21 @@ def counter_uniform(*keys: torch.Tensor) -> torch.Tensor:
     >>> bool(u[0] != u[1]), bool(((0 <= u) & (u < 1)).all())
     (True, True)
     """
-    h = torch.full_like(keys[0], GOLDEN)
+    return fmix32(fold(*keys)).double() / 2.0**32
+
+
+def fold(*keys: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+    """The hash state [B] after folding in `keys`, from `state` (default: the start state).
+
+    counter_uniform(a, b, c) == fmix32(fold(c, state=fold(a, b))) / 2^32: a decoder folds each
+    sequence's (seed, sequence number) once and only the position at every step."""
+    h = torch.full_like(keys[0], GOLDEN) if state is None else state
     for key in keys:
         for word in (key & MASK32, (key >> 32) & MASK32):
             h = fmix32(h ^ fmix32((word + GOLDEN) & MASK32))
-    return fmix32(h).double() / 2.0**32
+    return h
+
+
+def uniform_at(state: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """counter_uniform(seed, sequence, position) from state = fold(seed, sequence) [B]."""
+    return fmix32(fold(position, state=state)).double() / 2.0**32
