@@ -151,13 +151,15 @@ class LeanModel:
         h = F.rms_norm(x, x.shape[-1:], w.norm1, self.eps).to(self.dtype)
         qkv = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D)
         c, s = cos[:, :, None].to(self.dtype), sin[:, :, None].to(self.dtype)  # [B, n, 1, D]
+        # split, not slicing: a split's backward is one concatenation, a slice's a zero-filled
+        # full-size gradient per slice, added up
         if w.q_norm is None:    # q and k rotated together: half the elementwise passes
-            qk = _rope(qkv[:, :, :H + Hkv], c, s)
-            q, k = qk[:, :, :H], qk[:, :, H:]
+            qk, v = qkv.split([H + Hkv, Hkv], dim=2)
+            q, k = _rope(qk, c, s).split([H, Hkv], dim=2)
         else:
-            q = _rope(F.rms_norm(qkv[:, :, :H].float(), (D,), w.q_norm.float(), self.eps).to(self.dtype), c, s)
-            k = _rope(F.rms_norm(qkv[:, :, H:H + Hkv].float(), (D,), w.k_norm.float(), self.eps).to(self.dtype), c, s)
-        v = qkv[:, :, H + Hkv:]
+            q, k, v = qkv.split([H, Hkv, Hkv], dim=2)
+            q = _rope(F.rms_norm(q.float(), (D,), w.q_norm.float(), self.eps).to(self.dtype), c, s)
+            k = _rope(F.rms_norm(k.float(), (D,), w.k_norm.float(), self.eps).to(self.dtype), c, s)
         a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
         x = x + w.linear("o", a.transpose(1, 2).reshape(B, n, H * D))
         h = F.rms_norm(x, x.shape[-1:], w.norm2, self.eps).to(self.dtype)
@@ -183,8 +185,8 @@ def _packable(dtype: torch.dtype, device: torch.device) -> bool:
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """HF's rotate-half RoPE: x [B, n, heads, D], cos/sin [B, n, 1, D]."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
 
 
 def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -277,7 +279,10 @@ class Decoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append tokens [b] (one per row) -> next-token logits [b, V] (fp32)."""
         b, pos = self.rows, self.lens                                       # [b]
-        rows = torch.arange(b, device=pos.device)
+        Hkv, T, D = self.k.shape[2], self.length, self.k.shape[-1]
+        heads = torch.arange(Hkv, device=pos.device)
+        # flat row of (slot i, head h, column pos[i]) in a layer's cache viewed as [slots * Hkv * T, D]
+        flat = ((torch.arange(b, device=pos.device)[:, None] * Hkv + heads) * T + pos[:, None]).reshape(-1)
         width = int(pos.max()) + 1
         mask = _bias(torch.arange(width, device=pos.device) <= pos[:, None], self.lean.dtype)[:, None, None]
         x = self.lean.embed(tokens[:, None])                                # [b, 1, d]
@@ -285,7 +290,8 @@ class Decoder:
         for layer, w in enumerate(self.weights):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> torch.Tensor:
                 K, V = self.k[layer], self.v[layer]                          # [slots, Hkv, T, D]
-                K[rows, :, pos], V[rows, :, pos] = k[:, :, 0], v[:, :, 0]
+                K.view(-1, D).index_copy_(0, flat, k.reshape(-1, D))       # k [b, Hkv, 1, D]
+                V.view(-1, D).index_copy_(0, flat, v.reshape(-1, D))
                 K, V = K[:b, :, :width], V[:b, :, :width]
                 if K.dtype == torch.bfloat16:   # SDPA's kernel reads the strided cache without a copy
                     return _sdpa(q, K, V, mask, causal=False)
