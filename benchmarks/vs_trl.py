@@ -68,7 +68,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
                 "hidden": 256, "layers": 7}
     if args.iterations:
         base["iterations"] = args.iterations
-    base |= {"mode": "throughput", "threads": args.threads, "lr": 1e-5, "seed": 0, "precision": args.precision}
+    base |= {"mode": "throughput", "threads": args.threads, "lr": 1e-5, "seed": 0, "precision": args.precision,
+             "compile": args.compile}
     return base
 
 
@@ -223,7 +224,8 @@ def openk1_worker(spec: dict[str, Any]) -> None:
         from openk1.config import merge
         from openk1.stages.demo import preset
 
-        values = merge(preset(quick=False)["rl"], common | {"precision": spec["precision"]})
+        values = merge(preset(quick=False)["rl"], common | {"precision": spec["precision"],
+                                                            "compile": spec["compile"]})
         if spec.get("core_rl"):   # the OPMD core only: uniform sampler, whole rollouts, no length penalty
             values = merge(values, {"sampler": {"kind": "uniform"}, "partial": {"enabled": False},
                                     "length_penalty_weight": 0.0})
@@ -235,7 +237,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
         cfg = build(rl.RLConfig, common | {
             "prompts_per_iter": spec["prompts"], "samples_per_prompt": spec["k"], "tau": 0.5,
             "minibatches_per_iter": 1, "epochs_per_iter": 1, "micro_batch_size": spec["micro_batch"],
-            "reset_optimizer": False, "precision": spec["precision"],
+            "reset_optimizer": False, "precision": spec["precision"], "compile": spec["compile"],
             "optim": {"lr": spec["lr"], "warmup_steps": 0, "betas": [0.9, 0.95], "grad_clip": 1.0},
             "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": spec["max_new_tokens"],
                          "batch_size": B},
@@ -470,7 +472,8 @@ def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: tu
     print(f"\n{spec['prompts']} prompts x {spec['k']} samples = {P} responses of {T} tokens, "
           f"micro-batch {spec['micro_batch']}, 1 optimizer step per iteration, {params / 1e6:.2f}M parameters, "
           f"{spec['threads']} threads; medians of {spec['iterations']} alternating iterations after "
-          f"{spec['warmup']} warm-up\n")
+          f"{spec['warmup']} warm-up; precision {spec['precision']} on both sides (TRL bf16={spec['precision'] == 'bf16'}), "
+          f"openk1 compile: {str(spec['compile']).lower()}\n")
     print("| | openk1 | TRL GRPOTrainer | openk1 / TRL |\n|---|---|---|---|")
 
     def line(name: str, a: float, b: float, fmt: str, ratio: float) -> None:
@@ -605,6 +608,7 @@ def time_to_accuracy(args: argparse.Namespace, env: dict[str, str]) -> None:
     spec = {"mode": "accuracy", "model": args.model, "data": args.data, "eval_data": args.eval_data,
             "threads": args.threads, "seed": 0, "iterations": args.iterations or 20, "warmup": 0,
             "eval_samples": args.eval_samples, "core_rl": args.core_rl, "precision": args.precision,
+            "compile": args.compile,
             "prompts": 32, "k": 8, "micro_batch": 64, "max_new_tokens": 100, "lr": 1e-4}
     workers = {name: Worker(name, spec | {"out": str(root / name)}, env) for name in WORKERS}
     print(f"openk1 RL settings: {workers['openk1'].ready['config']}", flush=True)
@@ -677,6 +681,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="both frameworks: fp32, or bf16 mixed precision (TRL's default; openk1 "
                              "precision: bf16)")
+    parser.add_argument("--compile", action="store_true",
+                        help="openk1 with `compile: true` (its update's layers through torch.compile; the "
+                             "compilation falls in the warm-up iteration and is reported)")
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="held-out accuracy per training second from the demo's SFT model")
     parser.add_argument("--model", default="runs/demo/sft/model", help="(--time-to-accuracy) SFT model")

@@ -2,6 +2,8 @@
 decoder equals a fresh forward after prefill, steps and compaction, and unsupported models are
 refused by name."""
 
+import shutil
+
 import pytest
 import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
@@ -132,3 +134,25 @@ def test_bf16_decoder_with_reordered_weights_equals_plain_bf16(monkeypatch):
             assert torch.allclose(a, b, atol=1e-2)
     fp32 = LeanModel.of(model).decoder(slots=3, length=12)
     assert torch.allclose(fp32.extend(contexts, pad_id=0), plain_logits[0], atol=0.1 * plain_logits[0].abs().max())
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_layers_equal_eager_in_values_and_gradients():
+    """compile: true runs the same layer function through inductor: same logits and gradients
+    (fp32, to fused-kernel rounding), over two shapes (dynamic shapes, no wrong reuse)."""
+    model = build("llama")
+    ids, mask = batch()
+    for keep_rows in (3, 2):
+        i, m = ids[:keep_rows], mask[:keep_rows]
+        eager = LeanModel.of(model).logits(i, m, position_ids(m), keep=9)
+        (eager * m[..., None]).square().sum().backward()
+        expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        compiled = LeanModel.of(model, compile=True).logits(i, m, position_ids(m), keep=9)
+        (compiled * m[..., None]).square().sum().backward()
+        real = m[..., None].bool()
+        assert torch.allclose(compiled * real, eager * real, atol=1e-4)
+        for name, p in model.named_parameters():
+            assert torch.allclose(p.grad, expected[name], rtol=1e-3, atol=1e-3), name
+        model.zero_grad()

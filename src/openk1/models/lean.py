@@ -95,18 +95,19 @@ def unsupported_reason(model: Any) -> str | None:
 class LeanModel:
     """Functional forward of an HF Llama-family causal LM over its own parameters."""
 
-    def __init__(self, model: Any, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype | None = None, compile: bool = False) -> None:
         c = model.config
         self.model = model
         self.dtype = dtype or next(model.parameters()).dtype   # compute dtype (weights cast to it)
+        self.compile = compile   # full-sequence layers through torch.compile (compiled_layer)
         self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.eps = c.rms_norm_eps
         self.rotary = model.model.rotary_emb
 
     @classmethod
-    def of(cls, model: Any, dtype: torch.dtype | None = None) -> LeanModel | None:
-        return None if unsupported_reason(model) else cls(model, dtype)
+    def of(cls, model: Any, dtype: torch.dtype | None = None, compile: bool = False) -> LeanModel | None:
+        return None if unsupported_reason(model) else cls(model, dtype, compile)
 
     def weights(self) -> list[_Layer]:
         """Per-layer weights, matmul weights in the compute dtype, differentiable (concatenations
@@ -136,7 +137,8 @@ class LeanModel:
         x = self.embed(input_ids)                                           # [B, L, d]
         cos, sin = self.rotary(x, position_ids)                             # [B, L, D]
         for w in weights or self.weights():
-            x = self._layer(w, x, cos, sin, lambda q, k, v: _attention(q, k, v, bias))
+            layer = compiled_layer() if self.compile else LeanModel._layer
+            x = layer(self, w, x, cos, sin, lambda q, k, v: _attention(q, k, v, bias))
         return self._head(x[:, -keep:])
 
     # ------------------------------------------------------------------ decoding
@@ -175,6 +177,22 @@ class LeanModel:
     def decoder(self, slots: int, length: int) -> Decoder:
         """A static-cache decoder with `slots` rows of at most `length` tokens each."""
         return Decoder(self, slots, length)
+
+
+_COMPILED: list[Any] = []
+
+
+def compiled_layer() -> Any:
+    """LeanModel._layer through torch.compile (inductor; dynamic shapes), built once per process.
+
+    Inductor fuses the elementwise work between the matmuls (norms, casts, RoPE, SwiGLU, the
+    softmax's neighbours) forward and backward: 1.5x faster bf16 updates of the benchmark's
+    tiny Llama on a CPU. The price is the first call: 15-40 s of compilation on a CPU (cached on
+    disk by inductor for later processes), and one recompile when B x L first crosses 4096.
+    Needs a C++ compiler on CPU (Triton on GPU)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(LeanModel._layer, dynamic=True))
+    return _COMPILED[0]
 
 
 def _packable(dtype: torch.dtype, device: torch.device) -> bool:
