@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from openk1.models.fused import rms_norm_to, swiglu_down
+
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
 
@@ -150,7 +152,7 @@ class LeanModel:
         run in the compute dtype (one cast after each norm)."""
         B, n, _ = x.shape
         H, Hkv, D = self.heads, self.kv_heads, self.head_dim
-        h = F.rms_norm(x, x.shape[-1:], w.norm1, self.eps).to(self.dtype)
+        h = rms_norm_to(x, w.norm1, self.eps, self.dtype)
         qkv = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D)
         c, s = cos[:, :, None].to(self.dtype), sin[:, :, None].to(self.dtype)  # [B, n, 1, D]
         # split, not slicing: a split's backward is one concatenation, a slice's a zero-filled
@@ -164,12 +166,14 @@ class LeanModel:
             k = _rope(F.rms_norm(k.float(), (D,), w.k_norm.float(), self.eps).to(self.dtype), c, s)
         a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
         x = x + w.linear("o", a.transpose(1, 2).reshape(B, n, H * D))
-        h = F.rms_norm(x, x.shape[-1:], w.norm2, self.eps).to(self.dtype)
+        h = rms_norm_to(x, w.norm2, self.eps, self.dtype)
+        if w.packed is None:    # training: saves gate_up only (models/fused.py)
+            return x + swiglu_down(w.linear("gate_up", h), w.down)
         gate, up = w.linear("gate_up", h).chunk(2, dim=-1)
         return x + w.linear("down", F.silu(gate) * up)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.rms_norm(x, x.shape[-1:], self.model.model.norm.weight, self.eps).to(self.dtype)
+        x = rms_norm_to(x, self.model.model.norm.weight, self.eps, self.dtype)
         head = self.model.lm_head
         return F.linear(x, _to(head.weight, self.dtype), _to(head.bias, self.dtype))
 
