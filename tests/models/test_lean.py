@@ -156,3 +156,19 @@ def test_compiled_layers_equal_eager_in_values_and_gradients():
         for name, p in model.named_parameters():
             assert torch.allclose(p.grad, expected[name], rtol=1e-3, atol=1e-3), name
         model.zero_grad()
+
+
+def test_recomputed_mlp_gives_the_same_gradients(monkeypatch):
+    """Above RECOMPUTE_MLP_BYTES the MLP saves gate/up only (models/fused.py): same gradients."""
+    from openk1.models import lean as lean_module
+
+    model = build("llama")
+    ids, mask = batch()
+    grads = []
+    for threshold in (1 << 40, 0):        # never, always
+        monkeypatch.setattr(lean_module, "RECOMPUTE_MLP_BYTES", threshold)
+        LeanModel.of(model).logits(ids, mask, position_ids(mask), keep=9).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)

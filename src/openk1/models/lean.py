@@ -119,6 +119,11 @@ class LeanModel:
         return [_Layer(**{k: _to(v, self.dtype) if k in cast else v for k, v in vars(_layer_weights(layer)).items()})
                 for layer in self.model.model.layers]
 
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, n, 1, D] in the compute dtype, once per forward (HF's rotary module)."""
+        cos, sin = self.rotary(x, positions)                                # [B, n, D]
+        return cos[:, :, None].to(self.dtype), sin[:, :, None].to(self.dtype)
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.model.embed_tokens(ids)
 
@@ -137,7 +142,7 @@ class LeanModel:
         eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
         bias = _bias((causal & real[:, None, :]) | eye, self.dtype)[:, None]   # [B, 1, L, L]
         x = self.embed(input_ids)                                           # [B, L, d]
-        cos, sin = self.rotary(x, position_ids)                             # [B, L, D]
+        cos, sin = self.rope(x, position_ids)                               # [B, L, 1, D]
         for w in weights or self.weights():
             layer = compiled_layer() if self.compile else LeanModel._layer
             x = layer(self, w, x, cos, sin, lambda q, k, v: _attention(q, k, v, bias))
@@ -154,7 +159,7 @@ class LeanModel:
         H, Hkv, D = self.heads, self.kv_heads, self.head_dim
         h = rms_norm_to(x, w.norm1, self.eps, self.dtype)
         qkv = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D)
-        c, s = cos[:, :, None].to(self.dtype), sin[:, :, None].to(self.dtype)  # [B, n, 1, D]
+        c, s = cos, sin                                                     # [B, n, 1, D]
         # split, not slicing: a split's backward is one concatenation, a slice's a zero-filled
         # full-size gradient per slice, added up
         if w.q_norm is None:    # q and k rotated together: half the elementwise passes
@@ -167,9 +172,11 @@ class LeanModel:
         a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
         x = x + w.linear("o", a.transpose(1, 2).reshape(B, n, H * D))
         h = rms_norm_to(x, w.norm2, self.eps, self.dtype)
-        if w.packed is None:    # training: saves gate_up only (models/fused.py)
-            return x + swiglu_down(w.linear("gate_up", h), w.down)
-        gate, up = w.linear("gate_up", h).chunk(2, dim=-1)
+        gate_up = w.linear("gate_up", h)                                    # [B, n, 2 I]
+        if (not torch.compiler.is_compiling() and torch.is_grad_enabled()
+                and gate_up.numel() * gate_up.element_size() > RECOMPUTE_MLP_BYTES):
+            return x + swiglu_down(gate_up, w.down)   # saves gate_up only (models/fused.py)
+        gate, up = gate_up.chunk(2, dim=-1)
         return x + w.linear("down", F.silu(gate) * up)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,18 +227,19 @@ def _to(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return x if x is None or x.dtype == dtype else x.to(dtype)
 
 
+RECOMPUTE_MLP_BYTES = 16 << 20   # larger gate/up activations: silu(gate) * up recomputed in backward
 MATMUL_ATTENTION_MAX = 512   # longer sequences: SDPA's kernel (no [B, H, L, L] scores in memory)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Attention of q [B, H, n, D] over k/v [B, Hkv, W, D] with an additive bias [B, 1, n, W].
 
-    Short sequences use two batched matmuls and a softmax (computed in fp32 inside the kernel
-    for bf16 inputs): on a CPU several times faster than SDPA's flash kernel, forward and
-    backward (its bf16 backward is slower still), at the cost of materialising the [B, H, n, W]
-    scores; longer ones use SDPA."""
-    if q.shape[2] > MATMUL_ATTENTION_MAX:
-        return _sdpa(q, k, v, bias, causal=False)
+    bf16 (and inference): two batched matmuls and a softmax (fp32 inside the kernel): on a CPU
+    several times faster than SDPA's flash kernel, whose bf16 backward is slower still, at the
+    cost of materialising the [B, H, n, W] scores. Sequences over MATMUL_ATTENTION_MAX and fp32
+    training use SDPA (as fast there, and it keeps no scores)."""
+    if q.shape[2] > MATMUL_ATTENTION_MAX or (q.dtype == torch.float32 and q.requires_grad):
+        return _sdpa(q, k, v, bias, causal=False)   # fp32 training: SDPA is as fast, holds no scores
     if q.shape[1] != k.shape[1]:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -241,9 +249,10 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Te
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
           causal: bool) -> torch.Tensor:
-    gqa = q.shape[1] != k.shape[1]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                          enable_gqa=gqa)
+    causal = causal and mask is None
+    if q.shape[1] != k.shape[1]:   # a branch, not enable_gqa=<bool expr>: compiles with dynamic shapes
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
 class Decoder:
@@ -287,7 +296,7 @@ class Decoder:
         positions = torch.arange(width, device=ids.device).expand(n, width)
         causal = _bias(torch.ones(width, width, dtype=torch.bool, device=ids.device).tril(), self.lean.dtype)
         x = self.lean.embed(ids)                                             # [n, W, d]
-        cos, sin = self.lean.rotary(x, positions)
+        cos, sin = self.lean.rope(x, positions)
         for layer, w in enumerate(self.weights):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> torch.Tensor:
                 self.k[layer, b:b + n, :, :width], self.v[layer, b:b + n, :, :width] = k, v
@@ -308,7 +317,7 @@ class Decoder:
         width = int(pos.max()) + 1
         mask = _bias(torch.arange(width, device=pos.device) <= pos[:, None], self.lean.dtype)[:, None, None]
         x = self.lean.embed(tokens[:, None])                                # [b, 1, d]
-        cos, sin = self.lean.rotary(x, pos[:, None])
+        cos, sin = self.lean.rope(x, pos[:, None])
         for layer, w in enumerate(self.weights):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> torch.Tensor:
                 K, V = self.k[layer], self.v[layer]                          # [slots, Hkv, T, D]
