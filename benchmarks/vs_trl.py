@@ -686,7 +686,8 @@ def main() -> None:
                              "compilation falls in the warm-up iteration and is reported)")
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="held-out accuracy per training second from the demo's SFT model")
-    parser.add_argument("--model", default="runs/demo/sft/model", help="(--time-to-accuracy) SFT model")
+    parser.add_argument("--model", default="runs/demo/longcot_sft/sft/model",
+                        help="(--time-to-accuracy) the demo's long-CoT SFT model")
     parser.add_argument("--data", default="runs/demo/curate/curated.jsonl", help="(--time-to-accuracy) RL prompts")
     parser.add_argument("--eval-data", default="runs/demo/data/heldout.jsonl", help="(--time-to-accuracy)")
     parser.add_argument("--eval-every", type=int, default=2, help="(--time-to-accuracy) iterations")
