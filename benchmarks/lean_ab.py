@@ -24,19 +24,7 @@ import time
 from typing import Any
 
 import torch
-
-
-class _NoEOS:
-    eos_token_id = -1
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._tokenizer(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tokenizer, name)
+from vs_trl import _NoEOS   # benchmarks/ is on sys.path when this script runs
 
 
 def model_and_tokenizer() -> tuple[Any, Any]:

@@ -226,6 +226,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
 
         values = merge(preset(quick=False)["rl"], common | {"precision": spec["precision"],
                                                             "compile": spec["compile"]})
+        values = merge(values, {"optim": {"fused": True}})   # as TRL's Trainer
         if spec.get("core_rl"):   # the OPMD core only: uniform sampler, whole rollouts, no length penalty
             values = merge(values, {"sampler": {"kind": "uniform"}, "partial": {"enabled": False},
                                     "length_penalty_weight": 0.0})
@@ -238,7 +239,8 @@ def openk1_worker(spec: dict[str, Any]) -> None:
             "prompts_per_iter": spec["prompts"], "samples_per_prompt": spec["k"], "tau": 0.5,
             "minibatches_per_iter": 1, "epochs_per_iter": 1, "micro_batch_size": spec["micro_batch"],
             "reset_optimizer": False, "precision": spec["precision"], "compile": spec["compile"],
-            "optim": {"lr": spec["lr"], "warmup_steps": 0, "betas": [0.9, 0.95], "grad_clip": 1.0},
+            "optim": {"lr": spec["lr"], "warmup_steps": 0, "betas": [0.9, 0.95], "grad_clip": 1.0,
+                      "fused": True},   # transformers' Trainer (TRL) defaults to adamw_torch_fused
             "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": spec["max_new_tokens"],
                          "batch_size": B},
         })
