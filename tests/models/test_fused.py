@@ -30,14 +30,15 @@ def test_rms_norm_to_casts_and_keeps_gradients_in_the_input_dtype():
 
 def test_swiglu_down_equals_plain_ops_and_gradcheck():
     g = torch.Generator().manual_seed(1)
-    gate_up = torch.randn(2, 3, 8, dtype=torch.float64, generator=g, requires_grad=True)   # I = 4
-    w_down = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)      # d = 5
-    gate, up = gate_up.chunk(2, dim=-1)
+    gate = torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)    # I = 4
+    up = torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    w_down = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)     # d = 5
     plain = F.linear(F.silu(gate) * up, w_down)
-    assert torch.allclose(swiglu_down(gate_up, w_down), plain, atol=1e-12)
-    assert torch.autograd.gradcheck(swiglu_down, (gate_up, w_down))
+    assert torch.allclose(swiglu_down(gate, up, w_down), plain, atol=1e-12)
+    assert torch.autograd.gradcheck(swiglu_down, (gate, up, w_down))
     # by hand, one element: p = 0 -> silu 0, silu'(0) = 1/2
-    one = torch.tensor([[0.0, 2.0]], dtype=torch.float64, requires_grad=True)   # gate 0, up 2
+    p0 = torch.tensor([[0.0]], dtype=torch.float64, requires_grad=True)
+    u0 = torch.tensor([[2.0]], dtype=torch.float64, requires_grad=True)
     w = torch.tensor([[3.0]], dtype=torch.float64, requires_grad=True)
-    swiglu_down(one, w).sum().backward()
-    assert one.grad.tolist() == [[3.0 * 2.0 * 0.5, 0.0]] and w.grad.tolist() == [[0.0]]
+    swiglu_down(p0, u0, w).sum().backward()
+    assert p0.grad.tolist() == [[3.0 * 2.0 * 0.5]] and u0.grad.tolist() == [[0.0]] and w.grad.tolist() == [[0.0]]

@@ -1,11 +1,11 @@
 """Autograd functions of the lean forward that keep less for backward and recompute the rest.
 
 Plain autograd keeps every intermediate an op needs: RMSNorm keeps its fp32 input AND its
-normalised output, the SwiGLU MLP keeps gate/up, silu(gate) and silu(gate) * up. At the
+normalised output, the SwiGLU MLP keeps gate, up, silu(gate) and silu(gate) * up. At the
 micro-batches of an RL update these saved activations are most of the peak memory, so:
 
   rms_norm_to(x, w, eps, dtype)      saves x and rstd [.., 1]; returns (x * rstd * w) in `dtype`
-  swiglu_down(gate_up, w_down)       saves gate_up only; silu(gate) * up is recomputed in backward
+  swiglu_down(gate, up, w_down)      saves gate and up only; silu(gate) * up is recomputed in backward
 
 Both return what the plain ops return, and their gradients equal autograd's (tests/models/
 test_fused.py, gradcheck in fp64).
@@ -55,28 +55,25 @@ def rms_norm_to(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.
 
 class _SwiGLUDown(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-        gate, up = gate_up.chunk(2, dim=-1)                                 # [..., I] each
-        ctx.save_for_backward(gate_up, w_down)
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up, w_down)
         return F.linear(F.silu(gate) * up, w_down)                         # [..., d]
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gate_up, w_down = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, dim=-1)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        gate, up, w_down = ctx.saved_tensors
         silu = F.silu(gate)
         a = silu * up                                                       # recomputed [..., I]
         grad_w = grad.reshape(-1, grad.shape[-1]).t() @ a.reshape(-1, a.shape[-1])   # [d, I]
         grad_a = grad @ w_down                                              # [..., I]
         grad_gate = torch.ops.aten.silu_backward(grad_a * up, gate)        # da u silu'(p)
-        return torch.cat([grad_gate, grad_a * silu], dim=-1), grad_w
+        return grad_gate, grad_a * silu, grad_w
 
 
-def swiglu_down(gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    """down(silu(gate) * up) with gate_up = [gate | up] [..., 2 I], w_down [d, I] -> [..., d]
-    (plain ops under torch.compile, as rms_norm_to)."""
+def swiglu_down(gate: torch.Tensor, up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate) * up): gate/up [..., I], w_down [d, I] -> [..., d] (plain ops under
+    torch.compile, as rms_norm_to)."""
     if torch.compiler.is_compiling():
-        gate, up = gate_up.chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, w_down)
-    out: torch.Tensor = _SwiGLUDown.apply(gate_up, w_down)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _SwiGLUDown.apply(gate, up, w_down)  # type: ignore[no-untyped-call]
     return out

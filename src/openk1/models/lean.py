@@ -30,32 +30,50 @@ SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
 @dataclass
 class _Layer:
-    """Weights of one decoder layer (views of the HF parameters, or packed copies)."""
+    """Weights of one decoder layer: views of the HF parameters (cast to the compute dtype).
+
+    Training multiplies by q/k/v and gate/up separately: one fused matmul would make backward
+    concatenate the activation gradients (a full pass over [B, L, 3 d]). Decoding (no grad)
+    fuses them once (`fuse`) and may reorder them for oneDNN (`pack`)."""
 
     norm1: torch.Tensor        # [d]
-    qkv: torch.Tensor          # [(H + 2 Hkv) D, d]
-    qkv_bias: torch.Tensor | None
+    q: torch.Tensor            # [H D, d]
+    k: torch.Tensor            # [Hkv D, d]
+    v: torch.Tensor            # [Hkv D, d]
+    q_bias: torch.Tensor | None
+    k_bias: torch.Tensor | None
+    v_bias: torch.Tensor | None
     q_norm: torch.Tensor | None    # [D] (qwen3)
     k_norm: torch.Tensor | None
     o: torch.Tensor            # [d, H D]
     o_bias: torch.Tensor | None
     norm2: torch.Tensor        # [d]
-    gate_up: torch.Tensor      # [2 I, d]
+    gate: torch.Tensor         # [I, d]
+    up: torch.Tensor           # [I, d]
     down: torch.Tensor         # [d, I]
+    fused: dict[str, torch.Tensor | None] | None = None    # qkv [(H + 2 Hkv) D, d], gate_up [2 I, d]
     packed: dict[str, torch.Tensor] | None = None   # oneDNN-reordered copies (bf16 decoding on CPU)
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """x @ W_name^T (+ bias): from the reordered weight when there is one."""
-        bias = getattr(self, f"{name}_bias", None)
+        source = self.fused if self.fused is not None and name in self.fused else vars(self)
+        bias = source.get(f"{name}_bias")
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed[name], bias, "none", [], "")
-        return F.linear(x, getattr(self, name), bias)
+        return F.linear(x, source[name], bias)
+
+    def fuse(self) -> None:
+        """One matmul for q/k/v and one for gate/up (decoding: no backward to pay for it)."""
+        self.fused = {"qkv": torch.cat([self.q, self.k, self.v]),
+                      "qkv_bias": _cat(self.q_bias, self.k_bias, self.v_bias),
+                      "gate_up": torch.cat([self.gate, self.up])}
 
     def pack(self, rows: int) -> None:
         """Reorder the matmul weights once into oneDNN's blocked layout (AMX on CPUs that have
         it): 1.5x faster bf16 matmuls at decoding's few rows, bit-identical results."""
-        self.packed = {name: torch.ops.mkldnn._reorder_linear_weight(getattr(self, name), rows)
-                       for name in ("qkv", "o", "gate_up", "down")}
+        assert self.fused is not None
+        weights = {"qkv": self.fused["qkv"], "o": self.o, "gate_up": self.fused["gate_up"], "down": self.down}
+        self.packed = {name: torch.ops.mkldnn._reorder_linear_weight(w, rows) for name, w in weights.items()}
 
 
 def _cat(*tensors: Any) -> torch.Tensor | None:
@@ -66,14 +84,13 @@ def _layer_weights(layer: Any) -> _Layer:
     a, m = layer.self_attn, layer.mlp
     return _Layer(
         norm1=layer.input_layernorm.weight,
-        qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-        qkv_bias=_cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
+        q=a.q_proj.weight, k=a.k_proj.weight, v=a.v_proj.weight,
+        q_bias=a.q_proj.bias, k_bias=a.k_proj.bias, v_bias=a.v_proj.bias,
         q_norm=a.q_norm.weight if hasattr(a, "q_norm") else None,
         k_norm=a.k_norm.weight if hasattr(a, "k_norm") else None,
         o=a.o_proj.weight, o_bias=a.o_proj.bias,
         norm2=layer.post_attention_layernorm.weight,
-        gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
-        down=m.down_proj.weight,
+        gate=m.gate_proj.weight, up=m.up_proj.weight, down=m.down_proj.weight,
     )
 
 
@@ -115,7 +132,7 @@ class LeanModel:
         """Per-layer weights, matmul weights in the compute dtype, differentiable (concatenations
         and casts are part of the graph, so gradients reach the HF parameters in their dtype).
         Norm weights keep the parameters' dtype: the residual stream and the norms run in it."""
-        cast = ("qkv", "qkv_bias", "o", "o_bias", "gate_up", "down")
+        cast = ("q", "k", "v", "q_bias", "k_bias", "v_bias", "o", "o_bias", "gate", "up", "down")
         return [_Layer(**{k: _to(v, self.dtype) if k in cast else v for k, v in vars(_layer_weights(layer)).items()})
                 for layer in self.model.model.layers]
 
@@ -158,26 +175,34 @@ class LeanModel:
         B, n, _ = x.shape
         H, Hkv, D = self.heads, self.kv_heads, self.head_dim
         h = rms_norm_to(x, w.norm1, self.eps, self.dtype)
-        qkv = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D)
         c, s = cos, sin                                                     # [B, n, 1, D]
-        # split, not slicing: a split's backward is one concatenation, a slice's a zero-filled
-        # full-size gradient per slice, added up
-        if w.q_norm is None:    # q and k rotated together: half the elementwise passes
+        if w.fused is not None:     # decoding: one matmul, q and k rotated together
+            qkv = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D)
             qk, v = qkv.split([H + Hkv, Hkv], dim=2)
-            q, k = _rope(qk, c, s).split([H, Hkv], dim=2)
+            if w.q_norm is None:
+                q, k = _rope(qk, c, s).split([H, Hkv], dim=2)
+            else:
+                q, k = qk.split([H, Hkv], dim=2)
         else:
-            q, k, v = qkv.split([H, Hkv, Hkv], dim=2)
-            q = _rope(F.rms_norm(q.float(), (D,), w.q_norm.float(), self.eps).to(self.dtype), c, s)
-            k = _rope(F.rms_norm(k.float(), (D,), w.k_norm.float(), self.eps).to(self.dtype), c, s)
+            q = w.linear("q", h).view(B, n, H, D)
+            k = w.linear("k", h).view(B, n, Hkv, D)
+            v = w.linear("v", h).view(B, n, Hkv, D)
+        if w.q_norm is not None:    # qwen3: RMSNorm over each head before RoPE
+            q = F.rms_norm(q.float(), (D,), w.q_norm.float(), self.eps).to(self.dtype)
+            k = F.rms_norm(k.float(), (D,), w.k_norm.float(), self.eps).to(self.dtype)
+        if w.fused is None or w.q_norm is not None:
+            q, k = _rope(q, c, s), _rope(k, c, s)
         a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
         x = x + w.linear("o", a.transpose(1, 2).reshape(B, n, H * D))
         h = rms_norm_to(x, w.norm2, self.eps, self.dtype)
-        gate_up = w.linear("gate_up", h)                                    # [B, n, 2 I]
+        if w.fused is not None:
+            gate, up = w.linear("gate_up", h).chunk(2, dim=-1)
+            return x + w.linear("down", F.silu(gate) * up)
+        gate, up = w.linear("gate", h), w.linear("up", h)                    # [B, n, I] each
         if (not torch.compiler.is_compiling() and torch.is_grad_enabled()
-                and gate_up.numel() * gate_up.element_size() > RECOMPUTE_MLP_BYTES):
-            return x + swiglu_down(gate_up, w.down)   # saves gate_up only (models/fused.py)
-        gate, up = gate_up.chunk(2, dim=-1)
-        return x + w.linear("down", F.silu(gate) * up)
+                and 2 * gate.numel() * gate.element_size() > RECOMPUTE_MLP_BYTES):
+            return x + swiglu_down(gate, up, w.down)   # saves gate and up only (models/fused.py)
+        return x + F.linear(F.silu(gate) * up, w.down)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = rms_norm_to(x, self.model.model.norm.weight, self.eps, self.dtype)
@@ -266,10 +291,11 @@ class Decoder:
 
     def __init__(self, lean: LeanModel, slots: int, length: int) -> None:
         self.lean, self.length = lean, length
-        self.weights = lean.weights()     # concatenated (and cast) once: the decoder runs under no_grad
+        self.weights = lean.weights()     # cast and fused once: the decoder runs under no_grad
         p = next(lean.model.parameters())
-        if _packable(lean.dtype, p.device):
-            for w in self.weights:
+        for w in self.weights:
+            w.fuse()
+            if _packable(lean.dtype, p.device):
                 w.pack(slots)
         shape = (len(self.weights), slots, lean.kv_heads, length, lean.head_dim)
         self.k = torch.zeros(shape, dtype=lean.dtype, device=p.device)
