@@ -73,20 +73,12 @@ def update_variants(model: Any) -> dict[str, Any]:
     action_mask = torch.ones(32, 64, dtype=torch.long)
     args = (model, prompt_ids, prompt_mask, response_ids, action_mask)
 
-    def run(dtype: Any, use_lean: bool = True, autocast: bool = False) -> Any:
+    def run(dtype: Any, autocast: bool = False) -> Any:
         def go(seed: int) -> None:
-            of = forward.LeanModel.of
-            if not use_lean:
-                forward.LeanModel.of = classmethod(lambda cls, *a: None)   # type: ignore[method-assign]
-            try:
-                if autocast:
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        logp = forward.response_logprobs(*args)
-                else:
-                    logp = forward.response_logprobs(*args, dtype=dtype)
-                logp.sum().backward()
-            finally:
-                forward.LeanModel.of = of   # type: ignore[method-assign]
+            context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+            with context:
+                logp = forward.response_logprobs(*args, dtype=dtype)
+            logp.sum().backward()
             model.zero_grad(set_to_none=True)
         return go
 

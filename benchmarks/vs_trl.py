@@ -186,21 +186,6 @@ class _NoEOS:
         return getattr(self._tokenizer, name)
 
 
-def replay_buffer() -> Any:
-    try:
-        from openk1.rollout.partial import ReplayBuffer
-    except ImportError:  # before partial rollouts
-        return None
-    return ReplayBuffer()
-
-
-def iteration_args(fn: Any, **available: Any) -> dict[str, Any]:
-    """The arguments `rl._iteration` takes, by name (its signature grows as features land)."""
-    import inspect
-
-    return {name: available[name] for name in inspect.signature(fn).parameters if name in available}
-
-
 def openk1_worker(spec: dict[str, Any]) -> None:
     import torch
 
@@ -212,6 +197,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
     from openk1.models.io import load_model
     from openk1.optim import make_optimizer
     from openk1.rollout.hf import HFEngine
+    from openk1.rollout.partial import ReplayBuffer
     from openk1.stages import rl
 
     quiet_libraries()
@@ -249,7 +235,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
     model, tokenizer = load_model(cfg.model)
     optimizer = make_optimizer(model, cfg.optim)
     sampler = make_sampler(cfg.sampler, problems, cfg.seed)
-    buffer = replay_buffer()
+    buffer = ReplayBuffer()
     engine = HFEngine(model, tokenizer if accuracy_mode else _NoEOS(tokenizer), cfg.sampling,
                       PRECISIONS[cfg.precision])
     evaluate = held_out_evaluator(model, tokenizer, spec) if accuracy_mode else None
@@ -266,11 +252,9 @@ def openk1_worker(spec: dict[str, Any]) -> None:
     report({"ready": True, "rss_mib": rss_mib()[0]})
     iteration = 0
     while wait_for_go(evaluate):
-        reset_peak_rss()   # the peak of this iteration (not of set-up or the prototype run)
+        reset_peak_rss()   # the peak of this iteration, not of set-up
         t0, c0, cpu["update"] = time.perf_counter(), time.process_time(), 0.0
-        metrics = rl._iteration(**iteration_args(rl._iteration, model=model, optimizer=optimizer, engine=engine,
-                                                 sampler=sampler, problems=problems, cfg=cfg, iteration=iteration,
-                                                 buffer=buffer))
+        metrics = rl._iteration(model, optimizer, engine, sampler, buffer, problems, cfg, iteration)
         seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         generated = metrics["throughput/generated_tokens_per_s"] * metrics["time/rollout"]
         trained = metrics.get("response_tokens/mean", 0.0) * B   # 0: partial rollouts trained nothing

@@ -168,7 +168,7 @@ class LeanModel:
             x = layer(self, w, x, cos, sin, lambda q, k, v: _attention(q, k, v, bias))
         return self._head(x[:, -keep:])
 
-    # ------------------------------------------------------------------ decoding
+    # ------------------------------------------------------------------ one layer
 
     def _layer(self, w: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Any) -> torch.Tensor:
         """x [B, n, d] -> [B, n, d]; attend(q, k, v) with q [B, H, n, D], k/v [B, Hkv, n, D].
@@ -176,36 +176,39 @@ class LeanModel:
         The residual stream x and the norms stay in the parameters' dtype; matmuls and attention
         run in the compute dtype (one cast after each norm)."""
         B, n, _ = x.shape
+        q, k, v = self._qkv(w, rms_norm_to(x, w.norm1, self.eps, self.dtype), cos, sin)
+        a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
+        x = x + w.linear("o", a.transpose(1, 2).reshape(B, n, -1))
+        return x + self._mlp(w, rms_norm_to(x, w.norm2, self.eps, self.dtype))
+
+    def _qkv(self, w: _Layer, h: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h [B, n, d] -> q [B, n, H, D] and k, v [B, n, Hkv, D], q and k rotated (cos/sin [B, n, 1, D])."""
+        B, n, _ = h.shape
         H, Hkv, D = self.heads, self.kv_heads, self.head_dim
-        h = rms_norm_to(x, w.norm1, self.eps, self.dtype)
-        c, s = cos, sin                                                     # [B, n, 1, D]
-        if w.fused is not None:     # decoding: one matmul, q and k rotated together
-            qkv = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D)
-            qk, v = qkv.split([H + Hkv, Hkv], dim=2)
-            if w.q_norm is None:
-                q, k = _rope(qk, c, s).split([H, Hkv], dim=2)
-            else:
-                q, k = qk.split([H, Hkv], dim=2)
+        if w.fused is not None:     # one matmul (decoding, compile)
+            qk, v = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)
+            if w.q_norm is None:    # q and k rotated in one pass
+                q, k = _rope(qk, cos, sin).split([H, Hkv], dim=2)
+                return q, k, v
+            q, k = qk.split([H, Hkv], dim=2)
         else:
-            q = w.linear("q", h).view(B, n, H, D)
-            k = w.linear("k", h).view(B, n, Hkv, D)
-            v = w.linear("v", h).view(B, n, Hkv, D)
+            q, k, v = (w.linear(name, h).view(B, n, -1, D) for name in ("q", "k", "v"))
         if w.q_norm is not None:    # qwen3: RMSNorm over each head before RoPE
             q = F.rms_norm(q.float(), (D,), w.q_norm.float(), self.eps).to(self.dtype)
             k = F.rms_norm(k.float(), (D,), w.k_norm.float(), self.eps).to(self.dtype)
-        if w.fused is None or w.q_norm is not None:
-            q, k = _rope(q, c, s), _rope(k, c, s)
-        a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
-        x = x + w.linear("o", a.transpose(1, 2).reshape(B, n, H * D))
-        h = rms_norm_to(x, w.norm2, self.eps, self.dtype)
+        return _rope(q, cos, sin), _rope(k, cos, sin), v
+
+    def _mlp(self, w: _Layer, h: torch.Tensor) -> torch.Tensor:
+        """SwiGLU: down(silu(gate) * up), h [B, n, d] -> [B, n, d]."""
         if w.fused is not None:
             gate, up = w.linear("gate_up", h).chunk(2, dim=-1)
-            return x + w.linear("down", F.silu(gate) * up)
+            return w.linear("down", F.silu(gate) * up)
         gate, up = w.linear("gate", h), w.linear("up", h)                    # [B, n, I] each
         if (not torch.compiler.is_compiling() and torch.is_grad_enabled()
                 and 2 * gate.numel() * gate.element_size() > RECOMPUTE_MLP_BYTES):
-            return x + swiglu_down(gate, up, w.down)   # saves gate and up only (models/fused.py)
-        return x + F.linear(F.silu(gate) * up, w.down)
+            return swiglu_down(gate, up, w.down)   # saves gate and up only (models/fused.py)
+        return F.linear(F.silu(gate) * up, w.down)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = rms_norm_to(x, self.model.model.norm.weight, self.eps, self.dtype)
@@ -262,12 +265,14 @@ MATMUL_ATTENTION_MAX = 512   # longer sequences: SDPA's kernel (no [B, H, L, L] 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Attention of q [B, H, n, D] over k/v [B, Hkv, W, D] with an additive bias [B, 1, n, W].
 
-    bf16 (and inference): two batched matmuls and a softmax (fp32 inside the kernel): on a CPU
-    several times faster than SDPA's flash kernel, whose bf16 backward is slower still, at the
-    cost of materialising the [B, H, n, W] scores. Sequences over MATMUL_ATTENTION_MAX and fp32
-    training use SDPA (as fast there, and it keeps no scores)."""
-    if q.shape[2] > MATMUL_ATTENTION_MAX or (q.dtype == torch.float32 and q.requires_grad):
-        return _sdpa(q, k, v, bias, causal=False)   # fp32 training: SDPA is as fast, holds no scores
+    Two batched matmuls and a softmax (fp32 inside the kernel): on a CPU several times faster
+    than SDPA's flash kernel for bf16 training, whose backward is slow, at the cost of
+    materialising the [B, H, n, W] scores. SDPA instead for sequences over MATMUL_ATTENTION_MAX,
+    for fp32 training (as fast, and it keeps no scores) and for one bf16 query over a cache
+    slice (decoding: it reads the strided cache without a copy)."""
+    decoding_bf16 = q.shape[2] == 1 and q.dtype == torch.bfloat16
+    if q.shape[2] > MATMUL_ATTENTION_MAX or (q.dtype == torch.float32 and q.requires_grad) or decoding_bf16:
+        return _sdpa(q, k, v, bias)
     if q.shape[1] != k.shape[1]:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -275,12 +280,10 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Te
     return torch.softmax(scores, dim=-1) @ v
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-          causal: bool) -> torch.Tensor:
-    causal = causal and mask is None
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     if q.shape[1] != k.shape[1]:   # a branch, not enable_gqa=<bool expr>: compiles with dynamic shapes
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 class Decoder:
@@ -352,10 +355,7 @@ class Decoder:
                 K, V = self.k[layer], self.v[layer]                          # [slots, Hkv, T, D]
                 K.view(-1, D).index_copy_(0, flat, k.reshape(-1, D))       # k [b, Hkv, 1, D]
                 V.view(-1, D).index_copy_(0, flat, v.reshape(-1, D))
-                K, V = K[:b, :, :width], V[:b, :, :width]
-                if K.dtype == torch.bfloat16:   # SDPA's kernel reads the strided cache without a copy
-                    return _sdpa(q, K, V, mask, causal=False)
-                return _attention(q, K, V, mask)   # fp32: two matmuls are as fast
+                return _attention(q, K[:b, :, :width], V[:b, :, :width], mask)
             x = self.lean._layer(w, x, cos, sin, attend)
         self.lens = pos + 1
         return self.lean._head(x)[:, 0].float()

@@ -41,7 +41,7 @@ def counter_uniform(*keys: torch.Tensor) -> torch.Tensor:
     >>> bool(u[0] != u[1]), bool(((0 <= u) & (u < 1)).all())
     (True, True)
     """
-    return fmix32(fold(*keys)).double() / 2.0**32
+    return _unit(fold(*keys))
 
 
 def fold(*keys: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,4 +58,9 @@ def fold(*keys: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor
 
 def uniform_at(state: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """counter_uniform(seed, sequence, position) from state = fold(seed, sequence) [B]."""
-    return fmix32(fold(position, state=state)).double() / 2.0**32
+    return _unit(fold(position, state=state))
+
+
+def _unit(h: torch.Tensor) -> torch.Tensor:
+    """The final mix of a hash state [B], as float64 uniforms in [0, 1) (resolution 2^-32)."""
+    return fmix32(h).double() / 2.0**32
