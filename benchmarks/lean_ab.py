@@ -11,7 +11,7 @@ tiny Llama of benchmarks/vs_trl.py, one HFEngine.generate call per variant per r
   lean bf16          + weights reordered once for oneDNN (the default for bf16)
 Update: forward + backward of response log-probs for 32 sequences (6-7 prompt + 64 response
 tokens), the RL update's micro-batch:
-  hf fp32 / lean fp32 / hf autocast bf16 / lean bf16 (precision: bf16).
+  hf fp32 / lean fp32 (the default) / hf autocast bf16 / lean bf16 (precision: bf16).
 Prints medians of wall seconds and the ratio to the first variant of each table.
 """
 
@@ -73,27 +73,17 @@ def update_variants(model: Any) -> dict[str, Any]:
     action_mask = torch.ones(32, 64, dtype=torch.long)
     args = (model, prompt_ids, prompt_mask, response_ids, action_mask)
 
-    def run(dtype: Any, autocast: bool = False) -> Any:
+    def run(dtype: Any, lean: bool, autocast: bool = False) -> Any:
         def go(seed: int) -> None:
             context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
             with context:
-                logp = forward.response_logprobs(*args, dtype=dtype)
+                logp = forward.response_logprobs(*args, dtype=dtype, lean=lean)
             logp.sum().backward()
             model.zero_grad(set_to_none=True)
         return go
 
-    def lean_fp32(seed: int) -> None:
-        from openk1.algo.logprobs import token_logprobs
-        from openk1.models.lean import LeanModel
-
-        ids = torch.cat([prompt_ids, response_ids], 1)
-        mask = torch.cat([prompt_mask, action_mask], 1)
-        logits = LeanModel(model).logits(ids, mask, forward.position_ids(mask), keep=65)[:, :-1]
-        (token_logprobs(logits, response_ids) * action_mask).sum().backward()
-        model.zero_grad(set_to_none=True)
-
-    return {"hf fp32": run(None), "lean fp32": lean_fp32, "hf autocast bf16": run(None, autocast=True),
-            "lean bf16": run(torch.bfloat16)}
+    return {"hf fp32": run(None, False), "lean fp32": run(None, True),
+            "hf autocast bf16": run(None, False, autocast=True), "lean bf16": run(torch.bfloat16, True)}
 
 
 def measure(variants: dict[str, Any], rounds: int) -> dict[str, float]:

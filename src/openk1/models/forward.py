@@ -48,26 +48,28 @@ def trim(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torc
 def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       response_ids: torch.Tensor, action_mask: torch.Tensor,
                       chunk_size: int | None = None, dtype: torch.dtype | None = None,
-                      compile: bool = False) -> torch.Tensor:
+                      compile: bool = False, lean: bool = True) -> torch.Tensor:
     """log pi(response token | prefix) for every response position, [B, T] (0 where masked).
 
     prompt_ids/prompt_mask [B, P] (left-padded), response_ids/action_mask [B, T] (right-padded).
-    `dtype` (default: the parameters') is the compute dtype: bfloat16 is mixed precision (fp32
-    parameters, gradients and log-probs; bf16 matmuls), run by models/lean.py for Llama-family
-    models and under torch.autocast otherwise. `compile`: the lean path's layers through
-    torch.compile (models/lean.py compiled_layer; Llama-family models only, else ignored).
+    Llama-family models run on models/lean.py's forward (`lean`, the default: fewer elementwise
+    passes and less memory than HF's, same result to fp32 rounding); others, or lean=False, on
+    HF's. `dtype` (default: the parameters') is the compute dtype: bfloat16 is mixed precision
+    (fp32 parameters, gradients and log-probs; bf16 matmuls), under torch.autocast on HF's
+    forward. `compile`: the lean layers through torch.compile (models/lean.py compiled_layer).
     """
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)            # [B, L]
     attention_mask = torch.cat([prompt_mask, action_mask], dim=1)       # [B, L]
     T = response_ids.shape[1]
     mixed = dtype is not None and dtype != next(model.parameters()).dtype
-    lean = LeanModel.of(model, dtype, compile) if compile or mixed else None
-    if lean is not None:
-        logits = lean.logits(input_ids, attention_mask, position_ids(attention_mask), keep=T + 1)[:, :-1]
+    fast = LeanModel.of(model, dtype, compile) if lean or compile else None
+    if fast is not None:
+        logits = fast.logits(input_ids, attention_mask, position_ids(attention_mask), keep=T + 1)[:, :-1]
         return token_logprobs(logits, response_ids, chunk_size=chunk_size) * action_mask
     if mixed:
         with torch.autocast(input_ids.device.type, dtype=dtype):
-            return response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask, chunk_size)
+            return response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask, chunk_size,
+                                     lean=False)
     # Only positions P-1 .. L-2 score a response token: the LM head runs on the last T + 1
     # positions, not on the prompt's (`logits_to_keep`, where the model accepts it).
     keep = {"logits_to_keep": T + 1} if _accepts(model, "logits_to_keep") else {}

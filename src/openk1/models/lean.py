@@ -4,8 +4,11 @@ The HF model stays the model: its parameters are read (never copied for training
 embedding module computes cos/sin, so every RoPE variant HF supports is supported. What changes is
 the per-token overhead around the matmuls, which on a CPU and a small model is most of the time:
 
-  - q/k/v and gate/up run as one matmul each (the weights concatenated),
-  - RMSNorm is `F.rms_norm`, attention is `F.scaled_dot_product_attention` (GQA native),
+  - fewer elementwise passes: RMSNorm, SwiGLU and RoPE are autograd functions of
+    models/fused.py; RoPE is one complex multiply, on q/k whose head dimensions are permuted so
+    that HF's rotate-half pairs (j, j + D/2) are adjacent (`_interleave`: attention's q.k is
+    unchanged by one permutation of both), and q's rotation carries the 1/sqrt(D) scale,
+  - q/k/v and gate/up run as one matmul each when decoding (the weights concatenated),
   - no mask objects, cache classes, hooks or output dataclasses per call,
   - decoding writes K/V into a preallocated cache [layers, slots, Hkv, T, D] in place; rows that
     finish are compacted by moving only the rows that fill the holes (no per-step concatenation).
@@ -23,22 +26,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from openk1.models.fused import rms_norm_to, swiglu_down
+from openk1.models.fused import rms_norm_to, rotate, swiglu_down
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
 
 @dataclass
 class _Layer:
-    """Weights of one decoder layer: views of the HF parameters (cast to the compute dtype).
+    """Weights of one decoder layer: views of the HF parameters (cast to the compute dtype; q
+    and k rows, biases and norms in the interleaved order of `_interleave`).
 
     Training multiplies by q/k/v and gate/up separately: one fused matmul would make backward
     concatenate the activation gradients (a full pass over [B, L, 3 d]). Decoding (no grad)
     fuses them once (`fuse`) and may reorder them for oneDNN (`pack`)."""
 
     norm1: torch.Tensor        # [d]
-    q: torch.Tensor            # [H D, d]
-    k: torch.Tensor            # [Hkv D, d]
+    q: torch.Tensor            # [H D, d] (head dims interleaved)
+    k: torch.Tensor            # [Hkv D, d] (head dims interleaved)
     v: torch.Tensor            # [Hkv D, d]
     q_bias: torch.Tensor | None
     k_bias: torch.Tensor | None
@@ -133,14 +137,24 @@ class LeanModel:
         """Per-layer weights, matmul weights in the compute dtype, differentiable (concatenations
         and casts are part of the graph, so gradients reach the HF parameters in their dtype).
         Norm weights keep the parameters' dtype: the residual stream and the norms run in it."""
-        cast = ("q", "k", "v", "q_bias", "k_bias", "v_bias", "o", "o_bias", "gate", "up", "down")
-        return [_Layer(**{k: _to(v, self.dtype) if k in cast else v for k, v in vars(_layer_weights(layer)).items()})
+        return [_Layer(**{name: self._prepare(name, w) for name, w in vars(_layer_weights(layer)).items()})
                 for layer in self.model.model.layers]
 
+    def _prepare(self, name: str, w: torch.Tensor | None) -> torch.Tensor | None:
+        if name in ("q", "k", "q_bias", "k_bias", "q_norm", "k_norm"):
+            w = _interleave(w, self.head_dim)
+        if name in ("q", "k", "v", "q_bias", "k_bias", "v_bias", "o", "o_bias", "gate", "up", "down"):
+            w = _to(w, self.dtype)
+        return w
+
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, n, 1, D] in the compute dtype, once per forward (HF's rotary module)."""
+        """Rotations of q and of k, [B, n, 1, D/2, 2] (cos, sin per pair; fp32), once per
+        forward from HF's rotary module (whose cos/sin [B, n, D] repeat their first half: every
+        HF rotate-half RoPE). q's carries the attention scale 1/sqrt(D)."""
         cos, sin = self.rotary(x, positions)                                # [B, n, D]
-        return cos[:, :, None].to(self.dtype), sin[:, :, None].to(self.dtype)
+        h = self.head_dim // 2
+        rot = torch.stack([cos[..., :h], sin[..., :h]], dim=-1).float()[:, :, None]
+        return rot * self.head_dim ** -0.5, rot
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.model.embed_tokens(ids)
@@ -160,44 +174,41 @@ class LeanModel:
         eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
         bias = _bias((causal & real[:, None, :]) | eye, self.dtype)[:, None]   # [B, 1, L, L]
         x = self.embed(input_ids)                                           # [B, L, d]
-        cos, sin = self.rope(x, position_ids)                               # [B, L, 1, D]
+        rot = self.rope(x, position_ids)                                    # [B, L, 1, D/2, 2] x 2
         for w in weights or self.weights():
             if self.compile:   # inductor does better with the fused matmuls (0.27 vs 0.36 s per
                 w.fuse()       # bf16 micro-batch of 32 x 71 tokens): it handles their backward
             layer = compiled_layer() if self.compile else LeanModel._layer
-            x = layer(self, w, x, cos, sin, lambda q, k, v: _attention(q, k, v, bias))
+            x = layer(self, w, x, rot, lambda q, k, v: _attention(q, k, v, bias))
         return self._head(x[:, -keep:])
 
     # ------------------------------------------------------------------ one layer
 
-    def _layer(self, w: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Any) -> torch.Tensor:
-        """x [B, n, d] -> [B, n, d]; attend(q, k, v) with q [B, H, n, D], k/v [B, Hkv, n, D].
+    def _layer(self, w: _Layer, x: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor], attend: Any) -> torch.Tensor:
+        """x [B, n, d] -> [B, n, d]; attend(q, k, v) with q [B, H, n, D] (scaled by 1/sqrt(D)),
+        k/v [B, Hkv, n, D]; rot: `rope`'s rotations of q and k.
 
         The residual stream x and the norms stay in the parameters' dtype; matmuls and attention
         run in the compute dtype (one cast after each norm)."""
         B, n, _ = x.shape
-        q, k, v = self._qkv(w, rms_norm_to(x, w.norm1, self.eps, self.dtype), cos, sin)
+        q, k, v = self._qkv(w, rms_norm_to(x, w.norm1, self.eps, self.dtype), rot)
         a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, n, D]
         x = x + w.linear("o", a.transpose(1, 2).reshape(B, n, -1))
         return x + self._mlp(w, rms_norm_to(x, w.norm2, self.eps, self.dtype))
 
-    def _qkv(self, w: _Layer, h: torch.Tensor, cos: torch.Tensor,
-             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h [B, n, d] -> q [B, n, H, D] and k, v [B, n, Hkv, D], q and k rotated (cos/sin [B, n, 1, D])."""
+    def _qkv(self, w: _Layer, h: torch.Tensor,
+             rot: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h [B, n, d] -> q [B, n, H, D] and k, v [B, n, Hkv, D], q and k rotated (q scaled)."""
         B, n, _ = h.shape
         H, Hkv, D = self.heads, self.kv_heads, self.head_dim
         if w.fused is not None:     # one matmul (decoding, compile)
-            qk, v = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D).split([H + Hkv, Hkv], dim=2)
-            if w.q_norm is None:    # q and k rotated in one pass
-                q, k = _rope(qk, cos, sin).split([H, Hkv], dim=2)
-                return q, k, v
-            q, k = qk.split([H, Hkv], dim=2)
+            q, k, v = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D).split([H, Hkv, Hkv], dim=2)
         else:
             q, k, v = (w.linear(name, h).view(B, n, -1, D) for name in ("q", "k", "v"))
         if w.q_norm is not None:    # qwen3: RMSNorm over each head before RoPE
             q = F.rms_norm(q.float(), (D,), w.q_norm.float(), self.eps).to(self.dtype)
             k = F.rms_norm(k.float(), (D,), w.k_norm.float(), self.eps).to(self.dtype)
-        return _rope(q, cos, sin), _rope(k, cos, sin), v
+        return rotate(q, rot[0]), rotate(k, rot[1]), v
 
     def _mlp(self, w: _Layer, h: torch.Tensor) -> torch.Tensor:
         """SwiGLU: down(silu(gate) * up), h [B, n, d] -> [B, n, d]."""
@@ -243,10 +254,15 @@ def _packable(dtype: torch.dtype, device: torch.device) -> bool:
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """HF's rotate-half RoPE: x [B, n, heads, D], cos/sin [B, n, 1, D]."""
-    first, second = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-second, first], dim=-1) * sin
+def _interleave(w: torch.Tensor | None, D: int) -> torch.Tensor | None:
+    """Rows (or elements) of a q/k projection, bias or per-head norm, head by head, in the order
+    0, D/2, 1, D/2 + 1, ...: HF's rotate-half pairs (j, j + D/2) become adjacent (j-th complex
+    number of `fused.rotate`). q and k get the same permutation, so q.k is unchanged; the
+    index_select is part of the graph (gradients reach the HF parameter in its own order)."""
+    if w is None:
+        return None
+    order = torch.arange(D, device=w.device).view(2, D // 2).t().reshape(-1)     # [D]
+    return w.unflatten(0, (-1, D)).index_select(1, order).flatten(0, 1)
 
 
 def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -263,7 +279,8 @@ MATMUL_ATTENTION_MAX = 512   # longer sequences: SDPA's kernel (no [B, H, L, L] 
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Attention of q [B, H, n, D] over k/v [B, Hkv, W, D] with an additive bias [B, 1, n, W].
+    """Attention of q [B, H, n, D] (already scaled by 1/sqrt(D): `rope`) over k/v [B, Hkv, W, D]
+    with an additive bias [B, 1, n, W].
 
     Two batched matmuls and a softmax (fp32 inside the kernel): on a CPU several times faster
     than SDPA's flash kernel for bf16 training, whose backward is slow, at the cost of
@@ -276,14 +293,14 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Te
     if q.shape[1] != k.shape[1]:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2) + bias            # [B, H, n, W]
+    scores = q @ k.transpose(-1, -2) + bias                                    # [B, H, n, W]
     return torch.softmax(scores, dim=-1) @ v
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     if q.shape[1] != k.shape[1]:   # a branch, not enable_gqa=<bool expr>: compiles with dynamic shapes
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
 
 
 class Decoder:
@@ -328,12 +345,12 @@ class Decoder:
         positions = torch.arange(width, device=ids.device).expand(n, width)
         causal = _bias(torch.ones(width, width, dtype=torch.bool, device=ids.device).tril(), self.lean.dtype)
         x = self.lean.embed(ids)                                             # [n, W, d]
-        cos, sin = self.lean.rope(x, positions)
+        rot = self.lean.rope(x, positions)
         for layer, w in enumerate(self.weights):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> torch.Tensor:
                 self.k[layer, b:b + n, :, :width], self.v[layer, b:b + n, :, :width] = k, v
                 return _attention(q, k, v, causal)   # right padding: real queries never see it
-            x = self.lean._layer(w, x, cos, sin, attend)
+            x = self.lean._layer(w, x, rot, attend)
         last = x[torch.arange(n), lens - 1][:, None]                        # [n, 1, d]
         self.lens = torch.cat([self.lens, lens])
         return self.lean._head(last)[:, 0].float()
@@ -349,14 +366,14 @@ class Decoder:
         width = int(pos.max()) + 1
         mask = _bias(torch.arange(width, device=pos.device) <= pos[:, None], self.lean.dtype)[:, None, None]
         x = self.lean.embed(tokens[:, None])                                # [b, 1, d]
-        cos, sin = self.lean.rope(x, pos[:, None])
+        rot = self.lean.rope(x, pos[:, None])
         for layer, w in enumerate(self.weights):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = layer) -> torch.Tensor:
                 K, V = self.k[layer], self.v[layer]                          # [slots, Hkv, T, D]
                 K.view(-1, D).index_copy_(0, flat, k.reshape(-1, D))       # k [b, Hkv, 1, D]
                 V.view(-1, D).index_copy_(0, flat, v.reshape(-1, D))
                 return _attention(q, K[:b, :, :width], V[:b, :, :width], mask)
-            x = self.lean._layer(w, x, cos, sin, attend)
+            x = self.lean._layer(w, x, rot, attend)
         self.lens = pos + 1
         return self.lean._head(x)[:, 0].float()
 

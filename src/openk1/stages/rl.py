@@ -67,6 +67,7 @@ class RLConfig(StageConfig):
     micro_batch_size: int = 64
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision in rollout and update
     compile: bool = False                    # torch.compile the update's layers (Llama-family; models/lean.py)
+    lean: bool = True                        # the update's forward on models/lean.py (Llama-family); false: HF's
     reset_optimizer: bool = True             # report: each iteration is a new problem
     optim: OptimConfig = OptimConfig(lr=3e-4, warmup_steps=0)
     sampling: SamplingConfig = SamplingConfig()
@@ -153,7 +154,7 @@ def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollo
             rollout.prompt_ids[micro], rollout.prompt_mask[micro],
             rollout.response_ids[micro], rollout.action_mask[micro]))
         logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
-                                 dtype=PRECISIONS[cfg.precision], compile=cfg.compile)       # [b, T]
+                                 dtype=PRECISIONS[cfg.precision], compile=cfg.compile, lean=cfg.lean)   # [b, T]
         if weight == 0.0:   # padding: the FSDP passes the other ranks run, a zero gradient
             (logp.sum() * 0.0).backward()
             continue
