@@ -60,10 +60,10 @@ class _RMSNormTo(torch.autograd.Function):
 def rms_norm_to(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
     """RMSNorm over the last dim (x [..., d], weight [d]) in x's dtype, cast to `dtype`.
 
-    Under torch.compile the plain ops are traced instead: inductor's partitioner already
-    chooses what to recompute."""
-    if torch.compiler.is_compiling():
-        return F.rms_norm(x, x.shape[-1:], weight, eps).to(dtype)
+    Under torch.compile the plain ops are traced instead (inductor's partitioner already
+    chooses what to recompute), and without autograd (decoding) F.rms_norm runs alone."""
+    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return F.rms_norm(x, x.shape[-1:], weight, eps).to(dtype)   # no autograd node (decoding)
     out: torch.Tensor = _RMSNormTo.apply(x, weight, eps, dtype)  # type: ignore[no-untyped-call]
     return out
 
@@ -122,5 +122,7 @@ def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
         a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)                 # [..., D/2] each
         cos, sin = rot.unbind(-1)
         return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2).to(x.dtype)
+    if not (torch.is_grad_enabled() and x.requires_grad):   # decoding: no autograd node to build
+        return _complex_multiply(x, torch.view_as_complex(rot.contiguous()))
     out: torch.Tensor = _Rotate.apply(x, rot)  # type: ignore[no-untyped-call]
     return out
