@@ -62,7 +62,7 @@ def rms_norm_to(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.
 
     Under torch.compile the plain ops are traced instead (inductor's partitioner already
     chooses what to recompute), and without autograd (decoding) F.rms_norm runs alone."""
-    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+    if torch.compiler.is_compiling() or not _tracked(x, weight):
         return F.rms_norm(x, x.shape[-1:], weight, eps).to(dtype)   # no autograd node (decoding)
     out: torch.Tensor = _RMSNormTo.apply(x, weight, eps, dtype)  # type: ignore[no-untyped-call]
     return out
@@ -98,20 +98,21 @@ class _Rotate(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(rot)
-        return _complex_multiply(x, torch.view_as_complex(rot.contiguous()))
+        return _complex_multiply(x, rot)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (rot,) = ctx.saved_tensors
-        return _complex_multiply(grad, torch.view_as_complex(rot.contiguous()).conj()), None
+        return _complex_multiply(grad, rot, conjugate=True), None
 
 
-def _complex_multiply(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """x [..., D] as D/2 complex pairs times rot [..., D/2] (complex, broadcast), in fp32 (fp64
-    for fp64 x), returned in x's dtype."""
+def _complex_multiply(x: torch.Tensor, rot: torch.Tensor, conjugate: bool = False) -> torch.Tensor:
+    """x [..., D] as D/2 complex pairs times rot [..., D/2, 2] (cos, sin; broadcast), or times its
+    conjugate, in fp32 (fp64 for fp64 x), returned in x's dtype."""
     real = torch.promote_types(x.dtype, torch.float32)
     z = torch.view_as_complex(x.to(real).contiguous().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(z * rot.to(z.dtype)).flatten(-2).to(x.dtype)
+    r = torch.view_as_complex(rot.to(real).contiguous())
+    return torch.view_as_real(z * (r.conj() if conjugate else r)).flatten(-2).to(x.dtype)
 
 
 def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,12 @@ def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
         a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)                 # [..., D/2] each
         cos, sin = rot.unbind(-1)
         return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2).to(x.dtype)
-    if not (torch.is_grad_enabled() and x.requires_grad):   # decoding: no autograd node to build
-        return _complex_multiply(x, torch.view_as_complex(rot.contiguous()))
+    if not _tracked(x):   # decoding: no autograd node to build
+        return _complex_multiply(x, rot)
     out: torch.Tensor = _Rotate.apply(x, rot)  # type: ignore[no-untyped-call]
     return out
+
+
+def _tracked(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an op on these tensors."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
