@@ -1,7 +1,7 @@
 """openk1's RL iteration vs TRL's GRPOTrainer at equal work, plus this CPU's matmul peak.
 
-    python benchmarks/vs_trl.py [--quick] [--threads 1] [--iterations 5]   # throughput
-    python benchmarks/vs_trl.py --time-to-accuracy [--iterations 20] [--eval-every 2]
+    python benchmarks/vs_trl.py [--quick] [--precision bf16|fp32] [--iterations 5]   # throughput
+    python benchmarks/vs_trl.py --time-to-accuracy [--iterations 16] [--eval-every 1]
     python benchmarks/vs_trl.py --update-ab [--iterations 5]   # the RL update before/after
 
 TRL (`pip install -e .[bench]`) is needed by this script only, never by openk1.
@@ -18,16 +18,20 @@ Equal work per iteration, forced:
     matches no token), so every response is exactly `max_new_tokens` long;
   - one optimizer step per generation over the whole batch (TRL: num_iterations 1, steps per
     generation = gradient accumulation steps; openk1: 1 mini-batch x 1 epoch), the same
-    micro-batch, AdamW with the same betas, lr and clipping, fp32, no gradient checkpointing,
+    micro-batch, AdamW with the same betas, lr and clipping, the same precision (bf16 mixed
+    precision by default: TRL's GRPOConfig defaults to bf16=True; `--precision fp32` turns it
+    off on both sides), no gradient checkpointing,
     no vLLM, beta 0 (no reference model), the same reward (openk1's math verifier);
   - the same torch thread count in both.
 Tokens are counted from what each framework actually generated and trained.
 
-FLOP utilisation counts matmul FLOPs only: 2 N per token forward, 6 N forward+backward, with
-N the parameters used in matmuls (every layer's projections plus the tied LM head; the embedding
-lookup is not a matmul), plus attention's QK^T and AV (4 d L per token per layer forward, L the
-mean attended length; x3 for forward+backward). Prompt tokens are processed but not trained:
-the update's figure counts trained (response) tokens only, the conservative choice.
+FLOP utilisation: against this CPU's measured fp32 matmul peak (torch.mm, always measured: the
+reference of the >= 50% target) and, in bf16 runs, against the bf16 peak too (AMX). Matmul FLOPs only: 2 N per
+token forward, 6 N forward+backward, with N the parameters used in matmuls (every layer's
+projections plus the tied LM head; the embedding lookup is not a matmul), plus attention's QK^T
+and AV (4 d L per token per layer forward, L the mean attended length; x3 for forward+backward).
+The update's rows count every processed token (prompt and response: the usual MFU) and, as a
+lower bound, the trained (response) tokens only.
 
 The last line is `speedup_vs_trl: X`, the ratio of median per-iteration wall times (= ratio of
 end-to-end tokens/s, since the work is equal).
@@ -68,7 +72,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
                 "hidden": 256, "layers": 7}
     if args.iterations:
         base["iterations"] = args.iterations
-    base |= {"mode": "throughput", "threads": args.threads, "lr": 1e-5, "seed": 0, "precision": args.precision,
+    base |= {"mode": "throughput", "threads": args.threads, "lr": 1e-5, "seed": args.seed, "precision": args.precision,
              "compile": args.compile}
     return base
 
@@ -101,9 +105,10 @@ def build_prompts(root: Path, n: int, seed: int) -> str:
 
 def mean_prompt_tokens(data: str, model: str) -> float:
     """Mean prompt length in tokens (with the tokenizer's special tokens), over the prompt file."""
+    from transformers import AutoTokenizer
+
     from openk1.data.io import load_problems
     from openk1.models.forward import tokenize
-    from transformers import AutoTokenizer
 
     prompts = [p.prompt for p in load_problems(data)]
     return statistics.mean(len(ids) for ids in tokenize(AutoTokenizer.from_pretrained(model), prompts))
@@ -193,6 +198,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
     from openk1.config import build
     from openk1.data.io import load_problems
     from openk1.data.samplers import make_sampler
+    from openk1.memory import keep_freed_memory
     from openk1.models.forward import PRECISIONS
     from openk1.models.io import load_model
     from openk1.optim import make_optimizer
@@ -201,6 +207,7 @@ def openk1_worker(spec: dict[str, Any]) -> None:
     from openk1.stages import rl
 
     quiet_libraries()
+    keep_freed_memory()   # as `openk1` does at start (openk1/memory.py)
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
     B = spec["prompts"] * spec["k"]
@@ -450,8 +457,8 @@ def flops_per_token(params_matmul: int, layers: int, hidden: int, context: float
     return 2 * params_matmul + 4 * layers * hidden * context
 
 
-def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: tuple[float, float],
-                params: int) -> float:
+def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]],
+                peaks: dict[str, tuple[float, float]], params: int) -> float:
     o, t = res["openk1"], res["trl"]
     P = spec["prompts"] * spec["k"]
     T = spec["max_new_tokens"]
@@ -487,25 +494,29 @@ def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]], peak: tu
     S = P_len + T                                               # tokens per sequence in the update
     update_flops = 3 * (2 * n * S + 4 * L * d * S * S / 2)      # forward + backward per sequence
     rollout_flops = T * flops_per_token(n, L, d, P_len + T / 2)  # per response (decode steps)
-    dtype = "bf16" if spec["precision"] == "bf16" else "fp32"
-    print(f"\nmatmul peak (torch.mm {spec['matmul_n']}^2 {dtype}, {spec['threads']} thread(s), median of 7, best "
-          f"of before/after the runs): {peak[0]:.1f} GFLOP/s per wall second, {peak[1]:.1f} per CPU second\n")
-    print(f"Matmul FLOPs only (2N per token forward, 6N forward + backward, N = {n / 1e6:.2f}M; attention "
+    for precision, (wall, cpu) in peaks.items():
+        print(f"\nmatmul peak (torch.mm {spec['matmul_n']}^2 {precision}, {spec['threads']} thread(s), median of 7, "
+              f"best of before/after the runs): {wall:.1f} GFLOP/s per wall second, {cpu:.1f} per CPU second")
+    print(f"\nMatmul FLOPs only (2N per token forward, 6N forward + backward, N = {n / 1e6:.2f}M; attention "
           f"QK^T and AV over the causal half). The update processes {P_len:.1f} prompt + {T} response "
           f"tokens per sequence: the first row counts all of them (the usual MFU), the second only the "
-          f"response tokens (a lower bound).\n")
-    print("| FLOP utilisation (wall / CPU time) | openk1 | TRL |\n|---|---|---|")
+          f"response tokens (a lower bound). Utilisation is of the peak of the run's precision "
+          f"({spec['precision']}){'' if spec['precision'] == 'fp32' else '; the last columns, of the fp32 peak'}.\n")
     # every response is exactly T tokens here, so trained tokens / T = sequences trained
     rows = (("update, all processed tokens", update_flops / T, "update_s", "update_cpu_s"),
             ("update, response tokens only", update_flops / S, "update_s", "update_cpu_s"),
             ("rollout, generated tokens", rollout_flops / T, "rollout_s", "rollout_cpu_s"))
+    own = peaks[spec["precision"]]
+    extra = [] if spec["precision"] == "fp32" else ["fp32"]
+    print("| FLOP utilisation (wall / CPU time) | openk1 | TRL |"
+          + "".join(f" openk1, of the {p} peak (CPU) | TRL, of the {p} peak (CPU) |" for p in extra))
+    print("|---|---|---|" + "---|---|" * len(extra))
     for name, per_token, wall, cpu in rows:
-        cells = []
-        for r in (o, t):
-            flops = r["trained_tokens" if "update" in name else "generated_tokens"] * per_token / 1e9
-            cells.append(f"{100 * flops / r[wall] / peak[0]:.0f}% / {100 * flops / r[cpu] / peak[1]:.0f}% "
-                         f"({flops / r[cpu]:.1f} GFLOP per CPU s)")
-        print(f"| {name} | {cells[0]} | {cells[1]} |")
+        flops = [r["trained_tokens" if "update" in name else "generated_tokens"] * per_token / 1e9 for r in (o, t)]
+        cells = [f"{100 * f / r[wall] / own[0]:.0f}% / {100 * f / r[cpu] / own[1]:.0f}% ({f / r[cpu]:.1f} GFLOP "
+                 f"per CPU s)" for f, r in zip(flops, (o, t))]
+        cells += [f"{100 * f / r[cpu] / peaks[p][1]:.0f}%" for p in extra for f, r in zip(flops, (o, t))]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     return t["seconds"] / o["seconds"]
 
 
@@ -592,7 +603,7 @@ def time_to_accuracy(args: argparse.Namespace, env: dict[str, str]) -> None:
     iterations (rollout + reward + update)."""
     root = Path(tempfile.mkdtemp(prefix="openk1-vs-trl-acc-"))
     spec = {"mode": "accuracy", "model": args.model, "data": args.data, "eval_data": args.eval_data,
-            "threads": args.threads, "seed": 0, "iterations": args.iterations or 20, "warmup": 0,
+            "threads": args.threads, "seed": args.seed, "iterations": args.iterations or 20, "warmup": 0,
             "eval_samples": args.eval_samples, "core_rl": args.core_rl, "precision": args.precision,
             "compile": args.compile,
             "prompts": 32, "k": 8, "micro_batch": 64, "max_new_tokens": 100, "lr": 1e-4}
@@ -619,9 +630,10 @@ def time_to_accuracy(args: argparse.Namespace, env: dict[str, str]) -> None:
     finally:
         for w in workers.values():
             w.close()
-    (root / "curves.json").write_text(json.dumps(curves))
+    (root / "curves.json").write_text(json.dumps(curves | {"seed": spec["seed"]}))
     print_accuracy(spec, curves)
-    print(f"\nraw curves: {root / 'curves.json'}")
+    plot_accuracy({f"seed {spec['seed']}": curves}, root / "curves.png")
+    print(f"\nraw curves: {root / 'curves.json'}, plotted: {root / 'curves.png'}")
 
 
 def first_reaching(curve: list[tuple[int, float, float, float]], target: float) -> tuple[int, float, float] | None:
@@ -655,6 +667,35 @@ def print_accuracy(spec: dict[str, Any], curves: dict[str, list[tuple[int, float
     print(f"time_to_trl_accuracy_ratio: {o[1] / t[1]:.2f}")
 
 
+
+def plot_accuracy(runs: dict[str, dict[str, list[Any]]], out_png: Path) -> Path:
+    """Held-out accuracy vs training seconds (wall), one colour per run (label -> curves), openk1
+    solid and TRL dashed; a dotted line at each run's TRL final accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from openk1.report.run_dir import atomic_file
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (label, curves) in enumerate(runs.items()):
+        colour = f"C{i}"
+        for name, style in (("openk1", "-"), ("trl", "--")):
+            ax.plot([c[1] for c in curves[name]], [100 * c[3] for c in curves[name]], style, color=colour,
+                    marker="o" if name == "openk1" else "x", markersize=3, label=f"{name} ({label})")
+        ax.axhline(100 * curves["trl"][-1][3], color=colour, linestyle=":", linewidth=0.8)
+    ax.set_xlabel("training seconds (wall; evaluation excluded)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("openk1 k1.5 RL vs TRL GRPO from the same SFT model (dotted: TRL's final)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    with atomic_file(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return out_png
+
 ALL_WORKERS = WORKERS | {"update-ab": update_ab_worker}
 
 
@@ -664,9 +705,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in both frameworks (1: steadiest on a shared machine)")
     parser.add_argument("--iterations", type=int, default=0)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="both frameworks: fp32, or bf16 mixed precision (TRL's default; openk1 "
-                             "precision: bf16)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="model, prompts and sampling seed of both frameworks (--time-to-accuracy: the "
+                             "training seed; the evaluation's is fixed)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                        help="both frameworks: bf16 mixed precision (the default: TRL's GRPOConfig "
+                             "defaults to bf16=True; openk1 precision: bf16), or fp32")
     parser.add_argument("--compile", action="store_true",
                         help="openk1 with `compile: true` (its update's layers through torch.compile; the "
                              "compilation falls in the warm-up iteration and is reported)")
@@ -683,11 +727,18 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=4, help="(--time-to-accuracy) per held-out problem")
     parser.add_argument("--update-ab", action="store_true",
                         help="the demo's RL update before/after each optimisation (CPU s, peak RSS)")
+    parser.add_argument("--plot", nargs="+", metavar=("PNG", "CURVES"),
+                        help="(no run) plot the curves.json files of --time-to-accuracy runs into PNG")
     parser.add_argument("--worker", choices=list(ALL_WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         ALL_WORKERS[args.worker](json.loads(args.spec))
+        return
+    if args.plot:
+        runs = {f"seed {c.get('seed', i)}": c for i, c in enumerate(json.loads(Path(f).read_text())
+                                                                    for f in args.plot[1:])}
+        print(plot_accuracy(runs, Path(args.plot[0])))
         return
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
                         "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
@@ -705,13 +756,14 @@ def main() -> None:
     spec["data"] = build_prompts(root, 256, spec["seed"])
     spec["prompt_tokens"] = mean_prompt_tokens(spec["data"], spec["model"])
     spec["matmul_n"] = 2048
-    peak_before = matmul_peak(args.threads, spec["matmul_n"], 7, args.precision)
+    precisions = sorted({"fp32", args.precision})   # the fp32 peak always (the MFU target's reference)
+    before = {p: matmul_peak(args.threads, spec["matmul_n"], 7, p) for p in precisions}
     rows = alternate(spec, env)
-    peak_after = matmul_peak(args.threads, spec["matmul_n"], 7, args.precision)
-    peak = (max(peak_before[0], peak_after[0]), max(peak_before[1], peak_after[1]))
+    after = {p: matmul_peak(args.threads, spec["matmul_n"], 7, p) for p in precisions}
+    peaks = {p: (max(before[p][0], after[p][0]), max(before[p][1], after[p][1])) for p in precisions}
     res = {name: summarise(r) for name, r in rows.items()}
-    speedup = print_table(spec, res, peak, params)
-    (root / "result.json").write_text(json.dumps({"spec": spec, "rows": rows, "summary": res, "peak": peak}))
+    speedup = print_table(spec, res, peaks, params)
+    (root / "result.json").write_text(json.dumps({"spec": spec, "rows": rows, "summary": res, "peaks": peaks}))
     print(f"\nraw rows: {root / 'result.json'}")
     print(f"speedup_vs_trl: {speedup:.2f}")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from openk1.config import build, merge, parse_overrides, read_yaml
 from openk1.errors import OpenK1Error
+from openk1.memory import keep_freed_memory
 
 # command -> (module under openk1.stages, config class name, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         quiet_libraries()
+        keep_freed_memory()
         run, config_cls = load_stage(args.command)
         if getattr(args, "ray", False):
             from openk1.dist import ray_rl
