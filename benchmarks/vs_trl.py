@@ -26,10 +26,11 @@ Equal work per iteration, forced:
 Tokens are counted from what each framework actually generated and trained.
 
 FLOP utilisation: against this CPU's measured fp32 matmul peak (torch.mm, always measured: the
-reference of the >= 50% target) and, in bf16 runs, against the bf16 peak too (AMX). Matmul FLOPs only: 2 N per
-token forward, 6 N forward+backward, with N the parameters used in matmuls (every layer's
-projections plus the tied LM head; the embedding lookup is not a matmul), plus attention's QK^T
-and AV (4 d L per token per layer forward, L the mean attended length; x3 for forward+backward).
+reference of the >= 50% target) and, in bf16 runs, against the bf16 (AMX) peak too. Matmul
+FLOPs only: 2 N per token forward, 6 N forward+backward, with N the parameters used in matmuls
+(every layer's projections plus the tied LM head; the embedding lookup is not a matmul), plus
+attention's QK^T and AV (4 d L per token per layer forward, L the mean attended length; x3 for
+forward+backward).
 The update's rows count every processed token (prompt and response: the usual MFU) and, as a
 lower bound, the trained (response) tokens only.
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,10 @@ linux_glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.conf
                                  reason="glibc's mallopt")
 
 
-def probe(setting: str) -> dict[str, object]:
+def probe(setting: str) -> dict[str, Any]:
     env = os.environ | {"OPENK1_MALLOC": setting}
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
-    result: dict[str, object] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 

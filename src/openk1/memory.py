@@ -4,8 +4,8 @@ PyTorch on a CPU allocates every activation with malloc. With glibc's defaults a
 some MiB goes back to the operating system (the top of the heap is trimmed past 128 KiB, blocks
 past a dynamic threshold are mmapped and unmapped), so the next forward pass takes the same
 memory back one page fault at a time: at an RL update's micro-batches (tens of MiB per
-activation) about a million minor faults per iteration, each a page zeroed by the kernel, and
-their cost varies with how busy the host is. `keep_freed_memory` sets glibc to keep what it
+activation) over a hundred thousand minor faults per micro-batch, each a page zeroed by the
+kernel, and their cost varies with how busy the host is. `keep_freed_memory` sets glibc to keep what it
 frees (mmap only from 32 MiB, its largest allowed threshold; no trimming below 1 GiB): the peak
 stays where it was, the memory between peaks stays resident. The same reason PyTorch's CPU
 performance guides point to jemalloc or tcmalloc; this needs no preload. `openk1` calls it at
