@@ -32,6 +32,7 @@ from ray._private import ray_constants
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from openk1.dist.settings import RaySettings
+from openk1.memory import keep_freed_memory
 from openk1.rollout.hf import Request, concat_rollouts
 from openk1.types import Rollout
 
@@ -73,6 +74,7 @@ class RolloutWorker:
 
     def __init__(self, kind: str, model_path: str, sampling: Any, vllm: Any, colocated: bool,
                  precision: str = "fp32") -> None:
+        keep_freed_memory()   # an actor's own process: as `openk1` does at start
         self.engine = make_rollout_engine(kind, model_path, sampling, vllm, precision)
         self.version, self.colocated = 0, colocated
         self._sleep()
@@ -182,6 +184,7 @@ class Trainer:
             ) -> dict[str, Any]:
         from openk1.stages import rl
 
+        keep_freed_memory()
         cfg = rl.RLConfig.model_validate(cfg_values)
         engines: list[RayEngine] = []
 
