@@ -27,7 +27,9 @@ def dpo_values(model, data, out):
     """5 pairs a step -> rank shares 3|2 in micro-batches of 2 (a padding pass on rank 1)."""
     return {"model": str(model), "data": str(data), "out": str(out), "epochs": 0, "max_steps": 3,
             "batch_size": 5, "micro_batch_size": 2, "log_every": 1, "beta": 0.5, "nll_weight": 0.1,
-            "optim": {"lr": 0.002, "lr_min": 0.001, "warmup_steps": 0, "grad_clip": 0.5}}
+            # Adam turns float noise on near-zero gradients into steps of ~lr (see rl_values): at
+            # lr 2e-3 the weights of 1 and 2 processes ended 1.6e-5 apart, at 5e-4 within 1e-5
+            "optim": {"lr": 0.0005, "lr_min": 0.0002, "warmup_steps": 0, "grad_clip": 0.5}}
 
 
 def rl_values(model, data, out):
@@ -39,7 +41,8 @@ def rl_values(model, data, out):
             # Adam turns float noise (1e-7) on near-zero gradients into steps of ~lr: a small lr
             # keeps the final weights of 1 and 2 processes within 1e-5 (loss and grad norm agree
             # to 1e-6 at any lr)
-            "optim": {"lr": 0.002, "warmup_steps": 0}}
+            "optim": {"lr": 0.002, "warmup_steps": 0},
+            "lean": False}   # FSDP's sharded parameters take HF's forward (models/lean.py refuses them)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +122,14 @@ def test_sft_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
     assert_trained_alike(tiny_model_dir, one, two, moved=1e-3)
 
 
-def test_dpo_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
+def test_dpo_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path, monkeypatch):
     from openk1.config import build
+    from openk1.models.lean import LeanModel
     from openk1.stages import dpo
 
+    # the ranks' sharded parameters take HF's forward (LeanModel.of refuses DTensors): so does the
+    # reference, or the two differ by the lean forward's rounding, which Adam amplifies
+    monkeypatch.setattr(LeanModel, "of", classmethod(lambda cls, *args, **kwargs: None))
     dpo.run(build(dpo.DPOConfig, dpo_values(tiny_model_dir, two_ranks / "dpo.jsonl", tmp_path / "one")))
     one, two = tmp_path / "one", two_ranks / "dpo"
     m1, m2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
