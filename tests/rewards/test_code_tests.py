@@ -135,3 +135,18 @@ def test_cyaron_generator_runs_in_sandbox() -> None:
         inputs, counts = generate_inputs(gen, _cfg(num_inputs=3), pool)
     assert counts["inputs_generated"] == 3
     assert all(len(line.split()) == 2 for line in inputs)
+
+
+def test_generator_sandbox_skips_modules_without_a_spec(monkeypatch):
+    """Ray's import leaves a `colorful` in sys.modules with __spec__ None, on which find_spec
+    raises ValueError: such a module has no path to bind and is skipped, not an error."""
+    import sys
+    import types
+
+    from openk1.rewards.code_tests import _on_disk, generator_sandbox
+
+    fake = types.ModuleType("specless_module")
+    fake.__spec__ = None
+    monkeypatch.setitem(sys.modules, "specless_module", fake)
+    assert not _on_disk("specless_module") and _on_disk("json") and not _on_disk("no_such_module_xyz")
+    generator_sandbox(["specless_module", "no_such_module_xyz"])    # no ValueError

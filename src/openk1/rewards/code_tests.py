@@ -64,8 +64,18 @@ def guess_language(source: str) -> str:
 
 def generator_sandbox(modules: Sequence[str]) -> Sandbox:
     """A sandbox whose Python can import the importable ones among `modules` (read-only)."""
-    present = [m for m in modules if importlib.util.find_spec(m) is not None]
+    present = [m for m in modules if _on_disk(m)]
     return Sandbox(python_modules=module_paths(present))
+
+
+def _on_disk(module: str) -> bool:
+    """Whether `module` can be found on disk (to bind into the sandbox). find_spec raises
+    ValueError for a module already in sys.modules without a spec (Ray's import registers such
+    a `colorful`): it has no path to bind, so no."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:
+        return False
 
 
 def generate_inputs(
