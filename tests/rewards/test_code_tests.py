@@ -143,7 +143,11 @@ def test_generator_sandbox_skips_modules_without_a_spec(monkeypatch):
     import sys
     import types
 
-    from openk1.rewards.code_tests import _on_disk, generator_sandbox
+    from openk1.rewards.code_tests import generator_sandbox
+    from openk1.rewards.sandbox import module_spec
+
+    def _on_disk(name: str) -> bool:
+        return module_spec(name) is not None
 
     fake = types.ModuleType("specless_module")
     fake.__spec__ = None

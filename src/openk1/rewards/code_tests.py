@@ -15,7 +15,6 @@ scale to ceil(min_agree * n / max_solutions) and ceil(min_passing * n / max_solu
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from collections import Counter
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from openk1.rewards.code import RUN_LIMITS, Program, normalize_output, prepare_program
-from openk1.rewards.sandbox import Job, Limits, Sandbox, SandboxPool, module_paths
+from openk1.rewards.sandbox import Job, Limits, Sandbox, SandboxPool, module_paths, module_spec
 from openk1.types import Problem
 
 GENERATOR_LAUNCHER = """import random, runpy, sys
@@ -64,18 +63,8 @@ def guess_language(source: str) -> str:
 
 def generator_sandbox(modules: Sequence[str]) -> Sandbox:
     """A sandbox whose Python can import the importable ones among `modules` (read-only)."""
-    present = [m for m in modules if _on_disk(m)]
+    present = [m for m in modules if module_spec(m) is not None]
     return Sandbox(python_modules=module_paths(present))
-
-
-def _on_disk(module: str) -> bool:
-    """Whether `module` can be found on disk (to bind into the sandbox). find_spec raises
-    ValueError for a module already in sys.modules without a spec (Ray's import registers such
-    a `colorful`): it has no path to bind, so no."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ValueError:
-        return False
 
 
 def generate_inputs(

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.machinery
+import importlib.util
 import json
 import os
 import re
@@ -142,16 +144,24 @@ def default_python() -> str:
 def module_paths(names: Iterable[str]) -> tuple[str, ...]:
     """Host paths (package dirs or single-module files) of the importable top-level modules
     `names`, to bind read-only into the sandbox with `Sandbox(python_modules=...)`."""
-    import importlib.util
-
     paths = []
     for name in names:
-        spec = importlib.util.find_spec(name)
+        spec = module_spec(name)
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(f"{name} is not importable here; pip install it")
         is_pkg = spec.submodule_search_locations is not None
         paths.append(_readable_by_all(os.path.dirname(spec.origin) if is_pkg else spec.origin))
     return tuple(paths)
+
+
+def module_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """importlib's spec of top-level module `name`, or None where it has none on disk: find_spec
+    raises ValueError for a module already in sys.modules without a spec (Ray's import registers
+    such a `colorful`), which has no path to bind."""
+    try:
+        return importlib.util.find_spec(name)
+    except ValueError:
+        return None
 
 
 def _readable_by_all(path: str) -> str:
