@@ -24,10 +24,10 @@ system-deps:
 	  echo "note: install bubblewrap (apt-get install bubblewrap) for the code sandbox"; }
 
 demo: $(STAMP)
-	$(BIN)/openk1 demo --out $(OUT)
+	$(BIN)/openk1 demo --out $(OUT) --overwrite
 
 demo-quick: $(STAMP)
-	$(BIN)/openk1 demo --quick --out $(OUT)-quick
+	$(BIN)/openk1 demo --quick --out $(OUT)-quick --overwrite
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/pytest tests

@@ -1,7 +1,8 @@
 """Checkpoints for exact resume: model, optimizer, RNG states and the trainer's own state.
 
 Layout: DIR/checkpoints/step_000012/{model/, optimizer.pt, rng.pt, state.json}; a checkpoint is
-written to a temporary folder and renamed, so a crash mid-write never leaves a broken one.
+written to a temporary folder, its files fsynced, then renamed (and the folder fsynced), so a
+crash mid-write never leaves a broken one; the next start removes the temporary folder.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from openk1.errors import OpenK1Error
-from openk1.report.run_dir import atomic_dir
+from openk1.report.run_dir import atomic_dir, to_json
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,7 +40,7 @@ def save_checkpoint(root: Path, step: int, model: Any, tokenizer: Any,
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        (tmp / "state.json").write_text(to_json({"step": step, **state}, indent=2))
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -63,3 +64,15 @@ def load_state(path: Path, optimizer: torch.optim.Optimizer | None) -> dict[str,
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return json.loads((path / "state.json").read_text())
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(json.loads((path / "state.json").read_text())["step"])
+
+
+def check_resume_step(path: Path, total: int, what: str) -> None:
+    """Refuse to resume a run whose length (`total` of `what`) ends before its checkpoint."""
+    step = checkpoint_step(path)
+    if total < step:
+        raise OpenK1Error(f"{path}: --resume with {what}={total}, but this checkpoint is at step "
+                          f"{step}; give {what} >= {step}")

@@ -1,79 +1,150 @@
-"""`openk1 <command>`: parse flags and config, call one stage's `run(cfg)`; nothing else."""
+"""`openk1 <command>`: parse flags and config, call one stage's `run(cfg)`; nothing else.
+
+Each command takes only the flags it uses (`Command.flags`); its `--help` shows a `--set`
+example that is valid for it (a test builds every example). The run directory (`--out`) is
+claimed by the stage (report/run_dir.py); here `--out` gets its default, and `--resume` (or a
+later action of the same run, e.g. `longcot train` after `longcot build`) starts from the run's
+own config.yaml.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from openk1.config import build, merge, parse_overrides, read_yaml
+from openk1.config import StageConfig, build, merge, parse_overrides, read_yaml
 from openk1.errors import OpenK1Error
 from openk1.memory import keep_freed_memory
 
-# command -> (module under openk1.stages, config class name, one-line help)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "init-model": ("init_model", "InitModelConfig", "write a tiny Llama + char tokenizer (save_pretrained)"),
-    "pretrain": ("pretrain", "PretrainConfig", "staged next-token pretraining on text rows (packed)"),
-    "sft": ("sft", "SFTConfig", "supervised fine-tuning on prompt/response rows"),
-    "longcot": ("longcot", "LongCoTConfig",
-                "long-CoT warm-up: `build` verified traces, `train` SFT on them (default: both)"),
-    "curate": ("curate", "CurateConfig",
-               "RL prompt set: format filter, dedup, difficulty, easy-to-hack, balance (report §2.1)"),
-    "rl": ("rl", "RLConfig", "Kimi k1.5 RL: online policy mirror descent"),
-    "eval": ("eval", "EvalConfig", "held-out accuracy and mean tokens with the training verifier"),
-    "score": ("score", "ScoreConfig", "verify responses: rows in, rows + reward/verdict out"),
-    "code-tests": ("code_tests", "CodeTestsStageConfig",
-                   "make test cases for code problems (k1.5: 50 inputs, 10 solutions, 7 agree, 9 pass)"),
-    "rm": ("rm", "RMTrainConfig", "`rm train`: train the classic reward model on labelled responses"),
-    "merge": ("merge", "MergeConfig", "weighted average of checkpoints of one architecture (long2short)"),
-    "dpo": ("dpo", "DPOConfig", "DPO on prompt/chosen/rejected rows against a frozen reference"),
-    "long2short": ("long2short", "Long2ShortConfig",
-                   "shorten a long-CoT model: merge, shortest rejection sampling, DPO, RL (§2.4)"),
-    "demo": ("demo", "DemoConfig", "the whole pipeline on a tiny model on CPU (the main job)"),
+
+@dataclass(frozen=True)
+class Command:
+    module: str                  # under openk1.stages
+    config: str                  # its config class
+    help: str
+    example: str                 # a --set example valid for this command
+    flags: tuple[str, ...] = ("model", "data")   # besides --config --out --set --overwrite --debug
+    required: tuple[str, ...] = ()               # config fields that must be set (flag or config)
+
+
+COMMANDS: dict[str, Command] = {
+    "init-model": Command("init_model", "InitModelConfig",
+                          "write a tiny Llama + char tokenizer (save_pretrained) in DIR/model",
+                          "hidden=128 layers=4", flags=()),
+    "pretrain": Command("pretrain", "PretrainConfig",
+                        "staged next-token pretraining on text rows (packed)",
+                        "batch_size=16 optim.grad_clip=1.0", flags=("model", "data", "resume"),
+                        required=("model",)),
+    "sft": Command("sft", "SFTConfig", "supervised fine-tuning on prompt/response rows",
+                   "epochs=2 optim.lr=3e-4", flags=("model", "data", "resume"),
+                   required=("model", "data")),
+    "longcot": Command("longcot", "LongCoTConfig",
+                       "long-CoT warm-up: `build` verified traces, `train` SFT on them (default: both)",
+                       "build.samples_per_prompt=4 epochs=2", flags=("model", "data", "resume", "action"),
+                       required=("model",)),
+    "curate": Command("curate", "CurateConfig",
+                      "RL prompt set: format filter, dedup, difficulty, easy-to-hack, balance (report §2.1)",
+                      "difficulty.samples_per_prompt=8", flags=("model", "data", "resume"),
+                      required=("data",)),
+    "rl": Command("rl", "RLConfig", "Kimi k1.5 RL: online policy mirror descent",
+                  "tau=0.5 iterations=40", flags=("model", "data", "resume", "ray"),
+                  required=("model", "data")),
+    "eval": Command("eval", "EvalConfig",
+                    "held-out accuracy and mean tokens with the training verifier",
+                    "eval.samples_per_prompt=8", required=("model", "data")),
+    "score": Command("score", "ScoreConfig",
+                     "verify responses: rows in (--data), rows + reward/verdict out (--out FILE)",
+                     "workers=4", flags=("data",), required=("data",)),
+    "code-tests": Command("code_tests", "CodeTestsStageConfig",
+                          "make test cases for code problems (k1.5: 50 inputs, 10 solutions, 7 agree, 9 pass)",
+                          "num_inputs=20 workers=4", flags=("data",), required=("data",)),
+    "rm": Command("rm", "RMTrainConfig",
+                  "`rm train`: train the classic reward model on labelled responses",
+                  "epochs=2 batch_size=16", flags=("model", "data", "action"),
+                  required=("model", "data")),
+    "merge": Command("merge", "MergeConfig",
+                     "weighted average of checkpoints of one architecture (long2short)",
+                     "models=[runs/rl/model,runs/sft/model] weights=[0.7,0.3]", flags=()),
+    "dpo": Command("dpo", "DPOConfig", "DPO on prompt/chosen/rejected rows against a frozen reference",
+                   "beta=0.1 epochs=2", flags=("model", "data", "resume"), required=("model", "data")),
+    "long2short": Command("long2short", "Long2ShortConfig",
+                          "shorten a long-CoT model: merge, shortest rejection sampling, DPO, RL (§2.4)",
+                          "methods=[shortest_rs,dpo] samples.samples_per_prompt=4",
+                          required=("model", "data", "eval_data")),
+    "demo": Command("demo", "DemoConfig", "the whole pipeline on a tiny model on CPU (the main job)",
+                    "rl.tau=0.1 rl.iterations=10", flags=("quick",)),
 }
+FLAG_NAMES = {"model": "--model", "data": "--data", "eval_data": "--set eval_data=FILE"}
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="openk1", description="The Kimi k1.5 training recipe.")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (_, _, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("--config", help="YAML config file")
-        cmd.add_argument("--model", help="model directory (HF save_pretrained)")
-        cmd.add_argument("--data", help="dataset: JSONL, Parquet or HF dataset folder")
-        cmd.add_argument("--out", help="run directory (or output file for score)")
-        cmd.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
-                         metavar="KEY=VALUE", help="override a config key, e.g. rl.tau=0.1")
-        cmd.add_argument("--debug", action="store_true", help="show tracebacks")
-        if name in ("rl", "pretrain", "sft", "longcot", "dpo"):
-            cmd.add_argument("--resume", action="store_true", help="continue from DIR/checkpoints")
-        if name == "rl":
-            cmd.add_argument("--ray", action="store_true",
-                             help="rollout, reward and trainer as Ray actors (settings: ray.*)")
-        if name == "score":
-            cmd.add_argument("--input", help="rows with `response` and problem fields")
-        if name == "longcot":
-            cmd.add_argument("action", nargs="?", choices=("build", "train", "all"), default="all")
-        if name == "rm":
-            cmd.add_argument("action", choices=("train",))
-        if name == "demo":
-            cmd.add_argument("--quick", action="store_true", help="CI-sized demo (<= 2 minutes)")
+    for name, command in COMMANDS.items():
+        cmd = sub.add_parser(name, help=command.help, description=command.help)
+        _add_flags(cmd, name, command)
     return top
 
 
-def load_stage(command: str) -> tuple[Callable[[Any], dict[str, Any]], type]:
+def _add_flags(cmd: argparse.ArgumentParser, name: str, command: Command) -> None:
+    flags = command.flags
+    if "action" in flags and name == "longcot":
+        cmd.add_argument("action", nargs="?", choices=("build", "train", "all"), default="all")
+    elif "action" in flags:
+        cmd.add_argument("action", choices=("train",))
+    cmd.add_argument("--config", help="YAML config file")
+    if "model" in flags:
+        cmd.add_argument("--model", help="model: a save_pretrained folder or a run directory with model/")
+    if "data" in flags:
+        cmd.add_argument("--data", help="dataset: JSONL, Parquet or HF dataset folder")
+    out_help = ("the JSONL file to write" if name == "score" else
+                f"run directory (default: a new runs/{name}-<time>)")
+    cmd.add_argument("--out", help=out_help)
+    cmd.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                     metavar="KEY=VALUE", help=f"override a config key, e.g. {command.example}")
+    cmd.add_argument("--overwrite", action="store_true",
+                     help="replace the output file" if name == "score" else
+                     "replace the run that --out holds (refused without this or --resume)")
+    if "resume" in flags:
+        cmd.add_argument("--resume", action="store_true",
+                         help="continue the run in --out with its own config.yaml")
+    if "ray" in flags:
+        cmd.add_argument("--ray", action="store_true",
+                         help="rollout, reward and trainer as Ray actors (settings: ray.*)")
+    if "quick" in flags:
+        cmd.add_argument("--quick", action="store_true", help="CI-sized demo (<= 2 minutes)")
+    cmd.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def load_stage(command: str) -> tuple[Callable[[Any], dict[str, Any]], type[StageConfig]]:
     import importlib
 
-    module_name, config_name, _ = COMMANDS[command]
-    module = importlib.import_module(f"openk1.stages.{module_name}")
-    return module.run, getattr(module, config_name)
+    spec = COMMANDS[command]
+    module = importlib.import_module(f"openk1.stages.{spec.module}")
+    return module.run, getattr(module, spec.config)
 
 
-def config_values(args: argparse.Namespace) -> dict[str, Any]:
-    """Preset (demo) <- --config file <- --set overrides <- flags."""
+def default_out(command: str) -> str:
+    """A new `runs/<command>-<time>` (never the current directory); ranks under torchrun could
+    not agree on one, so there --out is required."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise OpenK1Error(f"{command}: under torchrun give --out DIR (every rank must name the same)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = Path("runs") / f"{command}-{stamp}", 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{command}-{stamp}-{n}"
+    return str(path)
+
+
+def config_values(args: argparse.Namespace, config_cls: type[StageConfig] | None = None) -> dict[str, Any]:
+    """(The run's own config.yaml on --resume) <- preset (demo) <- --config <- --set <- flags."""
     values: dict[str, Any] = {}
     if args.command == "demo":
         from openk1.stages.demo import preset
@@ -83,14 +154,46 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         values = merge(values, read_yaml(args.config))
     values = merge(values, parse_overrides(args.overrides))
-    flags = {"model": args.model, "data": args.data, "out": args.out,
-             "input": getattr(args, "input", None)}
+    flags = {"model": getattr(args, "model", None), "data": getattr(args, "data", None), "out": args.out}
     values.update({k: v for k, v in flags.items() if v})
-    if getattr(args, "resume", False):
-        values["resume"] = True
-    if args.command in ("longcot", "rm"):
+    values.update({k: True for k in ("resume", "overwrite") if getattr(args, k, False)})
+    if getattr(args, "action", None):
         values["action"] = args.action
-    return values
+    if args.command == "score":
+        return values
+    if not values.get("out"):
+        if values.get("resume"):
+            raise OpenK1Error(f"{args.command}: --resume needs --out DIR (the run to continue)")
+        values["out"] = default_out(args.command)
+    return merge(saved_base(values, config_cls), values)
+
+
+def saved_base(values: dict[str, Any], config_cls: type[StageConfig] | None) -> dict[str, Any]:
+    """The run's own config.yaml when this invocation continues it (--resume, or a later
+    action such as `longcot train` after `longcot build`); else nothing."""
+    from openk1.report.run_dir import saved_values
+
+    path = Path(values["out"])
+    if values.get("overwrite") or not (path / "config.yaml").is_file():
+        return {}
+    saved = saved_values(path)
+    continues = config_cls is not None and config_cls.continues(saved, values)
+    return saved if values.get("resume") or continues else {}
+
+
+def check_required(command: str, cfg: Any) -> None:
+    if getattr(cfg, "resume", False):
+        return
+    for field in COMMANDS[command].required:
+        if field == "model" and command == "longcot" and getattr(cfg, "action", "") != "train" \
+                and cfg.build.generator:
+            continue
+        if not getattr(cfg, field):
+            raise OpenK1Error(f"{command}: needs {FLAG_NAMES.get(field, field)}")
+    if command == "longcot" and cfg.action != "train" and not cfg.data:
+        raise OpenK1Error("longcot: `build` needs --data FILE (the problems to write traces for)")
+    if command == "pretrain" and not cfg.data and any(not s.sources for s in cfg.stages):
+        raise OpenK1Error("pretrain: needs --data FILE, or `sources` in every stage of the config")
 
 
 def quiet_libraries() -> None:
@@ -111,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             from openk1.dist import ray_rl
 
             run = ray_rl.run
-        cfg = build(config_cls, config_values(args), source=args.config or "config")
+        cfg: StageConfig = build(config_cls, config_values(args, config_cls), source=args.config or "config")
+        check_required(args.command, cfg)
         from openk1.dist import runtime
 
         runtime.init_from_env()   # under torchrun (WORLD_SIZE > 1): join the process group
@@ -126,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openk1 {args.command}: interrupted", file=sys.stderr)
         return 130
     if args.command != "demo" and int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result, indent=2, default=str))
+        from openk1.report.run_dir import to_json
+
+        print(to_json(result, indent=2))
     return 0
 
 

@@ -7,7 +7,7 @@ stage writes to `DIR/config.yaml`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -20,16 +20,38 @@ C = TypeVar("C", bound="StageConfig")
 class Section(BaseModel):
     """Base of every config block: no unknown keys, no silent coercion of bad types."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)   # a NaN or inf setting is a mistake
 
 
 class StageConfig(Section):
-    """Fields every stage shares; the CLI flags --model/--data/--out fill them."""
+    """Fields every stage shares; the CLI flags --model/--data/--out fill them.
+
+    `resume_may_change` lists the keys (dotted paths; a section name covers its keys) that
+    `--resume` may set to another value than the run's own `config.yaml`: what changes neither
+    the data order nor an update (logging, checkpoint timing, worker counts). A stage adds its
+    own (RL: `iterations`).
+    """
+
+    resume_may_change: ClassVar[tuple[str, ...]] = (
+        "resume", "overwrite", "log_every", "checkpoint_every", "keep_checkpoints",
+        "score_workers", "eval.score_workers", "workers")
 
     model: str = ""
     data: str = ""
     out: str = ""
     seed: int = 0
+    resume: bool = False           # continue the run in `out` from its newest checkpoint
+    overwrite: bool = False        # replace the run `out` holds (else an existing run is refused)
+
+    # a later action of the run `out` holds (`longcot train` after `longcot build`) continues it
+    # with its own config.yaml, in which only the keys outside `continuation_keeps` may change
+    continuation_keeps: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def continues(cls, saved: dict[str, Any], given: dict[str, Any]) -> bool:
+        """Whether the values `given` continue the run whose config.yaml holds `saved`."""
+        return False
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -64,6 +86,13 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(exc, "problem", None) or exc).replace("\n", " ")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -71,7 +100,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise OpenK1Error(f"{path}: not valid YAML ({exc})") from None
+        raise OpenK1Error(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise OpenK1Error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not isinstance(data, dict):
         raise OpenK1Error(f"{path}: top level must be a mapping of config keys")
     return data
@@ -82,11 +113,26 @@ def build(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        got = "" if first["type"] == "extra_forbidden" else f" (got {first.get('input')!r})"
-        raise OpenK1Error(f"{source}: {key}: {msg}{got}") from None
+        raise OpenK1Error(f"{source}: {describe(exc.errors()[0])}") from None
+
+
+def describe(error: Any) -> str:
+    """One pydantic error as `key.path: message (got value)`. A validator's own message (range,
+    cross-field rule) is kept without pydantic's "Value error, " prefix; a rule on a whole
+    section (empty key at the top level) or a missing key shows no value."""
+    key = ".".join(str(p) for p in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "value_error" and "error" in error.get("ctx", {}):
+        msg = str(error["ctx"]["error"])
+    else:
+        msg = error["msg"]
+    value = error.get("input")
+    whole = kind in ("extra_forbidden", "missing") or isinstance(value, (dict, BaseModel))
+    got = "" if whole else f" (got {value!r})"
+    text = f"{key}: {msg}{got}" if key else f"{msg}{got}"
+    return text.replace("\n", " ")
 
 
 def load(cls: type[C], path: str | None, overrides: list[str], **flags: str | None) -> C:

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from openk1.config import Section
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
 
 class OptimConfig(Section):
-    lr: float = 1e-3
-    lr_min: float = 1e-4          # end of the cosine decay (SFT/pretrain)
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
+    lr: float = Field(1e-3, gt=0.0)
+    lr_min: float = Field(1e-4, ge=0.0)   # end of the cosine decay (SFT/pretrain)
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0.0)   # max global grad norm; 0 disables clipping
     fused: bool = False            # AdamW's fused kernel: 3x faster steps on CPU, other rounding
+
+
+def check_decay(optim: OptimConfig) -> None:
+    """The cross-field rule of a stage whose LR decays from optim.lr to optim.lr_min (SFT, DPO,
+    RM); a stage that never reads lr_min (RL) does not call it."""
+    if optim.lr_min > optim.lr:
+        raise ValueError(f"optim.lr_min ({optim.lr_min}) must be <= optim.lr ({optim.lr}): "
+                         "the learning rate decays from lr to lr_min")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

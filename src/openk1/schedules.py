@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from openk1.config import Section
 from openk1.errors import OpenK1Error
@@ -24,29 +24,42 @@ class Source(Section):
     """One dataset of a stage's mixture; `weight` is its share of the stage's packed rows."""
 
     path: str
-    weight: float = 1.0
+    weight: float = Field(1.0, gt=0.0)
     name: str = ""                 # label in metrics (default: the file name)
 
 
 class LRSchedule(Section):
     """Linear warm-up to lr_max over warmup_steps, then decay to lr_min at the stage's last step."""
 
-    lr_max: float = 1e-3
-    lr_min: float = 1e-4
-    warmup_steps: int = 0
+    lr_max: float = Field(1e-3, gt=0.0)
+    lr_min: float = Field(1e-4, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
     decay: Literal["cosine", "linear", "constant"] = "cosine"
+
+    @model_validator(mode="after")
+    def _decays(self) -> LRSchedule:
+        if self.lr_min > self.lr_max:
+            raise ValueError(f"lr_min ({self.lr_min}) must be <= lr_max ({self.lr_max})")
+        return self
 
 
 class Stage(Section):
     name: str = ""
-    max_seq_len: int = 2048        # packed row length (or the per-example limit when pack is off)
+    max_seq_len: int = Field(2048, ge=0)   # packed row length (or the per-example limit when pack is off; 0: none)
     pack: bool = True              # False: one example per row (padded), as plain SFT
     sources: list[Source] = Field(default_factory=list)   # empty: the run's --data
-    epochs: float = 0.0
-    budget_tokens: int = 0
-    max_steps: int = 0
+    epochs: float = Field(0.0, ge=0.0)
+    budget_tokens: int = Field(0, ge=0)
+    max_steps: int = Field(0, ge=0)
     lr: LRSchedule = LRSchedule()
-    rope_theta: float = 0.0        # > 0: set the model's RoPE base when the stage starts
+    rope_theta: float = Field(0.0, ge=0.0)   # > 0: set the model's RoPE base when the stage starts
+
+    @model_validator(mode="after")
+    def _row_length(self) -> Stage:
+        if self.max_seq_len == 0 and (self.pack or self.budget_tokens):
+            raise ValueError("max_seq_len must be > 0 with pack: true "
+                             "or a budget_tokens budget (0 = no length limit, unpacked rows only)")
+        return self
 
 
 def stage_lr(step: int, total: int, lr: LRSchedule) -> float:

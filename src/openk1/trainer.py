@@ -27,6 +27,7 @@ from openk1.config import StageConfig
 from openk1.data.mixture import Encoder, Mixture, PackedStream, source_name
 from openk1.data.packing import Example, OverlongRule, block_causal_mask, collate
 from openk1.dist import fsdp, runtime
+from openk1.errors import OpenK1Error
 from openk1.models.forward import eval_mode
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
 from openk1.report.run_dir import RunDir
@@ -36,20 +37,22 @@ from openk1.schedules import Source, Stage, locate, stage_lr, stage_steps
 class LMConfig(StageConfig):
     """What every LM stage shares; `stages` is the staged schedule (schedules.Stage)."""
 
+    # --resume may also move the run to another device and change when the loss is evaluated
+    resume_may_change = (*StageConfig.resume_may_change, "device", "eval_loss_every")
+
     stages: list[Stage] = Field(default_factory=list)
-    batch_size: int = 32           # packed rows per optimizer step
-    micro_batch_size: int = 0      # rows per forward/backward (0 = batch_size: no accumulation)
+    batch_size: int = Field(32, gt=0)   # packed rows per optimizer step
+    micro_batch_size: int = Field(0, ge=0)   # rows per forward/backward (0 = batch_size: no accumulation)
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16 = autocast; weights and Adam stay fp32
     overlong: OverlongRule = "truncate"
-    shuffle_buffer: int = 100_000  # rows held for shuffling (0 = file order)
+    shuffle_buffer: int = Field(100_000, ge=0)   # rows held for shuffling (0 = file order)
     optim: OptimConfig = OptimConfig()   # betas, weight decay, clipping (LR comes from stages)
-    log_every: int = 10
+    log_every: int = Field(10, gt=0)
     data_root: str = ""            # relative `sources` paths are resolved against this folder
     eval_loss_data: str = ""       # rows to report the mean evaluation loss on
-    eval_loss_every: int = 0       # steps (0 = at the end of every stage)
-    checkpoint_every: int = 0      # steps (0 = only at the end)
-    keep_checkpoints: int = 2
-    resume: bool = False
+    eval_loss_every: int = Field(0, ge=0)   # steps (0 = at the end of every stage)
+    checkpoint_every: int = Field(0, ge=0)   # steps (0 = only at the end)
+    keep_checkpoints: int = Field(2, ge=0)   # newest checkpoints kept (0 = all)
     device: str = "cpu"
 
 
@@ -152,8 +155,11 @@ def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], enc
     trainee.to(device).train()
     optimizer = make_optimizer(trainee, cfg.optim)
     state = _resume_state(cfg, run_dir, optimizer)
-    steps = plan(stages, cfg, encode)
+    steps = plan(stages, cfg, encode)   # reads the data once for an epochs budget: checks rows
     total, start = sum(steps), state["step"]
+    if start > total:
+        raise OpenK1Error(f"{run_dir.path}: --resume at step {start}, but the schedule has {total} steps")
+    run_dir.write_config(cfg)   # the inputs are valid: the run starts writing
     done: dict[str, int] = state.get("data", {})
     loss_ema, last_eval = state.get("loss_ema", float("nan")), state.get("eval_loss", float("nan"))
     mixture: Mixture | None = None

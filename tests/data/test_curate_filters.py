@@ -196,8 +196,8 @@ def test_curate_dedup_and_decontamination(tmp_path):
     assert got == {"bag-copy": ("duplicate", "bag"), "bag-reworded": ("near_duplicate", "bag"),
                    "leak": ("contaminated", None), "leak-near": ("contaminated", None),
                    "12 + 34 =": ("duplicate", "row 7")}
-    assert dropped[2]["reason_detail"] == f"same prompt as {eval_path} row 1"
-    assert dropped[3]["reason_detail"].startswith(f"near duplicate of {eval_path} row 2")
+    assert dropped[2]["reason_detail"] == f"same prompt as {eval_path}: line 1"
+    assert dropped[3]["reason_detail"].startswith(f"near duplicate of {eval_path}: line 2")
     assert {k: v for k, v in summary["removed"].items() if v} == {
         "duplicate": 2, "near_duplicate": 1, "contaminated": 2}
     # with near-duplicate detection off, only the exact copies go

@@ -20,11 +20,11 @@ def test_valid_rows_keep_extra_fields_and_default_ids(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"answer": "2"}, r"row 2: missing field 'prompt'"),
-    ({"prompt": "x"}, r"row 2: missing field 'answer'"),
-    ({"prompt": 3, "answer": "2"}, r"row 2: field 'prompt' must be str, got int"),
-    ({"prompt": "x", "answer": "2", "type": "essay"}, r"row 2: field 'type' must be one of"),
-    ({"prompt": "x", "type": "code"}, r"row 2: missing field 'tests'"),
+    ({"answer": "2"}, r"line 2: missing field 'prompt'"),
+    ({"prompt": "x"}, r"line 2: missing field 'answer'"),
+    ({"prompt": 3, "answer": "2"}, r"line 2: field 'prompt' must be str, got int"),
+    ({"prompt": "x", "answer": "2", "type": "essay"}, r"line 2: field 'type' must be one of"),
+    ({"prompt": "x", "type": "code"}, r"line 2: missing field 'tests'"),
 ])
 def test_bad_row_names_file_row_and_field(tmp_path, row, message):
     path = write(tmp_path / "bad.jsonl", [{"prompt": "ok", "answer": "1"}, row])
@@ -34,7 +34,7 @@ def test_bad_row_names_file_row_and_field(tmp_path, row, message):
 
 
 def test_not_json_and_empty_file(tmp_path):
-    with pytest.raises(OpenK1Error, match=r"row 1: not valid JSON"):
+    with pytest.raises(OpenK1Error, match=r"line 1: not valid JSON"):
         load_problems(write(tmp_path / "a.jsonl", ["{oops"]))
     (tmp_path / "e.jsonl").write_text("")
     with pytest.raises(OpenK1Error, match="empty file"):
@@ -45,7 +45,7 @@ def test_not_json_and_empty_file(tmp_path):
 
 def test_sft_rows_need_response(tmp_path):
     path = write(tmp_path / "s.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "a"}])
-    with pytest.raises(OpenK1Error, match=r"row 2: missing field 'response'"):
+    with pytest.raises(OpenK1Error, match=r"line 2: missing field 'response'"):
         load_sft_rows(path)
 
 

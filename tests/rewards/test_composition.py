@@ -172,7 +172,7 @@ def test_real_model_terms_on_tiny_model(tiny_model_dir: Path) -> None:
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"math": [{"name": "nope"}]}, "math.0.name: Value error, unknown reward function 'nope'"),
+        ({"math": [{"name": "nope"}]}, "math.0.name: unknown reward function 'nope'"),
         ({"freeform": [{"name": "reward_model"}]}, "needs `path`"),
         ({"freeform": [{"name": "math", "wieght": 1}]}, "freeform.0.wieght: unknown key"),
         ({"essay": []}, "essay: unknown key"),

@@ -135,12 +135,12 @@ def test_encoding_keeps_reference_and_end_of_response() -> None:
     [
         (
             {"prompt": "q", "answer": "1", "response": "1", "label": 2},
-            "row 2: field 'label' must be 0 or 1",
+            "line 2: field 'label' must be 0 or 1",
         ),
-        ({"prompt": "q", "answer": "1", "label": 1}, "row 2: missing field 'response'"),
+        ({"prompt": "q", "answer": "1", "label": 1}, "line 2: missing field 'response'"),
         (
             {"prompt": 3, "answer": "1", "response": "1", "label": 1},
-            "row 2: field 'prompt' must be str",
+            "line 2: field 'prompt' must be str",
         ),
     ],
 )

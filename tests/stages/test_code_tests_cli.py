@@ -91,20 +91,20 @@ def test_code_tests_keeps_agreeing_problems(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"prompt": "p", "generator": "g"}, "row 2: missing field 'solutions'"),
+        ({"prompt": "p", "generator": "g"}, "line 2: missing field 'solutions'"),
         (
             {"prompt": "p", "solutions": "print(1)", "generator": "g"},
-            "row 2: field 'solutions' must be a list",
+            "line 2: field 'solutions' must be a list",
         ),
         (
             {"prompt": "p", "solutions": [1], "generator": "g"},
-            "row 2: field 'solutions' must be a list",
+            "line 2: field 'solutions' must be a list",
         ),
-        ({"prompt": "p", "solutions": [], "generator": 3}, "row 2: field 'generator' must be str"),
-        ({"solutions": [], "generator": "g"}, "row 2: missing field 'prompt'"),
+        ({"prompt": "p", "solutions": [], "generator": 3}, "line 2: field 'generator' must be str"),
+        ({"solutions": [], "generator": "g"}, "line 2: missing field 'prompt'"),
         (
             {"prompt": "p", "solutions": [], "generator": "g", "type": "math"},
-            "row 2: field 'type' must be 'code'",
+            "line 2: field 'type' must be 'code'",
         ),
     ],
 )

@@ -206,7 +206,8 @@ def test_cli_end_to_end_with_the_tiny_model(tmp_path, tiny_model_dir):
         assert Path(name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "config.yaml").is_file() and len((out / "cache.jsonl").read_text().splitlines()) == 8
     assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no temp file left
-    assert main(args) == 0                                             # resumed: all cached
+    assert main(args) == 2                                             # a run is there
+    assert main([*args, "--resume"]) == 0                              # resumed: all cached
     assert json.loads((out / "summary.json").read_text())["generation"]["difficulty"]["cached"] == 4
 
 
@@ -249,9 +250,9 @@ def test_tagging_with_the_model(tiny):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"answer": "2"}, "row 2: missing field 'prompt'"),
-    ({"prompt": 3, "answer": "2"}, "row 2: field 'prompt' must be str, got int"),
-    ({"prompt": "x", "answer": "2", "type": "essay"}, "row 2: field 'type' must be one of"),
+    ({"answer": "2"}, "line 2: missing field 'prompt'"),
+    ({"prompt": 3, "answer": "2"}, "line 2: field 'prompt' must be str, got int"),
+    ({"prompt": "x", "answer": "2", "type": "essay"}, "line 2: field 'type' must be one of"),
 ])
 def test_bad_rows_name_file_row_and_field(tmp_path, row, message, capsys):
     data = tmp_path / "bad.jsonl"

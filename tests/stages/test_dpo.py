@@ -89,5 +89,5 @@ def test_resume_is_exact(tmp_path, tiny_model_dir):
 
 def test_missing_field_names_file_and_row(tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "1+1=", "chosen": "2"}])
-    with pytest.raises(OpenK1Error, match=r"bad.jsonl: row 1: missing field 'rejected'"):
+    with pytest.raises(OpenK1Error, match=r"bad.jsonl: line 1: missing field 'rejected'"):
         dpo.load_pairs(tmp_path / "bad.jsonl")

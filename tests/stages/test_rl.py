@@ -72,8 +72,15 @@ def test_resume_logs_the_same_metrics(tmp_path, tiny_model_dir, extra):
 def test_resume_without_checkpoint_is_an_error(tmp_path, tiny_model_dir):
     from openk1.errors import OpenK1Error
 
+    from openk1.config import dump
+
+    cfg = config(tmp_path, tiny_model_dir, tmp_path / "empty", resume=True)
+    with pytest.raises(OpenK1Error, match="holds no run"):
+        rl.run(cfg)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.yaml").write_text(dump(cfg))   # started, killed before a checkpoint
     with pytest.raises(OpenK1Error, match="no checkpoint"):
-        rl.run(config(tmp_path, tiny_model_dir, tmp_path / "empty", resume=True))
+        rl.run(cfg)
 
 
 def test_non_finite_loss_skips_the_step(tmp_path, tiny):

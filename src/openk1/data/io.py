@@ -1,6 +1,8 @@
 """Dataset I/O and validation: JSONL, Parquet, or a Hugging Face dataset saved on disk.
 
-A bad row is an `OpenK1Error` naming the file, the row (1-based) and the field.
+A bad row is an `OpenK1Error` naming the file, where the row is and the field: `FILE: line N`
+in a JSONL file (the physical line, blank lines counted), `FILE: row N` in a Parquet file or a
+dataset folder (1-based). `iter_located` / `read_located` give each row with that location.
 """
 
 from __future__ import annotations
@@ -18,31 +20,56 @@ PROBLEM_FIELDS = ("prompt", "answer", "type", "id", "domain", "tags", "difficult
                   "solutions")
 
 
-def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Stream rows as dicts; the format is taken from the path (file suffix or dataset dir)."""
-    path = Path(path)
+Located = tuple[str, dict[str, Any]]   # (where the row is, e.g. "data.jsonl: line 3", the row)
+
+
+def location(path: str | Path, n: int, unit: str = "row") -> str:
+    """How errors name a row: `FILE: line N` (JSONL) or `FILE: row N` (Parquet, dataset folder)."""
+    return f"{path}: {unit} {n}"
+
+
+def iter_located(path: str | Path) -> Iterator[Located]:
+    """Stream (where, row) pairs; the format is taken from the path (file suffix or dataset dir)."""
+    name, path = path, Path(path)
     if path.is_dir():
-        yield from _iter_hf_dataset(path)
+        rows: Iterator[dict[str, Any]] = _iter_hf_dataset(path)
     elif not path.is_file():
         raise OpenK1Error(f"{path}: file not found")
     elif path.suffix == ".parquet":
-        yield from _iter_parquet(path)
+        rows = _iter_parquet(path)
     else:
-        yield from _iter_jsonl(path)
+        yield from _iter_jsonl(path, name)
+        return
+    for n, row in enumerate(rows, start=1):
+        yield location(name, n), row
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open() as f:
-        for n, line in enumerate(f, start=1):
+def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Stream rows as dicts (`iter_located` without the locations)."""
+    for _, row in iter_located(path):
+        yield row
+
+
+def _iter_jsonl(path: Path, name: str | Path) -> Iterator[Located]:
+    """Rows of a JSONL file, each with its physical line number (blank lines are skipped but
+    counted); the file is read as bytes so that a line that is not UTF-8 is named exactly."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = location(name, n, "line")
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise OpenK1Error(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                                  f"byte {exc.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise OpenK1Error(f"{path}: row {n}: not valid JSON ({exc.msg})") from None
+                raise OpenK1Error(f"{where}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise OpenK1Error(f"{path}: row {n}: expected a JSON object")
-            yield row
+                raise OpenK1Error(f"{where}: expected a JSON object")
+            yield where, row
 
 
 def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
@@ -62,11 +89,16 @@ def _iter_hf_dataset(path: Path) -> Iterator[dict[str, Any]]:
     yield from load_from_disk(str(path))
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    rows = list(iter_rows(path))
+def read_located(path: str | Path) -> list[Located]:
+    """Every (where, row) pair of a dataset; an empty one is an error."""
+    rows = list(iter_located(path))
     if not rows:
         raise OpenK1Error(f"{path}: no rows (empty file)")
     return rows
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    return [row for _, row in read_located(path)]
 
 
 def _field(row: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -92,8 +124,8 @@ def to_problem(row: dict[str, Any], where: str) -> Problem:
                           f"got {kind!r}")
     answer = row.get("answer", "") if kind == "code" else _field(row, "answer", (str, int, float), where)
     tests = row.get("tests") or []
-    if kind == "code" and not tests:
-        raise OpenK1Error(f"{where}: missing field 'tests' (needed for type code)")
+    if kind == "code":
+        _check_tests(tests, where)
     return Problem(
         prompt=prompt,
         answer=str(answer),
@@ -108,11 +140,26 @@ def to_problem(row: dict[str, Any], where: str) -> Problem:
     )
 
 
+def _check_tests(tests: Any, where: str) -> None:
+    """A code row's tests: a non-empty list, each test of a form the code verifier runs (its
+    own `bad_test_reason`), so a malformed test fails here rather than scoring 0 in training."""
+    from openk1.rewards.code import bad_test_reason
+
+    if not tests:
+        raise OpenK1Error(f"{where}: missing field 'tests' (needed for type code)")
+    if not isinstance(tests, (list, tuple)):
+        raise OpenK1Error(f"{where}: field 'tests' must be a list of tests, got {type(tests).__name__}")
+    for i, test in enumerate(tests):
+        reason = bad_test_reason(test)
+        if reason:
+            raise OpenK1Error(f"{where}: tests[{i}]: {reason}")
+
+
 def load_problems(path: str | Path) -> list[Problem]:
-    """All rows of a problem dataset, validated; ids default to the row number."""
+    """All rows of a problem dataset, validated; ids default to the row number (1-based)."""
     problems = []
-    for n, row in enumerate(read_rows(path), start=1):
-        problem = to_problem(row, f"{path}: row {n}")
+    for n, (where, row) in enumerate(read_located(path), start=1):
+        problem = to_problem(row, where)
         problems.append(problem if problem.id else _with_id(problem, str(n)))
     return problems
 
@@ -126,8 +173,7 @@ def _with_id(problem: Problem, pid: str) -> Problem:
 def load_sft_rows(path: str | Path) -> list[tuple[str, str]]:
     """(prompt, response) pairs; `messages` rows are handled by the SFT stage's chat template."""
     pairs = []
-    for n, row in enumerate(read_rows(path), start=1):
-        where = f"{path}: row {n}"
+    for where, row in read_located(path):
         pairs.append((_field(row, "prompt", str, where), _field(row, "response", str, where)))
     return pairs
 

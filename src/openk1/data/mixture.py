@@ -1,6 +1,6 @@
 """Streams of packed rows from dataset files, and a weighted mixture of them.
 
-A `PackedStream` reads its file lazily (JSONL / Parquet / HF dataset on disk, via `iter_rows`),
+A `PackedStream` reads its file lazily (JSONL / Parquet / HF dataset on disk, via `iter_located`),
 shuffles through a bounded buffer (seeded per pass), encodes rows as `Example`s, applies the
 over-long rule (counted, never silent) and packs them; at the end of a pass it starts the next.
 A `Mixture` interleaves streams deterministically so that after n rows source i has given
@@ -14,18 +14,19 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from openk1.data.io import iter_rows
+from openk1.data.io import iter_located
 from openk1.data.packing import Example, OverlongRule, fit_length, pack
 from openk1.errors import OpenK1Error
 
 Encoder = Callable[[dict[str, Any]], Example]
+T = TypeVar("T")
 
 
-def shuffled(rows: Iterator[dict[str, Any]], buffer: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+def shuffled(rows: Iterator[T], buffer: int, rng: random.Random) -> Iterator[T]:
     """Buffered shuffle: a full permutation when the file fits in `buffer` rows."""
-    pool: list[dict[str, Any]] = []
+    pool: list[T] = []
     for row in rows:
         pool.append(row)
         if len(pool) >= buffer:
@@ -51,13 +52,14 @@ class PackedStream:
         """Packed rows of pass `index`, packed `chunk` examples at a time. The shuffle is seeded by
         (seed, salt, pass), never by the path, so a run is reproducible in any folder."""
         rng = random.Random(f"{self.seed}{self.salt}-{index}")
-        rows = shuffled(iter_rows(self.path), self.shuffle_buffer, rng) if self.shuffle_buffer else iter_rows(self.path)
+        located = iter_located(self.path)   # (where, row): an error names the row's line
+        rows = shuffled(located, self.shuffle_buffer, rng) if self.shuffle_buffer else located
         pending: list[Example] = []
-        for n, row in enumerate(rows, start=1):
+        for where, row in rows:
             try:
                 kept, status = fit_length(self.encode(row), self.max_len, self.rule)
             except OpenK1Error as exc:
-                raise OpenK1Error(f"{self.path}: row {n}: {exc}") from None
+                raise OpenK1Error(f"{where}: {exc}") from None
             self.counts[status] += 1
             pending += kept
             if len(pending) >= chunk:

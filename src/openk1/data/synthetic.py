@@ -28,6 +28,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from pydantic import Field, model_validator
+
 from openk1.config import Section
 from openk1.errors import OpenK1Error
 
@@ -36,12 +38,19 @@ class TaskConfig(Section):
     """Synthetic task sizes; all seeds derive from `seed`."""
 
     seed: int = 0
-    train_problems: int = 4000
-    heldout_problems: int = 200
-    min_difficulty: int = 1        # see LEVELS
-    max_difficulty: int = 3
-    slip_rate: float = 0.15
-    reflection_rate: float = 0.0   # chance of each optional re-verification line (long format)
+    train_problems: int = Field(4000, gt=0)
+    heldout_problems: int = Field(200, gt=0)
+    min_difficulty: int = Field(1, ge=1, le=5)   # see LEVELS
+    max_difficulty: int = Field(3, ge=1, le=5)
+    slip_rate: float = Field(0.15, ge=0.0, le=1.0)
+    reflection_rate: float = Field(0.0, ge=0.0, le=1.0)   # chance of each optional re-verification line (long format)
+
+    @model_validator(mode="after")
+    def _levels(self) -> TaskConfig:
+        if self.min_difficulty > self.max_difficulty:
+            raise ValueError(f"min_difficulty ({self.min_difficulty}) must be <= max_difficulty "
+                             f"({self.max_difficulty})")
+        return self
 
 
 # difficulty -> (digits of a, digits of b)

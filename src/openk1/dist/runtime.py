@@ -150,32 +150,13 @@ def _comm_device() -> torch.device:
     return device() if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def run_dir(out: Any) -> Any:
-    """The stage's RunDir on rank 0; on other ranks one that writes nothing (same `.path`)."""
-    from openk1.report.run_dir import RunDir
+def run_dir(cfg: Any, tensorboard: bool = True) -> Any:
+    """The stage's RunDir (report/run_dir.py `open_run`): every rank checks the run-directory
+    contract (so that all refuse alike), then they wait for each other before anything is
+    written; rank 0 writes, the others get one that writes nothing (same `.path`)."""
+    from openk1.report.run_dir import open_run
 
-    if is_main():
-        return RunDir(out)
-    return _quiet_run_dir_class()(out)
-
-
-def _quiet(*_: Any, **__: Any) -> None:
-    return None
-
-
-def _quiet_run_dir_class() -> type:
-    from openk1.report.run_dir import RunDir
-
-    class QuietRunDir(RunDir):
-        """Rank > 0: metrics, config and summary are rank 0's to write."""
-
-        def __init__(self, out: Any) -> None:
-            from pathlib import Path
-
-            self.path = Path(out)
-            self.metrics_path = self.path / "metrics.jsonl"
-            self._tb = None
-
-        write_config = log = truncate_metrics = write_summary = close = staticmethod(_quiet)
-
-    return QuietRunDir
+    opened = open_run(cfg, tensorboard=tensorboard, writes=is_main())
+    if is_distributed():
+        dist.barrier()
+    return opened

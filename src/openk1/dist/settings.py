@@ -25,26 +25,28 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from openk1.config import Section
 
 
 class VLLMSettings(Section):
     dtype: str = "bfloat16"
-    gpu_memory_utilization: float = 0.5   # of the whole GPU: leave room for a colocated trainer
-    max_model_len: int = 4096
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)   # of the whole GPU: leave room for a colocated trainer
+    max_model_len: int = Field(4096, gt=0)
     enforce_eager: bool = False
-    sleep_level: int = 1
+    sleep_level: int = Field(1, ge=1, le=2)   # vLLM's sleep levels: 1 or 2
 
 
 class RaySettings(Section):
     address: str = ""
-    num_cpus: int = 2
-    rollout_workers: int = 1
-    reward_workers: int = 1
+    num_cpus: int = Field(2, gt=0)
+    rollout_workers: int = Field(1, gt=0)
+    reward_workers: int = Field(1, gt=0)
     placement: Literal["disaggregated", "colocated"] = "disaggregated"
     engine: Literal["hf", "vllm"] = "hf"
-    trainer_cpus: float = 1.0
-    trainer_gpus: float = 0.0
-    rollout_cpus: float = 0.5
-    rollout_gpus: float = 0.0
-    reward_cpus: float = 0.5
+    trainer_cpus: float = Field(1.0, ge=0.0)
+    trainer_gpus: float = Field(0.0, ge=0.0)
+    rollout_cpus: float = Field(0.5, ge=0.0)
+    rollout_gpus: float = Field(0.0, ge=0.0)
+    reward_cpus: float = Field(0.5, ge=0.0)

@@ -12,9 +12,19 @@ from openk1.errors import OpenK1Error
 from openk1.report.run_dir import atomic_dir
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
-    """(model, tokenizer) from a `save_pretrained` directory; a clear error if it is not one."""
+def model_dir(path: str | Path) -> Path:
+    """The `save_pretrained` folder `path` names: itself, or a run directory's `model/`
+    (so `--model runs/sft` means `runs/sft/model`)."""
     path = Path(path)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return path / "model"
+    return path
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+    """(model, tokenizer) from a `save_pretrained` directory (or a run directory holding one in
+    `model/`); a clear error if it is neither."""
+    path = model_dir(path)
     if not (path / "config.json").is_file():
         raise OpenK1Error(f"{path}: not a model directory (no config.json); "
                           "make one with `openk1 init-model --out DIR`")

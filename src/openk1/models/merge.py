@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from openk1.errors import OpenK1Error
+from openk1.models.io import model_dir
 from openk1.report.run_dir import atomic_dir
 
 INDEX = "model.safetensors.index.json"
@@ -91,12 +93,16 @@ def _tokenizer_signature(model_dir: Path) -> tuple[Any, ...]:
 
 
 def merge_checkpoints(model_dirs: list[str | Path], weights: list[float],
-                      out: str | Path) -> dict[str, Any]:
-    """Write sum_i w_i theta_i to `out` (a save_pretrained folder); returns counts and weights."""
-    dirs = [Path(d) for d in model_dirs]
+                      out: str | Path, checked: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Write sum_i w_i theta_i to `out` (a save_pretrained folder); returns counts and weights.
+
+    `checked` is called once the models are found compatible, before anything is written."""
+    dirs = [model_dir(d) for d in model_dirs]
     w = normalised_weights(weights, len(dirs))
     maps = [weight_map(d) for d in dirs]
     check_compatible(dirs, maps)
+    if checked is not None:
+        checked()
     shards = sorted(set(maps[0].values()))
     with atomic_dir(out) as tmp:
         _copy_non_weights(dirs[0], tmp)

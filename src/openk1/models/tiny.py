@@ -9,6 +9,7 @@ from __future__ import annotations
 import string
 
 import torch
+from pydantic import Field, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -20,13 +21,24 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 class TinyModelConfig(Section):
     """Size of the tiny Llama (defaults: ~0.8M parameters, fast on a laptop CPU)."""
 
-    hidden: int = 128
-    layers: int = 4
-    heads: int = 4
-    kv_heads: int = 4
-    intermediate: int = 384
-    max_positions: int = 512
-    rope_theta: float = 10000.0
+    hidden: int = Field(128, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    kv_heads: int = Field(4, gt=0)
+    intermediate: int = Field(384, gt=0)
+    max_positions: int = Field(512, gt=0)
+    rope_theta: float = Field(10000.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> TinyModelConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if (self.hidden // self.heads) % 2:
+            raise ValueError(f"hidden / heads ({self.hidden // self.heads}) must be even "
+                             "(rotary embedding)")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        return self
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:

@@ -218,12 +218,34 @@ def limits_for(problem: Problem, base: Limits) -> Limits:
     return base
 
 
-def _test_kind(test: Mapping[str, Any]) -> str | None:
-    if "input" in test and "output" in test:
-        return "stdio"
-    if "call" in test and "expected" in test:
-        return "call"
+# the two forms of a test (module docstring): (kind, field, field)
+TEST_FORMS: tuple[tuple[str, str, str], ...] = (("stdio", "input", "output"),
+                                                ("call", "call", "expected"))
+
+
+def classify_test(test: object) -> str | None:
+    """"stdio" or "call" for a well-formed test, else None. A null field counts as absent (a
+    Parquet struct column holds the fields of both forms)."""
+    if isinstance(test, Mapping):
+        for kind, first, second in TEST_FORMS:
+            if test.get(first) is not None and test.get(second) is not None:
+                return kind
     return None
+
+
+def bad_test_reason(test: object) -> str | None:
+    """What makes `test` malformed (None when `classify_test` accepts it), e.g. "missing 'output'".
+    The verifier scores such a test `bad_test`; the dataset loader (data/io.py) rejects its row."""
+    if not isinstance(test, Mapping):
+        return f"must be an object with input/output or call/expected, got {type(test).__name__}"
+    if classify_test(test) is not None:
+        return None
+    for _, *fields in TEST_FORMS:
+        given = [name for name in fields if test.get(name) is not None]
+        if given:
+            missing = next(name for name in fields if name not in given)
+            return f"missing {missing!r}"
+    return "needs 'input' and 'output' (stdin/stdout) or 'call' and 'expected'"
 
 
 def _outcome_details(outcomes: list[CaseOutcome], total: int) -> dict[str, Any]:
@@ -251,7 +273,7 @@ def _check_inputs(problem: Problem, response: str) -> Score | tuple[str, str]:
     language), else the (language, source) to run."""
     if not problem.tests:
         return Score(0.0, "no_tests", {})
-    kinds = [_test_kind(t) for t in problem.tests]
+    kinds = [classify_test(t) for t in problem.tests]
     if None in kinds:
         return Score(0.0, "bad_test", {"test": kinds.index(None)})
     extracted = extract_program(response)
@@ -269,7 +291,7 @@ def _run_tests(
     """Run tests in order; with `stop`, end at the first one that is not AC."""
     outcomes: list[CaseOutcome] = []
     for test in tests:
-        runner = run_stdio_test if _test_kind(test) == "stdio" else run_call_test
+        runner = run_stdio_test if classify_test(test) == "stdio" else run_call_test
         outcomes.append(runner(program, test, box, limits))
         if stop and outcomes[-1].verdict != "AC":
             break

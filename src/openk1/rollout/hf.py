@@ -28,10 +28,12 @@ whole previous one has finished (the plain batched loop).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from openk1.config import Section
 from openk1.data.padding import pad
@@ -46,10 +48,10 @@ REFILL_FRACTION = 4     # refill once batch_size / 4 slots are free: one prefill
 
 
 class SamplingConfig(Section):
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64                 # response tokens, a continued prefix included
-    batch_size: int = 256                    # sequences decoded together; bounds KV-cache memory
+    temperature: float = Field(1.0, ge=0.0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, gt=0)    # response tokens, a continued prefix included
+    batch_size: int = Field(256, gt=0)       # sequences decoded together; bounds KV-cache memory
     continuous_batching: bool = True         # finished sequences free their slots for waiting ones
     repeat: RepeatConfig = RepeatConfig()    # stop a response that starts repeating itself
     lean: bool = True                        # static KV cache + openk1's Llama-family forward (models/lean.py)
@@ -169,6 +171,7 @@ class HFEngine:
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig,
                  dtype: torch.dtype | None = None) -> None:
         self.model, self.tokenizer, self.sampling, self.dtype = model, tokenizer, sampling, dtype
+        self.progress: Callable[[int], Any] | None = None   # called with each step's finished rows
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
         """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
@@ -235,6 +238,8 @@ class HFEngine:
         token = sample_tokens(rows.logits, self.sampling.temperature, self.sampling.top_p, uniforms)
         logp = torch.log_softmax(rows.logits, -1).gather(-1, token[:, None]).squeeze(-1)   # [b]
         stops = self._stops(rows, token)
+        if self.progress is not None:
+            self.progress(sum(map(bool, stops)))
         for i, t, lp, stop in zip(rows.index.tolist(), token.tolist(), logp.tolist(), stops):
             outputs[i].tokens.append(t)
             outputs[i].logp.append(lp)

@@ -19,24 +19,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, model_validator
+
 from openk1.config import StageConfig
-from openk1.data.io import read_rows, write_jsonl
+from openk1.data.io import read_located, write_jsonl
 from openk1.errors import OpenK1Error
-from openk1.report.run_dir import RunDir
+from openk1.report.run_dir import open_run
 from openk1.rewards.code_tests import CodeTestsConfig, generate_tests_for_problems
 from openk1.rewards.sandbox import Limits, SandboxUnavailable
 
 
 class CodeTestsStageConfig(StageConfig):
-    num_inputs: int = 50  # generator runs per problem (report: 50)
-    max_solutions: int = 10  # reference solutions run per problem (report: 10)
-    min_agree: int = 7  # of max_solutions, for an input to become a test (report: 7)
-    min_passing: int = 9  # of max_solutions, for a problem to be kept (report: 9)
-    workers: int = 2  # sandboxed runs in parallel
-    run_cpu_s: float = 2.0  # per reference run; its wall limit is 2x + 1 s
-    run_memory_mb: int = 512
-    generator_cpu_s: float = 5.0  # per generator run; its wall limit is 2x s
-    generator_memory_mb: int = 1024
+    num_inputs: int = Field(50, gt=0)  # generator runs per problem (report: 50)
+    max_solutions: int = Field(10, gt=0)  # reference solutions run per problem (report: 10)
+    min_agree: int = Field(7, gt=0)  # of max_solutions, for an input to become a test (report: 7)
+    min_passing: int = Field(9, gt=0)  # of max_solutions, for a problem to be kept (report: 9)
+    workers: int = Field(2, gt=0)  # sandboxed runs in parallel
+    run_cpu_s: float = Field(2.0, gt=0.0)  # per reference run; its wall limit is 2x + 1 s
+    run_memory_mb: int = Field(512, gt=0)
+    generator_cpu_s: float = Field(5.0, gt=0.0)  # per generator run; its wall limit is 2x s
+    generator_memory_mb: int = Field(1024, gt=0)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> CodeTestsStageConfig:
+        for name in ("min_agree", "min_passing"):
+            if getattr(self, name) > self.max_solutions:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be <= max_solutions "
+                                 f"({self.max_solutions})")
+        return self
 
 
 def recipe(cfg: CodeTestsStageConfig) -> CodeTestsConfig:
@@ -60,10 +70,9 @@ def recipe(cfg: CodeTestsStageConfig) -> CodeTestsConfig:
 
 def load_code_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows with prompt (str), solutions (list of str), generator (str), type "code" if given;
-    a bad row is an error naming the file, the row (1-based) and the field."""
-    rows = read_rows(path)
-    for n, row in enumerate(rows, start=1):
-        where = f"{path}: row {n}"
+    a bad row is an error naming the file, the row (data/io.py `location`) and the field."""
+    located = read_located(path)
+    for where, row in located:
         for name in ("prompt", "solutions", "generator"):
             if row.get(name) is None:
                 raise OpenK1Error(f"{where}: missing field '{name}'")
@@ -75,15 +84,14 @@ def load_code_rows(path: str | Path) -> list[dict[str, Any]]:
             raise OpenK1Error(f"{where}: field 'solutions' must be a list of strings (programs)")
         if row.get("type", "code") != "code":
             raise OpenK1Error(f"{where}: field 'type' must be 'code', got {row['type']!r}")
-    return rows
+    return [row for _, row in located]
 
 
 def run(cfg: CodeTestsStageConfig) -> dict[str, Any]:
     if not cfg.data or not cfg.out:
         raise OpenK1Error("code-tests: needs --data IN.jsonl --out DIR")
+    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
     rows = load_code_rows(cfg.data)
-    run_dir = RunDir(cfg.out, tensorboard=False)
-    run_dir.truncate_metrics(0)
     run_dir.write_config(cfg)
     start = time.perf_counter()
     try:

@@ -32,10 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -49,11 +49,11 @@ from openk1.data.curate import (
     normalize_text,
     unusable_answer,
 )
-from openk1.data.io import iter_rows, read_rows, to_problem, write_jsonl
+from openk1.data.io import iter_located, location, read_located, to_problem, write_jsonl
 from openk1.data.padding import pad
 from openk1.data.prompt_cache import PromptCache, model_fingerprint
 from openk1.errors import OpenK1Error
-from openk1.report.run_dir import RunDir, atomic_file
+from openk1.report.run_dir import RunDir, atomic_file, open_run
 from openk1.rewards.scoring import VERIFIERS, score_many
 from openk1.rollout.generator import EngineGenerator, Generator
 from openk1.rollout.hf import SamplingConfig
@@ -69,32 +69,38 @@ DEFAULT_HACK_TEMPLATE = ("{prompt}\n\nAnswer directly, without any working or ex
 
 class FormatSettings(Section):
     enabled: bool = True
-    max_answer_chars: int = 300     # a longer reference is a proof or essay: no_answer
+    max_answer_chars: int = Field(300, gt=0)   # a longer reference is a proof or essay: no_answer
 
 
 class DedupSettings(Section):
     exact: bool = True
     near: bool = True
-    threshold: float = 0.7          # Jaccard of token 3-gram shingles for a near duplicate
-    shingle_tokens: int = 3
-    num_perm: int = 128             # MinHash permutations = bands * rows per band
-    bands: int = 32
+    threshold: float = Field(0.7, gt=0.0, le=1.0)   # Jaccard of token 3-gram shingles for a near duplicate
+    shingle_tokens: int = Field(3, gt=0)
+    num_perm: int = Field(128, gt=0)   # MinHash permutations = bands * rows per band
+    bands: int = Field(32, gt=0)
     same_numbers: bool = True       # near duplicates must hold the same numbers
     # evaluation sets (JSONL / Parquet / HF dataset dir) whose prompts must not be trained on
     decontaminate: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _whole_bands(self) -> DedupSettings:
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
 
 
 class HackSettings(Section):
     """Easy-to-hack filter: answer with no chain of thought; right within `attempts` -> drop."""
 
     enabled: bool = True
-    attempts: int = 8               # report §2.1: N = 8
+    attempts: int = Field(8, gt=0)  # report §2.1: N = 8
     # `{prompt}` is replaced by the prompt; quote it for YAML: --set 'hack.template="{prompt}"'
     template: str = DEFAULT_HACK_TEMPLATE
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-    batch_size: int = 256           # sequences decoded together
+    temperature: float = Field(1.0, ge=0.0)   # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(32, gt=0)
+    batch_size: int = Field(256, gt=0)   # sequences decoded together
 
     @field_validator("template")
     @classmethod
@@ -108,11 +114,11 @@ class DifficultySettings(Section):
     """Pass rate of `samples_per_prompt` answers at `temperature` (report §2.1: 10, high T)."""
 
     enabled: bool = True
-    samples_per_prompt: int = 10
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    batch_size: int = 256           # sequences decoded together
+    samples_per_prompt: int = Field(10, gt=0)
+    temperature: float = Field(1.0, ge=0.0)   # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(1024, gt=0)
+    batch_size: int = Field(256, gt=0)   # sequences decoded together
     bin_edges: list[float] = Field(default_factory=lambda: [0.3, 0.7])
     bin_labels: list[str] = Field(default_factory=lambda: ["hard", "medium", "easy"])
     drop_trivial: bool = True       # pass rate 1
@@ -143,19 +149,24 @@ class TaggingSettings(Section):
 
 
 class BalanceSettings(Section):
-    # domain -> proportion (normalised); empty = keep the mix as it is
-    targets: dict[str, float] = Field(default_factory=dict)
+    # domain -> proportion (normalised; 0 drops the domain); empty = keep the mix as it is
+    targets: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
 
 
 class CurateConfig(StageConfig):
+    # --resume reruns the filters with the model results cached in DIR/cache.jsonl (keyed by
+    # prompt, model and sampling settings): any filter setting may change, the model and data not
+    resume_may_change = (*StageConfig.resume_may_change, "format", "dedup", "hack", "difficulty",
+                         "tagging", "balance", "prompts_per_batch", "cache", "progress")
+
     format: FormatSettings = FormatSettings()
     dedup: DedupSettings = DedupSettings()
     hack: HackSettings = HackSettings()
     difficulty: DifficultySettings = DifficultySettings()
     tagging: TaggingSettings = TaggingSettings()
     balance: BalanceSettings = BalanceSettings()
-    prompts_per_batch: int = 32     # prompts per generation batch (the unit cached and resumed)
-    score_workers: int = 0          # >0: verifiers in that many processes
+    prompts_per_batch: int = Field(32, gt=0)   # prompts per generation batch (the unit cached and resumed)
+    score_workers: int = Field(0, ge=0)   # >0: verifiers in that many processes
     cache: bool = True              # DIR/cache.jsonl: reuse model results of earlier runs
     progress: bool = True
 
@@ -235,6 +246,7 @@ def difficulty_label(pass_rate: float, settings: DifficultySettings) -> str:
 class _Row:
     n: int                          # 1-based input row number
     data: dict[str, Any]            # the input row (a copy) + the fields curate adds
+    where: str = ""                 # where errors say the row is (data/io.py `location`)
     problem: Problem | None = None
     reason: str = ""
 
@@ -253,10 +265,10 @@ def _alive(rows: list[_Row]) -> list[_Row]:
     return [r for r in rows if not r.reason]
 
 
-def _check_rows(rows: list[_Row], settings: FormatSettings, source: str, counts: Counter[str]) -> None:
+def _check_rows(rows: list[_Row], settings: FormatSettings, counts: Counter[str]) -> None:
     """A row with no checkable reference is dropped; a row that is not a problem is an error."""
     for row in rows:
-        where = f"{source}: row {row.n}"
+        where = row.where
         prompt = row.data.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             got = "missing field 'prompt'" if prompt is None else (
@@ -285,11 +297,11 @@ def _eval_prompts(paths: list[str]) -> list[tuple[str, str]]:
     """(where, prompt) of every row of the decontamination sets."""
     out = []
     for path in paths:
-        for n, row in enumerate(iter_rows(path), start=1):
+        for where, row in iter_located(path):
             prompt = row.get("prompt")
             if not isinstance(prompt, str):
-                raise OpenK1Error(f"{path}: row {n}: missing field 'prompt' (decontamination set)")
-            out.append((f"{path} row {n}", prompt))
+                raise OpenK1Error(f"{where}: missing field 'prompt' (decontamination set)")
+            out.append((where, prompt))
     return out
 
 
@@ -427,18 +439,20 @@ def _balance(rows: list[_Row], targets: dict[str, float], seed: int, counts: Cou
 
 
 def curate(problems_rows: Iterable[dict[str, Any]], cfg: CurateConfig, model: Any = None,
-           tokenizer: Any = None, *, generator: Generator | None = None
-           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+           tokenizer: Any = None, *, generator: Generator | None = None,
+           where: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(kept rows, dropped rows, summary), both row lists in input order.
 
     Without `model` (and `generator`) only the model-free filters run. `generator` replaces the
     rollout engine (tests, or another engine); with `cfg.out` and `cfg.cache`, model results
-    are cached in `cfg.out/cache.jsonl`.
+    are cached in `cfg.out/cache.jsonl`. `where[i]` names row i in errors (`read_located`; by
+    default `cfg.data: row i+1`).
     """
-    rows = [_Row(n, dict(r)) for n, r in enumerate(problems_rows, start=1)]
+    rows = [_Row(n, dict(r), where[n - 1] if where else location(cfg.data or "rows", n))
+            for n, r in enumerate(problems_rows, start=1)]
     counts: Counter[str] = Counter({r: 0 for r in REASONS})
     flagged: Counter[str] = Counter({"trivial": 0, "unreachable": 0})
-    _check_rows(rows, cfg.format, cfg.data or "rows", counts)
+    _check_rows(rows, cfg.format, counts)
     if cfg.format.enabled:
         _format_filter(rows, counts)
     _dedup(rows, cfg.dedup, cfg.seed, counts)
@@ -521,10 +535,10 @@ def _bar_png(path: Path, title: str, series: dict[str, dict[str, int]], xlabel: 
     return path
 
 
-def write_report(out: str | Path, kept: list[dict[str, Any]], dropped: list[dict[str, Any]],
+def write_report(run_dir: RunDir, kept: list[dict[str, Any]], dropped: list[dict[str, Any]],
                  summary: dict[str, Any]) -> dict[str, Any]:
-    """curated.jsonl, dropped.jsonl, the PNG plots and summary.json in `out`."""
-    out = Path(out)
+    """curated.jsonl, dropped.jsonl, the PNG plots and summary.json in the run directory."""
+    out = run_dir.begin()
     write_jsonl(out / "curated.jsonl", kept)
     write_jsonl(out / "dropped.jsonl", dropped)
     plots = [_bar_png(out / "filters.png", "rows removed by each filter",
@@ -535,19 +549,21 @@ def write_report(out: str | Path, kept: list[dict[str, Any]], dropped: list[dict
                               {"prompts": summary["pass_rate_histogram"]}, xlabel="pass rate"))
     summary = {**summary, "files": {name: str(out / name) for name in ("curated.jsonl", "dropped.jsonl")},
                "plots": [str(p) for p in plots]}
-    RunDir(out, tensorboard=False).write_summary(summary)
+    run_dir.write_summary(summary)
     return summary
 
 
 def run(cfg: CurateConfig) -> dict[str, Any]:
-    if not cfg.data or not cfg.out:
-        raise OpenK1Error("curate needs --data IN and --out DIR")
-    rows = read_rows(cfg.data)
+    if not cfg.data:
+        raise OpenK1Error("curate: needs --data FILE (the candidate problems)")
+    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
+    located = read_located(cfg.data)
     model, tokenizer = None, None
     if cfg.model:
         from openk1.models.io import load_model
 
         model, tokenizer = load_model(cfg.model)
-    RunDir(cfg.out, tensorboard=False).write_config(cfg)
-    kept, dropped, summary = curate(rows, cfg, model, tokenizer)
-    return write_report(cfg.out, kept, dropped, summary)
+    run_dir.write_config(cfg)
+    kept, dropped, summary = curate([row for _, row in located], cfg, model, tokenizer,
+                                    where=[where for where, _ in located])
+    return write_report(run_dir, kept, dropped, summary)

@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from openk1.config import StageConfig, build, merge, read_yaml
 from openk1.data.io import load_problems, write_jsonl
 from openk1.data.synthetic import TaskConfig, make_task, sft_rows
 from openk1.models.io import load_model
 from openk1.models.tiny import TinyModelConfig
-from openk1.report.run_dir import RunDir
+from openk1.report.run_dir import open_run
 from openk1.stages import curate, init_model, long2short, longcot, pretrain, rl, sft
 from openk1.stages.curate import CurateConfig
 from openk1.stages.eval import EvalSettings, evaluate
@@ -45,7 +47,7 @@ class DemoConfig(StageConfig):
     sft: SFTConfig = SFTConfig()                  # vanilla SFT: short `\boxed{}` answers
     longcot_sft: SFTConfig = SFTConfig()          # long-CoT SFT: the synthetic traces
     curate: CurateConfig = CurateConfig()
-    rl_candidates: int = 640           # training problems curated into the RL prompt set
+    rl_candidates: int = Field(640, gt=0)   # training problems curated into the RL prompt set
     rl: RLConfig = RLConfig()
     long2short: Long2ShortConfig = Long2ShortConfig()
     eval: EvalSettings = EvalSettings()
@@ -77,7 +79,9 @@ def stage_config(cls: type, section: Any, **fields: Any) -> Any:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    root = Path(cfg.out or "runs/demo")
+    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
+    run_dir.write_config(cfg)
+    root = run_dir.path
     paths = make_data(cfg, root)
     pre, plain, long = lm_stages(cfg, root, paths)
     dedup = merge(cfg.curate.dedup.model_dump(), {"decontaminate": [paths["heldout"]]})
@@ -96,15 +100,15 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
               _entry("rl", rl_summary)] + [_entry(e["name"], e) for e in short["stages"]]
     summary = {"stages": stages, "curate": _curate_entry(curated),
                "wall_seconds": time.perf_counter() - start}
-    RunDir(root, tensorboard=False).write_summary(summary)
+    run_dir.write_summary(summary)
     print(table(stages))
     return summary
 
 
 def lm_stages(cfg: DemoConfig, root: Path, paths: dict[str, str]) -> tuple[dict[str, Any], ...]:
     """init-model -> pretrain -> sft (short answers) -> longcot_sft: the three summaries."""
-    init_dir = str(root / "init_model")
-    init_model.run(stage_config(init_model.InitModelConfig, cfg.model_size, out=init_dir, seed=cfg.seed))
+    init_dir = init_model.run(stage_config(init_model.InitModelConfig, cfg.model_size,
+                                           out=str(root / "init_model"), seed=cfg.seed))["model"]
     shared_eval = cfg.eval.model_dump()
     pre = pretrain.run(stage_config(PretrainConfig, cfg.pretrain, model=init_dir, out=str(root / "pretrain"),
                                     data_root=paths["corpus"], eval_loss_data=paths["heldout_text"],

@@ -20,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from openk1.algo.dpo import dpo_loss
-from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from openk1.checkpoint import check_resume_step, latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.batching import encode_pairs
-from openk1.data.io import _field, load_problems, read_rows
+from openk1.data.io import _field, load_problems, read_located
 from openk1.dist import fsdp, runtime
 from openk1.models.forward import eval_mode, response_logprobs, trim
 from openk1.models.io import load_model, save_model
-from openk1.optim import OptimConfig, cosine_lr, guarded_step, make_optimizer, set_lr
+from openk1.optim import OptimConfig, check_decay, cosine_lr, guarded_step, make_optimizer, set_lr
 from openk1.report.run_dir import RunDir, atomic_file
 from openk1.rewards.scoring import RewardConfig
 from openk1.stages.eval import EvalSettings, evaluate
@@ -40,27 +41,31 @@ REFERENCE_FILE = "reference_logp.pt"
 
 
 class DPOConfig(StageConfig):
-    beta: float = 0.1
-    nll_weight: float = 0.0        # > 0: add the chosen responses' mean NLL per token (SFT term)
-    epochs: int = 1
-    max_steps: int = 0             # caps the steps of `epochs` (epochs 0: exactly max_steps)
-    batch_size: int = 16           # pairs per optimizer step
-    micro_batch_size: int = 0      # pairs per forward/backward (0 = batch_size)
-    max_response_tokens: int = 256
+    beta: float = Field(0.1, gt=0.0)
+    nll_weight: float = Field(0.0, ge=0.0)   # > 0: add the chosen responses' mean NLL per token (SFT term)
+    epochs: int = Field(1, ge=0)
+    max_steps: int = Field(0, ge=0)   # caps the steps of `epochs` (epochs 0: exactly max_steps)
+    batch_size: int = Field(16, gt=0)   # pairs per optimizer step
+    micro_batch_size: int = Field(0, ge=0)   # pairs per forward/backward (0 = batch_size)
+    max_response_tokens: int = Field(256, gt=0)
     optim: OptimConfig = OptimConfig(lr=1e-4, lr_min=1e-5, warmup_steps=0)
-    log_every: int = 10
-    checkpoint_every: int = 0      # steps (0 = only at the end)
-    keep_checkpoints: int = 2
-    resume: bool = False
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(0, ge=0)   # steps (0 = only at the end)
+    keep_checkpoints: int = Field(2, ge=0)   # newest checkpoints kept (0 = all)
     eval_data: str = ""            # held-out problems evaluated at the end
     eval: EvalSettings = EvalSettings()
     rewards: RewardConfig = RewardConfig()
 
+    @model_validator(mode="after")
+    def _decay(self) -> DPOConfig:
+        check_decay(self.optim)
+        return self
+
 
 def load_pairs(path: str | Path) -> list[Pair]:
     """(prompt, chosen, rejected) of every row; a missing field names the file and row."""
-    return [tuple(_field(row, key, str, f"{path}: row {n}") for key in ("prompt", "chosen", "rejected"))  # type: ignore[misc]
-            for n, row in enumerate(read_rows(path), start=1)]
+    return [tuple(_field(row, key, str, where) for key in ("prompt", "chosen", "rejected"))  # type: ignore[misc]
+            for where, row in read_located(path)]
 
 
 def total_steps(cfg: DPOConfig, pairs: int) -> int:
@@ -133,22 +138,25 @@ def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.T
 
 def run(cfg: DPOConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    run_dir = runtime.run_dir(cfg.out)   # under torchrun rank 0 writes, the others do not
+    run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes, the others do not
     pairs = load_pairs(cfg.data)
-    reference = _reference(cfg, run_dir, pairs)
+    held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
+    if cfg.resume:
+        check_resume_step(latest_checkpoint(run_dir.path), total_steps(cfg, len(pairs)), "steps")
     model, tokenizer = load_model(str(latest_checkpoint(run_dir.path) / "model") if cfg.resume else cfg.model)
+    run_dir.write_config(cfg)   # the inputs are valid: the run starts writing
+    reference = _reference(cfg, run_dir, pairs)
     trainee = fsdp.trainee(model)        # FSDP2 copy under torchrun, else model
     optimizer = make_optimizer(trainee, cfg.optim)
     first = 0
     if cfg.resume:   # FSDP: Adam's shards are not saved, the optimizer restarts
         first = load_state(latest_checkpoint(run_dir.path), None if runtime.is_distributed() else optimizer)["step"]
         run_dir.truncate_metrics(first)
-    run_dir.write_config(cfg)
     summary = train(model, trainee, tokenizer, optimizer, pairs, reference, cfg, run_dir, first)
     if runtime.is_main():
         save_model(model, tokenizer, run_dir.path / "model")
-    if cfg.eval_data and runtime.is_main():
-        result = evaluate(model, tokenizer, load_problems(cfg.eval_data), cfg.eval, rewards=cfg.rewards)
+    if held_out and runtime.is_main():
+        result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
         summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
     summary.update(model=str(run_dir.path / "model"), pairs=len(pairs),
                    wall_seconds=time.perf_counter() - start)

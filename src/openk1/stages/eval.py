@@ -11,25 +11,27 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+from pydantic import Field
+from tqdm import tqdm
 
 from openk1.config import Section, StageConfig
 from openk1.data.io import load_problems, write_jsonl
 from openk1.models.io import load_model
-from openk1.report.run_dir import RunDir
+from openk1.report.run_dir import open_run
 from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.types import Problem
 
 
 class EvalSettings(Section):
-    samples_per_prompt: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    batch_size: int = 256
-    max_problems: int = 0          # 0 = every problem of the file
+    samples_per_prompt: int = Field(4, gt=0)
+    temperature: float = Field(1.0, ge=0.0)   # 0 = greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(256, gt=0)
+    max_problems: int = Field(0, ge=0)   # 0 = every problem of the file
     seed: int = 1234
-    score_workers: int = 0         # >0: verifiers in that many processes
+    score_workers: int = Field(0, ge=0)   # >0: verifiers in that many processes
 
 
 class EvalConfig(StageConfig):
@@ -45,9 +47,14 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
     sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
                               max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     k = settings.samples_per_prompt
-    rollout = HFEngine(model, tokenizer, sampling).generate([p.prompt for p in problems], k, settings.seed)
-    repeated = [p for p in problems for _ in range(k)]
-    scores = score_many(rollout.texts, repeated, settings.score_workers, rewards=rewards)
+    engine = HFEngine(model, tokenizer, sampling)
+    with tqdm(total=len(problems) * k, desc="eval", unit="sample", dynamic_ncols=True,
+              mininterval=1.0, leave=False) as bar:
+        engine.progress = bar.update
+        rollout = engine.generate([p.prompt for p in problems], k, settings.seed)
+        bar.set_postfix_str("verifying")
+        repeated = [p for p in problems for _ in range(k)]
+        scores = score_many(rollout.texts, repeated, settings.score_workers, rewards=rewards)
     rewards = torch.tensor([s.reward for s in scores])
     result: dict[str, Any] = {
         "accuracy": float(rewards.mean()),
@@ -72,15 +79,17 @@ def by_difficulty(problems: list[Problem], rewards: torch.Tensor) -> dict[str, f
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
+    """DIR/config.yaml, DIR/samples.jsonl (every sample, its reward and verdict), one row of
+    DIR/metrics.jsonl and TensorBoard scalars (step 0), DIR/summary.json."""
+    run_dir = open_run(cfg)   # the run-directory contract
     model, tokenizer = load_model(cfg.model)
     problems = load_problems(cfg.data)
+    run_dir.write_config(cfg)
     start = time.perf_counter()
-    result = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=bool(cfg.out), rewards=cfg.rewards)
+    result = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=True, rewards=cfg.rewards)
     result["wall_seconds"] = time.perf_counter() - start
-    rows = result.pop("rows", [])
-    if cfg.out:
-        run_dir = RunDir(cfg.out, tensorboard=False)
-        run_dir.write_config(cfg)
-        write_jsonl(run_dir.path / "samples.jsonl", rows)
-        run_dir.write_summary(result)
+    write_jsonl(run_dir.path / "samples.jsonl", result.pop("rows"))
+    run_dir.log(0, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    run_dir.write_summary(result)
+    run_dir.close()
     return result

@@ -25,16 +25,17 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
+from tqdm import tqdm
 
 from openk1.config import Section, StageConfig, build, merge, read_yaml
 from openk1.data.io import load_problems, write_jsonl
 from openk1.errors import OpenK1Error
 from openk1.models.io import load_model
 from openk1.report.plots import plot_tradeoff
-from openk1.report.run_dir import RunDir
+from openk1.report.run_dir import open_run
 from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.stages import dpo as dpo_stage
@@ -55,21 +56,21 @@ Sample = tuple[str, int, bool]      # (response, tokens, correct)
 
 class MergeSettings(Section):
     short_model: str = ""           # a short-CoT model of the long model's lineage (required)
-    weights: list[float] = Field(default_factory=lambda: [0.5, 0.5])   # [long, short]
+    weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [0.5, 0.5])   # [long, short]
 
 
 class SampleSettings(Section):
     """The samples shortest rejection sampling and DPO are built from (drawn once)."""
 
-    problems: int = 256              # first N problems of --data (0 = all)
-    samples_per_prompt: int = 8      # n (report: 8)
+    problems: int = Field(256, ge=0)   # first N problems of --data (0 = all)
+    samples_per_prompt: int = Field(8, gt=0)   # n (report: 8)
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=128)
-    score_workers: int = 0
+    score_workers: int = Field(0, ge=0)   # >0: verifiers in that many processes
 
 
 class PairSettings(Section):
-    length_ratio: float = 1.5        # a correct response is rejected when >= ratio x the chosen's tokens
-    pairs_per_prompt: int = 0        # at most this many pairs per prompt (0 = every rejected response)
+    length_ratio: float = Field(1.5, ge=1.0)   # a correct response is rejected when >= ratio x the chosen's tokens
+    pairs_per_prompt: int = Field(0, ge=0)   # at most this many pairs per prompt (0 = every rejected response)
 
 
 class Long2ShortConfig(StageConfig):
@@ -254,21 +255,29 @@ def run(cfg: Long2ShortConfig) -> dict[str, Any]:
     if not (cfg.model and cfg.data and cfg.eval_data):
         raise OpenK1Error("long2short: needs --model (the long-CoT RL model), --data (training "
                           "problems) and eval_data (held-out problems)")
-    run_dir = RunDir(cfg.out or "runs/long2short", tensorboard=False)
-    run_dir.write_config(cfg)
+    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
     held_out = load_problems(cfg.eval_data)
+    load_problems(cfg.data)   # the training problems are checked before anything is written
+    run_dir.write_config(cfg)
+    bar = tqdm(total=len(cfg.methods) + 1, desc="long2short", unit="method", dynamic_ncols=True)
+    bar.set_postfix_str("evaluating the long model")
     long = reference_entry(cfg, held_out)
+    bar.update()
     ctx, entries = Context(cfg, run_dir.path), []
     t0 = time.perf_counter()
     if {"shortest_rs", "dpo"} & set(cfg.methods):
+        bar.set_postfix_str("sampling")
         ctx.samples()                   # drawn once for both, timed on their own
     sample_seconds = time.perf_counter() - t0
     for method in cfg.methods:
+        bar.set_postfix_str(method)
         t0 = time.perf_counter()
         made = METHODS[method](ctx)
         entry = {"name": f"l2s_{method}", "train_seconds": time.perf_counter() - t0,
                  **evaluate_model(made["model"], held_out, cfg)}
         entries.append(compare(entry, long))
+        bar.update()
+    bar.close()
     text = table(entries, long)
     plot = plot_tradeoff(entries, long, run_dir.path / "tradeoff.png")
     summary = {"reference": long, "stages": entries, **{e["name"]: e for e in entries},

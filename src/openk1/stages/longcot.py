@@ -18,11 +18,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
+
 from openk1.config import Section
 from openk1.data.io import load_problems, write_jsonl
 from openk1.errors import OpenK1Error
 from openk1.models.io import load_model
-from openk1.report.run_dir import RunDir, atomic_write_text
+from openk1.report.run_dir import RunDir, atomic_write_text, open_run, to_json
 from openk1.rewards.scoring import score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.stages import sft
@@ -36,11 +38,11 @@ TEMPLATE = ("Solve the problem below. First make a plan, then work step by step,
 class BuildSettings(Section):
     generator: str = ""            # model directory that writes the traces ("" = --model)
     template: str = TEMPLATE       # must contain {prompt}
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = Field(8, gt=0)
     keep: Literal["shortest", "longest", "random", "all"] = "shortest"
     sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=1024)
-    max_prompts: int = 0           # 0 = every problem of --data
-    score_workers: int = 0
+    max_prompts: int = Field(0, ge=0)   # 0 = every problem of --data
+    score_workers: int = Field(0, ge=0)   # >0: verifiers in that many processes
     seed: int = 0
 
 
@@ -48,6 +50,14 @@ class LongCoTConfig(sft.SFTConfig):
     action: Literal["build", "train", "all"] = "all"
     build: BuildSettings = BuildSettings()
     dataset: str = ""              # the SFT dataset (build writes it; default DIR/longcot.jsonl)
+
+    # `longcot train --out DIR` after `longcot build --out DIR` continues that run: its
+    # config.yaml is the base, the training keys may be set, the build's may not change
+    continuation_keeps = ("build", "data", "dataset", "seed")
+
+    @classmethod
+    def continues(cls, saved: dict[str, Any], given: dict[str, Any]) -> bool:
+        return saved.get("action") == "build" and given.get("action") == "train"
 
 
 def choose(correct: list[tuple[str, int]], keep: str, rng: random.Random) -> list[str]:
@@ -106,8 +116,9 @@ def build(problems: list[Problem], model: Any, tokenizer: Any, settings: BuildSe
 def run_build(cfg: LongCoTConfig, run_dir: RunDir) -> dict[str, Any]:
     problems = load_problems(cfg.data)
     model, tokenizer = load_model(cfg.build.generator or cfg.model)
+    run_dir.write_config(cfg)   # the inputs are valid: the run starts writing
     rows, stats = build(problems, model, tokenizer, cfg.build)
-    atomic_write_text(run_dir.path / "longcot_stats.json", json.dumps(stats, indent=2) + "\n")
+    atomic_write_text(run_dir.path / "longcot_stats.json", to_json(stats, indent=2) + "\n")
     if not rows:
         raise OpenK1Error(f"{cfg.data}: no verified trace was kept (acceptance 0, see "
                           f"{run_dir.path / 'longcot_stats.json'}); check the generator, the "
@@ -119,18 +130,24 @@ def run_build(cfg: LongCoTConfig, run_dir: RunDir) -> dict[str, Any]:
 
 
 def run(cfg: LongCoTConfig) -> dict[str, Any]:
-    """build, train, or both; train reads `dataset` (or DIR/longcot.jsonl)."""
-    run_dir = RunDir(cfg.out, tensorboard=False)
-    summary: dict[str, Any] = {}
-    if cfg.action in ("build", "all"):
-        run_dir.write_config(cfg)
-        summary["build"] = run_build(cfg, run_dir)
+    """build, train, or both; train reads `dataset` (or DIR/longcot.jsonl) and trains in DIR/sft.
+
+    `--resume` of `all` does not build again once the dataset is there."""
+    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
+    dataset = cfg.dataset or str(run_dir.path / "longcot.jsonl")
+    if cfg.action == "train" and cfg.overwrite and Path(dataset).resolve().is_relative_to(run_dir.path.resolve()):
+        raise OpenK1Error(f"{run_dir.path}: --overwrite would delete the dataset {dataset}; "
+                          "`longcot train --out DIR` without it continues the build in DIR")
+    built = (run_dir.path / "summary.json").is_file() and Path(dataset).is_file()
+    summary: dict[str, Any] = json.loads((run_dir.path / "summary.json").read_text()) if built else {}
+    if cfg.action in ("build", "all") and not (cfg.resume and built):
+        summary = {"build": run_build(cfg, run_dir)}
     if cfg.action in ("train", "all"):
-        dataset = cfg.dataset or str(run_dir.path / "longcot.jsonl")
         if not Path(dataset).exists():
             raise OpenK1Error(f"{dataset}: no long-CoT dataset; run `openk1 longcot build` first")
+        run_dir.write_config(cfg)
         train_cfg = sft.SFTConfig(**{k: getattr(cfg, k) for k in sft.SFTConfig.model_fields},)
         train_cfg = train_cfg.model_copy(update={"data": dataset, "out": str(run_dir.path / "sft")})
-        summary.update(sft.run(train_cfg))
+        summary = {"build": summary.get("build", {}), **sft.run(train_cfg)}
     run_dir.write_summary(summary)
     return summary

@@ -11,8 +11,10 @@ model is evaluated with the training verifier.
 
 from __future__ import annotations
 
+import math
+import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -20,14 +22,14 @@ from openk1.config import StageConfig
 from openk1.data.io import load_problems
 from openk1.models.io import load_model
 from openk1.models.merge import merge_checkpoints
-from openk1.report.run_dir import RunDir
+from openk1.report.run_dir import open_run
 from openk1.rewards.scoring import RewardConfig
 from openk1.stages.eval import EvalSettings, evaluate
 
 
 class MergeConfig(StageConfig):
     models: list[str] = Field(default_factory=list)    # two or more save_pretrained folders
-    weights: list[float] = Field(default_factory=list)  # one per model, normalised; [] = equal
+    weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=list)  # one per model, normalised; [] = equal
     eval_data: str = ""                                 # held-out problems to evaluate on
     eval: EvalSettings = EvalSettings()
     rewards: RewardConfig = RewardConfig()
@@ -35,14 +37,25 @@ class MergeConfig(StageConfig):
 
 def run(cfg: MergeConfig) -> dict[str, Any]:
     start = time.perf_counter()
-    run_dir = RunDir(cfg.out, tensorboard=False)
-    run_dir.write_config(cfg)
-    summary = merge_checkpoints(cfg.models, cfg.weights, run_dir.path / "model")
+    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
+    held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
+    summary = merge_checkpoints(cfg.models, cfg.weights, run_dir.path / "model",
+                                checked=lambda: run_dir.write_config(cfg))
+    summary["weights_renormalised"] = renormalised(cfg.weights, summary["weights"])
     summary["merge_seconds"] = time.perf_counter() - start
-    if cfg.eval_data:
+    if held_out:
         model, tokenizer = load_model(summary["model"])
-        result = evaluate(model, tokenizer, load_problems(cfg.eval_data), cfg.eval, rewards=cfg.rewards)
+        result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
         summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
     summary["wall_seconds"] = time.perf_counter() - start
     run_dir.write_summary(summary)
     return summary
+
+
+def renormalised(given: list[float], used: list[float]) -> bool:
+    """Say (on stderr) when the weights given do not sum to 1 and were scaled to."""
+    if not given or math.isclose(sum(given), 1.0, rel_tol=0.0, abs_tol=1e-9):
+        return False
+    print(f"merge: weights {given} sum to {sum(given):g}; renormalised to "
+          f"{[round(w, 6) for w in used]}", file=sys.stderr)
+    return True

@@ -39,10 +39,9 @@ class PretrainConfig(LMConfig):
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
-    run_dir = runtime.run_dir(cfg.out)   # under torchrun rank 0 writes, the others do not
+    run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes
     model, tokenizer = load_model(model_path(cfg, run_dir))
     torch.manual_seed(cfg.seed)
-    run_dir.write_config(cfg)
     start = time.perf_counter()
     summary: dict[str, Any] = train_lm(model, tokenizer, cfg, list(cfg.stages),
                                        partial(encode_row, tokenizer=tokenizer), run_dir)
@@ -59,13 +58,13 @@ class CorpusConfig(Section):
     """Sizes of the demo's synthetic pretraining corpus (documents per part)."""
 
     seed: int = 0
-    base_docs: int = 3000          # lines of addition facts and equations
-    cooldown_docs: int = 3000      # worked column additions (long-CoT-like traces)
-    long_docs: int = 300           # several worked problems in one document
-    problems_per_long_doc: int = 4
-    max_difficulty: int = 2
-    equations_per_doc: int = 8
-    equation_share: float = 0.5    # lines that are whole-problem equations (rest: digit facts)
+    base_docs: int = Field(3000, ge=0)   # lines of addition facts and equations
+    cooldown_docs: int = Field(3000, ge=0)   # worked column additions (long-CoT-like traces)
+    long_docs: int = Field(300, ge=0)   # several worked problems in one document
+    problems_per_long_doc: int = Field(4, gt=0)
+    max_difficulty: int = Field(2, ge=1, le=5)   # see data/synthetic.py LEVELS
+    equations_per_doc: int = Field(8, gt=0)
+    equation_share: float = Field(0.5, ge=0.0, le=1.0)   # lines that are whole-problem equations (rest: digit facts)
     instruction: str = "Show your work.\n"   # prefixes every worked solution (longcot's template)
 
 

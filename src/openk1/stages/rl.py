@@ -28,11 +28,12 @@ import time
 from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from openk1.algo.aggregate import global_normaliser
 from openk1.algo.opmd import compute_advantages, opmd_loss
-from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from openk1.checkpoint import check_resume_step, latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
@@ -54,17 +55,21 @@ from openk1.types import Problem, Rollout
 
 
 class RLConfig(StageConfig):
+    # --resume may raise or lower `iterations` (not below the checkpoint) and change when the
+    # held-out set is evaluated: evaluation samples from its own seeded streams
+    resume_may_change = (*StageConfig.resume_may_change, "iterations", "eval_every", "eval_at_start")
+
     eval_data: str = ""                      # held-out problems for accuracy
-    iterations: int = 20
-    prompts_per_iter: int = 32
-    samples_per_prompt: int = 8              # k
-    tau: float = 0.01                        # KL weight; scale depends on logratio_level
+    iterations: int = Field(20, gt=0)
+    prompts_per_iter: int = Field(32, gt=0)
+    samples_per_prompt: int = Field(8, gt=0)   # k
+    tau: float = Field(0.01, ge=0.0)         # KL weight; scale depends on logratio_level
     baseline: Literal["mean", "log_z"] = "mean"            # report: mean reward "in practice"
     logratio_level: Literal["sequence", "token"] = "sequence"  # report's equation: sequence
     aggregation: Literal["seq_mean", "token_mean", "seq_mean_token_mean"] = "seq_mean"
-    minibatches_per_iter: int = 2
-    epochs_per_iter: int = 2                 # optimizer steps = minibatches x epochs
-    micro_batch_size: int = 64
+    minibatches_per_iter: int = Field(2, gt=0)
+    epochs_per_iter: int = Field(2, gt=0)    # optimizer steps = minibatches x epochs
+    micro_batch_size: int = Field(64, ge=0)  # responses per forward/backward (0 = the whole minibatch)
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision in rollout and update
     compile: bool = False                    # torch.compile the update's layers (Llama-family; models/lean.py)
     lean: bool = True                        # the update's forward on models/lean.py (Llama-family); false: HF's
@@ -72,20 +77,28 @@ class RLConfig(StageConfig):
     optim: OptimConfig = OptimConfig(lr=3e-4, warmup_steps=0)
     sampling: SamplingConfig = SamplingConfig()
     partial: PartialConfig = PartialConfig()   # partial rollouts (report §2.6), off by default
-    length_penalty_weight: float = 0.0       # report §2.3.3; 0 = off
-    length_penalty_warmup: int = 0           # iterations of plain RL before it turns on
-    repeat_penalty: float = 0.0              # subtracted from responses stopped for repeating
+    length_penalty_weight: float = Field(0.0, ge=0.0)   # report §2.3.3; 0 = off
+    length_penalty_warmup: int = Field(0, ge=0)   # iterations of plain RL before it turns on
+    repeat_penalty: float = Field(0.0, ge=0.0)   # subtracted from responses stopped for repeating
     sampler: SamplerConfig = SamplerConfig() # uniform | curriculum | prioritized (report §2.3.4)
     rewards: RewardConfig = RewardConfig()   # reward terms per problem type (also used by eval)
-    eval_every: int = 5
+    eval_every: int = Field(5, gt=0)
     eval_at_start: bool = True
     eval: EvalSettings = EvalSettings()
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 2
-    score_workers: int = 0
-    resume: bool = False
+    checkpoint_every: int = Field(5, gt=0)
+    keep_checkpoints: int = Field(2, ge=0)   # newest checkpoints kept (0 = all)
+    score_workers: int = Field(0, ge=0)      # >0: verifiers in that many processes
     ray: RaySettings = RaySettings()         # `openk1 rl --ray` (dist/settings.py)
     vllm: VLLMSettings = VLLMSettings()      # ray.engine: vllm
+
+    @model_validator(mode="after")
+    def _sampling_and_baseline(self) -> RLConfig:
+        if self.sampling.temperature <= 0:
+            raise ValueError("sampling.temperature must be > 0 for RL (greedy decoding gives a "
+                             f"prompt k identical responses), got {self.sampling.temperature}")
+        if self.baseline == "log_z" and self.tau <= 0:
+            raise ValueError(f"baseline log_z needs tau > 0, got {self.tau}")
+        return self
 
 
 PLOTTED = ["reward/mean", "eval/accuracy", "response_tokens/mean", "update/opmd/kl_old_new_per_token"]
@@ -224,13 +237,14 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
 def run(cfg: RLConfig, make_engine: Any = None, score: Any = None) -> dict[str, Any]:
     """`make_engine(model, tokenizer)` and `score` replace the in-process rollout engine and
     verifier (dist/ray_rl.py passes Ray actors); by default HFEngine (split across torchrun ranks)."""
+    run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes, others do not
     problems = load_problems(cfg.data)
     held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
-    run_dir = runtime.run_dir(cfg.out)   # rank 0 writes; other ranks write nothing
     start_iteration, model_path = 0, cfg.model
     if cfg.resume:
         checkpoint = latest_checkpoint(run_dir.path)
         model_path = str(checkpoint / "model")
+        check_resume_step(checkpoint, cfg.iterations, "iterations")
     model, tokenizer = load_model(model_path)
     trainee = fsdp.trainee(model)   # FSDP2 copy under torchrun (dist/fsdp.py); else model
     optimizer = make_optimizer(trainee, cfg.optim)

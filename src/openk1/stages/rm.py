@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from openk1.config import StageConfig
-from openk1.data.io import read_rows
+from openk1.data.io import read_located
+from openk1.dist import runtime
 from openk1.errors import OpenK1Error
 from openk1.models.io import save_model
-from openk1.optim import OptimConfig, cosine_lr, guarded_step, make_optimizer, set_lr
+from openk1.optim import OptimConfig, check_decay, cosine_lr, guarded_step, make_optimizer, set_lr
 from openk1.report.run_dir import RunDir
 from openk1.rewards.reward_model import correct_probability, encode_rm_inputs, load_reward_model
 
@@ -35,20 +37,24 @@ Example = tuple[str, str, str, int]  # (prompt, reference answer, response, labe
 
 class RMTrainConfig(StageConfig):
     action: Literal["train"] = "train"  # `openk1 rm train`: the one action for now
-    heldout_fraction: float = 0.2  # of the rows, for held-out accuracy (0 = none)
-    epochs: int = 3
-    batch_size: int = 32
-    max_tokens: int = 512  # per example; over it the response keeps its end (reward_model.py)
+    heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # of the rows, for held-out accuracy (0 = none)
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_tokens: int = Field(512, gt=0)  # per example; over it the response keeps its end (reward_model.py)
     optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=10)  # ~1e-5 for a real model
-    threshold: float = 0.5  # P(correct) >= threshold counts as "correct"
-    log_every: int = 10
+    threshold: float = Field(0.5, ge=0.0, le=1.0)  # P(correct) >= threshold counts as "correct"
+    log_every: int = Field(10, gt=0)
+
+    @model_validator(mode="after")
+    def _decay(self) -> RMTrainConfig:
+        check_decay(self.optim)
+        return self
 
 
 def load_labelled(path: str | Path) -> list[Example]:
     """Validated (prompt, answer, response, label) rows; a bad row names file, row and field."""
     examples = []
-    for n, row in enumerate(read_rows(path), start=1):
-        where = f"{path}: row {n}"
+    for where, row in read_located(path):
         for name, kinds in (
             ("prompt", (str,)),
             ("answer", (str, int, float)),
@@ -174,12 +180,11 @@ def _batches(data: list[Example], size: int, seed: int, epoch: int) -> list[list
 def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if not cfg.model or not cfg.data or not cfg.out:
         raise OpenK1Error("rm train: needs --model DIR --data labelled.jsonl --out DIR")
+    run_dir = runtime.run_dir(cfg)  # the run-directory contract: a new or --overwrite'd DIR
     examples = load_labelled(cfg.data)
     data, held = split(examples, cfg.heldout_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_reward_model(cfg.model)
-    run_dir = RunDir(cfg.out)
-    run_dir.truncate_metrics(0)  # a fresh run: no metric rows of an earlier one
     run_dir.write_config(cfg)
     start = time.perf_counter()
     result = train(model, tokenizer, data, held, cfg, run_dir)

@@ -17,25 +17,33 @@ from functools import partial
 from typing import Any
 
 import torch
+from pydantic import Field, model_validator
 
 from openk1.data.io import load_problems
 from openk1.data.packing import encode_row
 from openk1.dist import runtime
 from openk1.models.forward import response_logprobs, trim
 from openk1.models.io import load_model, save_model
+from openk1.optim import check_decay
 from openk1.schedules import LRSchedule, Stage
 from openk1.stages.eval import EvalSettings, evaluate
 from openk1.trainer import LMConfig, model_path, train_lm
 
 
 class SFTConfig(LMConfig):
-    epochs: int = 1
-    max_steps: int = 0             # stop after this many optimizer steps (0 = all epochs)
-    batch_size: int = 32           # rows per step: examples (unpacked) or packed rows
-    max_response_tokens: int = 256  # longer responses are cut (counted in `truncated`)
-    max_seq_len: int = 0           # > 0: pack examples into rows of this many tokens
+    epochs: int = Field(1, ge=0)
+    max_steps: int = Field(0, ge=0)   # stop after this many optimizer steps (0 = all epochs)
+    batch_size: int = Field(32, gt=0)   # rows per step: examples (unpacked) or packed rows
+    max_response_tokens: int = Field(256, gt=0)   # longer responses are cut (counted in `truncated`)
+    max_seq_len: int = Field(0, ge=0)   # > 0: pack examples into rows of this many tokens
     eval_data: str = ""            # problems to report held-out accuracy on at the end
     eval: EvalSettings = EvalSettings()
+
+    @model_validator(mode="after")
+    def _plain_schedule(self) -> SFTConfig:
+        if not self.stages:            # the one stage built from optim.lr -> optim.lr_min
+            check_decay(self.optim)
+        return self
 
 
 def sft_stages(cfg: SFTConfig) -> list[Stage]:
@@ -59,11 +67,10 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 
 
 def run(cfg: SFTConfig) -> dict[str, Any]:
-    run_dir = runtime.run_dir(cfg.out)   # under torchrun rank 0 writes, the others do not
+    run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes
     model, tokenizer = load_model(model_path(cfg, run_dir))
     held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
     torch.manual_seed(cfg.seed)
-    run_dir.write_config(cfg)
     start = time.perf_counter()
     encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_response_tokens)
     summary: dict[str, Any] = train_lm(model, tokenizer, cfg, sft_stages(cfg), encode, run_dir)
