@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch.compile's on-disk cache is not keyed on a forced ATEN_CPU_CAPABILITY (the way to check
+# the suite under other CPUs' kernels): kernels cached under one would be loaded under another
+if os.environ.get("ATEN_CPU_CAPABILITY"):
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+        tempfile.gettempdir(), f"torchinductor_openk1_{os.environ['ATEN_CPU_CAPABILITY']}"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

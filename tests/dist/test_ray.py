@@ -7,12 +7,12 @@ import os
 
 import pytest
 import torch
+from compare import UPDATE_REL, assert_metrics_close, rel_diff
 
 from openk1.data.io import write_jsonl
 from openk1.report.run_dir import read_metrics
 
 pytestmark = pytest.mark.distributed
-TOL = 1e-5
 
 
 def values(model, data, out):
@@ -57,17 +57,20 @@ def test_ray_rl_equals_one_process(tiny_model_dir, tmp_path):
                 | {"ray": {"num_cpus": 2, "rollout_workers": 1, "reward_workers": 1}})
     summary = ray_rl.run(cfg)
     assert not ray.is_initialized()                           # the private Ray is shut down
-    # 2 iterations x 4 optimizer steps; weights pushed before each rollout (versions 0 and 4)
-    assert summary["ray"]["policy_version"] == 8 and summary["ray"]["weight_pushes"] == 2
     m1, m2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    # the version counts optimizer steps (an iteration without signal takes none: rl.update);
+    # weights are pushed before the first rollout and before each one after a step moved them
+    steps = [r["update/steps"] for r in m1 if "update/steps" in r]
+    assert len(steps) == 2 and steps[-1] == 4
+    assert summary["ray"]["policy_version"] == sum(steps)
+    assert summary["ray"]["weight_pushes"] == 1 + sum(1 for n in steps[:-1] if n > 0)
     assert [r["step"] for r in m2] == [r["step"] for r in m1] == [0, 1, 2, 2]
-    for r1, r2 in zip(m1, m2):
-        assert r1.keys() == r2.keys()
-        for key, value in r1.items():
-            if not key.startswith(("time/", "throughput/")):
-                assert r2[key] == pytest.approx(value, abs=TOL), key
+    assert all(r1.keys() == r2.keys() for r1, r2 in zip(m1, m2))
+    # the trainer actor may run other kernels or thread counts than this process: metrics at
+    # rounding level, the weights through their update (tests/dist/compare.py)
+    assert_metrics_close(m1, m2, skip=("time/", "throughput/"))
     w1 = load_model(one / "model")[0].state_dict()
     w2 = load_model(two / "model")[0].state_dict()
     start = load_model(tiny_model_dir)[0].state_dict()
     assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-4   # it trained
-    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < TOL
+    assert rel_diff(w2, w1, start) <= UPDATE_REL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +14,68 @@ AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
 
 
 def rl_update(rank: int, model_dir: str, batch_path: str, out_path: str) -> None:
-    """rl.update on a fixed global rollout, once per aggregation; rank 0 saves loss + weights."""
-    results = rl_update_results(model_dir, batch_path)
+    """rl.update on a fixed global rollout, once per aggregation and dtype; rank 0 saves the
+    per-step stats, the first step's gradient and the final weights."""
+    results = {dtype: rl_update_results(model_dir, batch_path, dtype) for dtype in DTYPES}
     if rank == 0:
         torch.save(results, out_path)
 
 
-def rl_update_results(model_dir: str, batch_path: str) -> dict[str, Any]:
+DTYPES = (torch.float32, torch.float64)
+
+
+def rl_update_results(model_dir: str, batch_path: str, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Per aggregation: rl.update's metrics, each step's stats (`steps`), the full gradient of the
+    first step before clipping (`grad`: the weights are still the loaded ones, so it is invariant
+    to the number of ranks up to summation order) and the final full weights."""
     from openk1.models.io import load_model
     from openk1.optim import OptimConfig, make_optimizer
     from openk1.stages import rl
 
     batch = torch.load(batch_path, weights_only=False)
+    # the rollout's log-probs in the run's dtype: summed in fp32, their rounding would depend on
+    # each micro-batch's width (algo/opmd.py sums logp_old in its own dtype)
+    rollout = dataclasses.replace(batch["rollout"], logp=batch["rollout"].logp.to(dtype))
     results: dict[str, Any] = {}
+    minibatch_step, guarded_step = rl._minibatch_step, rl.guarded_step
     for aggregation in AGGREGATIONS:
-        model, _ = load_model(model_dir)
+        model, _ = load_model(model_dir, dtype)
         trainee = fsdp.trainee(model)
+        # lean: False: FSDP's sharded parameters take HF's forward (models/lean.py refuses them)
         cfg = rl.RLConfig(aggregation=aggregation, micro_batch_size=3, minibatches_per_iter=3,
-                          epochs_per_iter=2, tau=0.1, optim=OptimConfig(lr=0.01, warmup_steps=0))
+                          epochs_per_iter=2, tau=0.1, lean=False, optim=OptimConfig(lr=0.01, warmup_steps=0))
         optimizer = make_optimizer(trainee, cfg.optim)
-        metrics = rl.update(trainee, optimizer, batch["rollout"], batch["advantages"], cfg,
-                            torch.Generator().manual_seed(5))
-        results[aggregation] = {"metrics": metrics, "weights": fsdp.full_state_dict(trainee)}
+        steps: list[dict[str, float]] = []
+        grad: dict[str, torch.Tensor] = {}
+        # spies on this process's rl module only
+        rl._minibatch_step, rl.guarded_step = _recording(minibatch_step, steps), _saving_first_grad(guarded_step, grad)
+        try:
+            metrics = rl.update(trainee, optimizer, rollout, batch["advantages"], cfg,
+                                torch.Generator().manual_seed(5))
+        finally:
+            rl._minibatch_step, rl.guarded_step = minibatch_step, guarded_step
+        results[aggregation] = {"metrics": metrics, "steps": steps, "grad": grad,
+                                "weights": fsdp.full_state_dict(trainee)}
     return results
+
+
+def _recording(step: Any, steps: list[dict[str, float]]) -> Any:
+    """`step` that also appends each of its results to `steps`."""
+    def recording(*args: Any, **kwargs: Any) -> dict[str, float]:
+        steps.append(step(*args, **kwargs))
+        return steps[-1]
+    return recording
+
+
+def _saving_first_grad(guarded_step: Any, grad: dict[str, torch.Tensor]) -> Any:
+    """`guarded_step` that first saves the full gradients of its first call into `grad` (a
+    collective for DTensor gradients: every rank gets there in step)."""
+    def saving(model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        if not grad:
+            grad.update({n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+                         for n, p in model.named_parameters() if p.grad is not None})
+        return guarded_step(model, *args, **kwargs)
+    return saving
 
 
 def rl_run(rank: int, values: dict[str, Any], out_dir: str) -> None:

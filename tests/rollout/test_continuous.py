@@ -62,6 +62,7 @@ def test_slots_and_batch_size_do_not_change_the_samples(tiny):
         other = engine(tiny, batch_size=batch_size, continuous_batching=continuous).generate(PROMPTS, 4, seed=5)
         assert torch.equal(other.response_ids, reference.response_ids)
         assert other.stop_reason == reference.stop_reason
+        # other batch shapes, same decoder: log-probs up to ~5 within ~20 ulps (measured <= 1 ulp)
         assert torch.allclose(other.logp, reference.logp, atol=1e-5)
 
 
@@ -71,6 +72,7 @@ def test_continuous_logp_equals_fresh_forward(tiny):
     fresh = response_logprobs(model, rollout.prompt_ids, rollout.prompt_mask,
                               rollout.response_ids, rollout.action_mask)
     mask = rollout.action_mask.bool()
+    # decode vs one forward: ~200 ulps of log-probs up to ~5 (measured <= 9.5e-7)
     assert torch.allclose(rollout.logp[mask], fresh[mask].detach(), atol=1e-4)
 
 
@@ -112,7 +114,7 @@ def test_budget_cut_then_continuation_equals_one_go(tiny):
     for j, row in enumerate(i for i in range(5) if cut.stop_reason[i] == "budget"):
         n = int(one_go.lengths[row])
         assert rest.response_ids[j, :n - 5].tolist() == one_go.response_ids[row, 5:n].tolist()
-        assert torch.allclose(rest.logp[j, :n - 5], one_go.logp[row, 5:n], atol=1e-4)
+        assert torch.allclose(rest.logp[j, :n - 5], one_go.logp[row, 5:n], atol=1e-4)   # as above
         assert rest.stop_reason[j] == one_go.stop_reason[row]   # max_tokens counts the prefix
 
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from openk1.models.forward import response_logprobs
@@ -16,6 +17,8 @@ def test_rollout_logp_equals_fresh_forward(tiny):
                               rollout.response_ids, rollout.action_mask)
     mask = rollout.action_mask.bool()
     assert mask.sum() > 20
+    # decode (cached, one token a step) vs one forward: fp32 log-probs up to ~5 (ulp 4.8e-7);
+    # 1e-4 is ~200 ulps (measured <= 9.5e-7 with AMX / AVX2 / default kernels)
     assert torch.allclose(rollout.logp[mask], fresh[mask].detach(), atol=1e-4)
     assert (rollout.logp[~mask] == 0).all()
 
@@ -29,7 +32,7 @@ def test_each_row_matches_an_unpadded_single_run(tiny):
         a_mask = rollout.action_mask[row].bool()
         alone = response_logprobs(model, rollout.prompt_ids[row][p_mask][None], p_mask[p_mask][None].long(),
                                   rollout.response_ids[row][a_mask][None], a_mask[a_mask][None].long())
-        assert torch.allclose(alone[0].detach(), rollout.logp[row][a_mask], atol=1e-4)
+        assert torch.allclose(alone[0].detach(), rollout.logp[row][a_mask], atol=1e-4)   # as above
 
 
 def test_deterministic_under_seed_and_seed_matters(tiny):
@@ -101,3 +104,34 @@ def test_repeat_detection_stops_generation(tiny):
             assert torch.equal(b.response_ids[row, :n], a.response_ids[row, :n])
         else:
             assert b.stop_reason[row] == a.stop_reason[row]
+
+
+# The rollout's log-probs against the trainer's (a fresh forward pass, same tokens): the same fp32
+# arithmetic (log softmax(z / T), algo/logprobs.py) on logits from two forward passes that differ
+# only in summation order (a cached token a step vs one pass over the sequence). |logp| is about
+# log V = 4.6 here (up to ~5.3 at T = 0.7), where fp32's ulp is 4.8e-7 (eps 1.2e-7 x 4); errors of
+# ~eps relative random-walk over a few hundred accumulated ops (hidden 32, ~30 attended positions,
+# a logsumexp over V = 101): sqrt(300) x 1.2e-7 x 5 ~ 1e-5. Measured: <= 4.8e-7 (one ulp).
+LOGP_ATOL = 1e-5
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_logp_is_the_tempered_distributions(tiny, temperature):
+    """log pi_theta_i recorded by the rollout = log softmax(z / T) of the token sampled, what
+    response_logprobs(..., temperature=T) computes on the lean and on HF's forward."""
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, SamplingConfig(temperature=temperature, max_new_tokens=24))
+    rollout = engine.generate(PROMPTS, samples_per_prompt=3, seed=0)
+    args = (model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.action_mask)
+    mask = rollout.action_mask.bool()
+    assert mask.sum() > 20
+    for lean in (True, False):
+        fresh = response_logprobs(*args, lean=lean, temperature=temperature).detach()
+        torch.testing.assert_close(rollout.logp[mask], fresh[mask], atol=LOGP_ATOL, rtol=0)
+    assert (rollout.logp[~mask] == 0).all()
+    untempered = response_logprobs(*args).detach()              # T = 1: the old stored log-probs
+    gap = (rollout.logp[mask] - untempered[mask]).abs().mean()
+    if temperature == 1.0:
+        assert gap < LOGP_ATOL
+    else:   # measured 0.043 (max 0.28): far beyond rounding, so the test tells the two apart
+        assert gap > 100 * LOGP_ATOL

@@ -51,6 +51,8 @@ def test_response_over_several_iterations_equals_one_go(tiny):
             row = offset + j
             n = int(reference.lengths[row])
             assert t.tokens == reference.response_ids[row, :n].tolist()
+            # segments decoded across iterations vs in one go: ~200 ulps of log-probs up to ~5
+            # (measured <= 4.8e-7 with AMX / AVX2 / default kernels)
             assert torch.allclose(torch.tensor(t.logp), reference.logp[row, :n], atol=1e-4)
             assert t.stop == reference.stop_reason[row]
             # 5 tokens per iteration: token i was sampled at iteration start + i // 5
@@ -117,7 +119,7 @@ def test_loss_view_scores_the_new_tokens_as_the_whole_response_does(tiny):
                                view.response_ids, view.action_mask).detach()
     new = rollout.action_mask.bool() & (rollout.versions == last)
     assert int(new.sum()) == int(view.action_mask.sum()) > 0
-    assert torch.allclose(whole[new], masked[view.action_mask.bool()], atol=1e-4)
+    assert torch.allclose(whole[new], masked[view.action_mask.bool()], atol=1e-4)   # as above
     assert torch.allclose(rollout.logp[new], view.logp[view.action_mask.bool()])
 
 

@@ -39,10 +39,33 @@ def test_preference_pairs_follow_the_report():
 
 
 def test_rl_section_defaults_to_the_long2short_preset():
+    import torch
+
+    from openk1.config import read_yaml
+    from openk1.rewards.base import Score
+    from openk1.stages import rl
+    from openk1.types import Rollout
+
     cfg = build(long2short.Long2ShortConfig, {"rl": {"iterations": 3}})
+    preset, plain = read_yaml(long2short.PRESETS / "long2short_rl.yaml"), rl.RLConfig()
     assert cfg.rl.iterations == 3                                   # the user's key wins
-    assert cfg.rl.length_penalty_weight > 0 and cfg.rl.length_penalty_warmup == 0
-    assert cfg.rl.sampling.max_new_tokens < build(long2short.RLConfig, {}).sampling.max_new_tokens * 100
+    assert cfg.rl.sampling.max_new_tokens == preset["sampling"]["max_new_tokens"] == 16384 // 4
+    # what shortens: the length penalty, off in plain RL, on in the preset from iteration 0 ...
+    assert plain.length_penalty_weight == 0 and cfg.rl.length_penalty_weight > 0
+    assert cfg.rl.length_penalty_warmup == 0
+    # ... so that of 4 right answers of 2, 4, 6 and 10 tokens the shorter earn more at iteration 0,
+    # where plain RL rewards all 4 alike. (Not the budget: the preset's 4096 tokens, 1/4 of a 16k
+    # long-CoT budget, are above plain RL's default of 64, sized for the CPU demo.)
+    lengths = torch.tensor([2, 4, 6, 10])
+    mask = (torch.arange(10)[None] < lengths[:, None]).long()
+    ones = torch.ones(4, 10, dtype=torch.long)
+    rollout = Rollout(ones[:, :2], ones[:, :2], ones * mask, mask, torch.zeros(4, 10), ["normal"] * 4,
+                      texts=["\\boxed{2}"] * 4)
+    right = lambda texts, problems, workers, rewards: [Score(1.0, "correct")] * len(texts)
+    batch = [P[0]]
+    shortened = rl.rewards_for(rollout, batch, 4, 0, cfg.rl, right)[0]
+    assert shortened.tolist() == [1.0 + cfg.rl.length_penalty_weight * x for x in (0.5, 0.25, 0.0, -0.5)]
+    assert rl.rewards_for(rollout, batch, 4, 0, plain, right)[0].tolist() == [1.0] * 4
 
 
 def test_demo_preset_is_valid():

@@ -5,6 +5,7 @@ import random
 from typing import ClassVar
 
 import torch
+import yaml
 
 from openk1.cli import main
 from openk1.data.io import write_jsonl
@@ -67,7 +68,14 @@ def test_build_then_train(tmp_path, tiny_model_dir, monkeypatch):
     assert rows[1]["response"] == "plan\ncheck ok\n\\boxed{3}"               # longest verified, finished
     stats = json.loads((out / "longcot_stats.json").read_text())
     assert stats["all"]["sample_acceptance"] == 6 / 12 and stats["difficulty/1"]["prompts"] == 2
+    # `train` continues the build's run: its config is the base, a build key may not change
+    assert main(["longcot", "train", "--model", str(tiny_model_dir), "--out", str(out),
+                 "--set", "build.samples_per_prompt=2"]) == 2
     assert main(["longcot", "train", "--model", str(tiny_model_dir), "--out", str(out),
                  "--set", "epochs=2", "batch_size=2", "max_seq_len=64"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and (out / "sft" / "model" / "config.json").exists()
+    assert summary["build"]["rows"] == len(rows)                             # the build's record kept
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["action"], config["epochs"], config["build"]["samples_per_prompt"]) == ("train", 2, 4)
+    assert main(["longcot", "train", "--model", str(tiny_model_dir), "--out", str(out)]) == 2   # done

@@ -85,11 +85,14 @@ def test_accumulation_matches_one_batch_and_bf16_runs(tiny):
                              torch.device("cpu"))
         grads.append(([p.grad.clone() for p in model.parameters()], loss))
     assert n == 3 + 1 + 5 + 1
+    # the same fp32 sums in other micro-batches: the loss (~4.6) within 1e-6 relative (8 eps),
+    # gradients within 1e-5 relative + 1e-6 (measured: losses <= 5e-8 relative, gradients <= 0.02
+    # of that allowance, AMX / AVX2 / default kernels)
     assert grads[0][1] == pytest.approx(grads[1][1], rel=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][0], grads[1][0]))
     model.zero_grad()
     loss, _ = accumulate(model, rows, cfg.model_copy(update={"precision": "bf16"}), tok.pad_token_id, torch.device("cpu"))
-    assert abs(loss - grads[0][1]) < 0.1
+    assert abs(loss - grads[0][1]) < 0.1   # bf16 (eps 2^-7) on a loss of ~4.6: measured 7e-5
 
 
 def test_make_corpus_excludes_heldout(tmp_path):

@@ -26,7 +26,9 @@ def config(tmp_path, model, out, **extra):
               "eval_data": str(problems(tmp_path)), "iterations": 4, "prompts_per_iter": 3,
               "samples_per_prompt": 4, "eval_every": 2, "checkpoint_every": 2,
               "sampling": {"max_new_tokens": 6}, "eval": {"samples_per_prompt": 1, "max_new_tokens": 6},
-              "optim": {"lr": 0.01, "warmup_steps": 0}, **extra}
+              "optim": {"lr": 0.01, "warmup_steps": 0},
+              "length_penalty_weight": 1.0,   # a random model is never right: length gives the signal
+              **extra}
     return build(rl.RLConfig, values)
 
 
@@ -47,7 +49,11 @@ def test_rl_writes_run_directory(tmp_path, tiny_model_dir):
     rows = read_metrics(run / "metrics.jsonl")
     train = [r for r in rows if "reward/mean" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
-    assert all(r["update/steps"] == 4 for r in train)       # 2 mini-batches x 2 epochs
+    # 2 mini-batches x 2 epochs, each a step or, when its responses are all equally long (the
+    # random model rarely says EOS in 6 tokens) before any step, skipped: no signal
+    assert all(r["update/steps"] + r["update/skipped_no_signal"] == 4 for r in train)
+    assert any(r["update/steps"] == 4 and "update/loss" in r for r in train)
+    assert all(r["update/skipped"] == 0 for r in train)
     assert {"time/rollout", "time/reward", "time/update"} <= set(train[0])
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2, 4]
     assert json.loads((run / "summary.json").read_text())["accuracy"] == summary["accuracy"]
@@ -137,9 +143,39 @@ def test_bf16_precision_runs_rollout_and_update_in_bf16(tmp_path, tiny_model_dir
 
     monkeypatch.setattr(lean.LeanModel, "decoder", spy)
     rl.run(config(tmp_path, tiny_model_dir, tmp_path / "run", precision="bf16", iterations=2, eval_at_start=False))
-    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "update/loss" in r]
-    assert len(rows) == 2 and all(math.isfinite(r["update/loss"]) for r in rows)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "reward/mean" in r]
+    updated = [r for r in rows if "update/loss" in r]   # an iteration with no signal takes no step
+    assert len(rows) == 2 and updated and all(math.isfinite(r["update/loss"]) for r in updated)
     import torch
 
     assert dtypes and set(dtypes[:2]) == {torch.bfloat16}   # RL rollouts (eval decodes in fp32)
     assert torch.float32 in dtypes                            # the held-out evaluation
+
+
+@pytest.mark.parametrize("length_weight, expected", [
+    (0.0, [1.0, 0.75, 0.0, 0.75, -0.25, 1.0]),
+    # + 0.5 x length reward: lengths 2, 6, 4 -> lambda 0.5, -0.5, 0 (the wrong one: min(0, 0));
+    # lengths 3, 5, 1 -> lambda 0, -0.5, 0.5 (the wrong one: -0.5)
+    (0.5, [1.25, 0.5, 0.0, 0.75, -0.5, 1.25]),
+], ids=["no-length-penalty", "length-penalty"])
+def test_rewards_for_subtracts_repeat_penalty(length_weight, expected):
+    """repeat_penalty is subtracted from every response stopped for repeating, right or wrong,
+    and from no other (a response cut at max_tokens is just wrong); the length reward adds."""
+    import torch
+
+    from openk1.types import Problem, Rollout
+
+    batch = [Problem("1+1=", "2"), Problem("2+2=", "4")]
+    texts = ["\\boxed{2}", "\\boxed{2}", "\\boxed{3}", "\\boxed{4}", "\\boxed{1}", "\\boxed{4}"]
+    stops = ["normal", "repeat", "max_tokens", "repeat", "repeat", "normal"]
+    lengths = torch.tensor([2, 6, 4, 3, 5, 1])
+    mask = (torch.arange(6)[None] < lengths[:, None]).long()
+    rollout = Rollout(torch.ones(6, 4, dtype=torch.long), torch.ones(6, 4, dtype=torch.long),
+                      torch.ones(6, 6, dtype=torch.long) * mask, mask, torch.zeros(6, 6), stops, texts=texts)
+    cfg = rl.RLConfig(repeat_penalty=0.25, length_penalty_weight=length_weight)
+    rewards, correct, metrics = rl.rewards_for(rollout, batch, 3, 0, cfg)
+    assert correct.tolist() == [True, True, False, True, False, True]
+    assert rewards.tolist() == expected
+    assert metrics == {"reward/length_weight": length_weight}
+    off = rl.rewards_for(rollout, batch, 3, 0, cfg.model_copy(update={"repeat_penalty": 0.0}))[0]
+    assert off.tolist() == [e + 0.25 * (s == "repeat") for e, s in zip(expected, stops)]

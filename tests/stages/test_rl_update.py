@@ -36,6 +36,9 @@ def test_sorted_micro_batches_equal_one_pass(tiny):
     one, stats_one = step_deltas(model, rollout, advantages, index, micro_batch_size=64)
     split, stats_split = step_deltas(model, rollout, advantages, index, micro_batch_size=2)
     assert sum(float(d.abs().sum()) for d in one) > 1e-3
+    # the same fp32 sums in another order: deltas (-gradients) up to ~1.1 within 1e-5 (~80 eps of
+    # it; measured <= 6.7e-7), the loss (~4.4) within ~20 eps of it (measured <= 2.4e-7), with
+    # AMX / AVX2 / default kernels
     for a, b in zip(one, split):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert abs(stats_one["loss"] - stats_split["loss"]) < 1e-5

@@ -141,7 +141,9 @@ def _masked(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mask = action_mask.bool()
     logp = torch.where(mask, logp, 0.0)
-    logp_old = torch.where(mask, logp_old.detach(), 0.0)
+    # in logp's dtype before any sum: fp32 rollout log-probs summed in fp32 would make an fp64
+    # update depend on the micro-batch's width at the 1e-8 level
+    logp_old = torch.where(mask, logp_old.detach().to(logp.dtype), 0.0)
     return logp, logp_old, mask
 
 

@@ -48,8 +48,9 @@ def trim(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torc
 def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       response_ids: torch.Tensor, action_mask: torch.Tensor,
                       chunk_size: int | None = None, dtype: torch.dtype | None = None,
-                      compile: bool = False, lean: bool = True) -> torch.Tensor:
-    """log pi(response token | prefix) for every response position, [B, T] (0 where masked).
+                      compile: bool = False, lean: bool = True, temperature: float = 1.0) -> torch.Tensor:
+    """log pi_T(response token | prefix) for every response position, [B, T] (0 where masked),
+    pi_T = softmax(logits / temperature).
 
     prompt_ids/prompt_mask [B, P] (left-padded), response_ids/action_mask [B, T] (right-padded).
     Llama-family models run on models/lean.py's forward (`lean`, the default: fewer elementwise
@@ -57,6 +58,9 @@ def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.T
     HF's. `dtype` (default: the parameters') is the compute dtype: bfloat16 is mixed precision
     (fp32 parameters, gradients and log-probs; bf16 matmuls), under torch.autocast on HF's
     forward. `compile`: the lean layers through torch.compile (models/lean.py compiled_layer).
+    `temperature` (> 0): RL passes its sampling temperature, so that log pi_theta is that of the
+    tempered distribution the rollout sampled and recorded (rollout/hf.py); SFT, DPO and scoring
+    keep 1.
     """
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)            # [B, L]
     attention_mask = torch.cat([prompt_mask, action_mask], dim=1)       # [B, L]
@@ -65,18 +69,18 @@ def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.T
     fast = LeanModel.of(model, dtype, compile) if lean or compile else None
     if fast is not None:
         logits = fast.logits(input_ids, attention_mask, position_ids(attention_mask), keep=T + 1)[:, :-1]
-        return token_logprobs(logits, response_ids, chunk_size=chunk_size) * action_mask
+        return token_logprobs(logits, response_ids, chunk_size=chunk_size, temperature=temperature) * action_mask
     if mixed:
         with torch.autocast(input_ids.device.type, dtype=dtype):
             return response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask, chunk_size,
-                                     lean=False)
+                                     lean=False, temperature=temperature)
     # Only positions P-1 .. L-2 score a response token: the LM head runs on the last T + 1
     # positions, not on the prompt's (`logits_to_keep`, where the model accepts it).
     keep = {"logits_to_keep": T + 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids(attention_mask), use_cache=False, **keep)
     logits = out.logits[:, -(T + 1):-1]                                 # [B, T, V]
-    return token_logprobs(logits, response_ids, chunk_size=chunk_size) * action_mask
+    return token_logprobs(logits, response_ids, chunk_size=chunk_size, temperature=temperature) * action_mask
 
 
 def _accepts(model: Any, name: str) -> bool:

@@ -4,10 +4,13 @@ The engine knows nothing about rewards or losses: requests in (prompt tokens, op
 prefix of earlier response tokens, a random-stream key, a token budget); tokens, action mask,
 per-token log-probs and stop reasons out.
 
-`logp` is always log pi_theta(token | context) of the unmodified policy (log-softmax of the raw
-logits), taken from the very forward pass that sampled the token: at temperature 1 and top-p 1
-it is also the sampling log-prob, so the trainer reuses it as log pi_theta_i with no second
-forward pass.
+`logp` is log pi_T(token | context) of the tempered distribution sampled, pi_T = softmax(z / T)
+(z the raw logits, T `sampling.temperature`), taken from the very forward pass that sampled the
+token: the trainer reuses it as log pi_theta_i with no second forward pass and computes log
+pi_theta at the same T (models/forward.py response_logprobs; as verl and TRL do). Two cases are
+not the sampling log-prob: temperature 0 (greedy) records log softmax(z), the T = 1 policy's;
+top-p < 1 records the tempered distribution's before the nucleus cut (the truncated one is not a
+smooth function of z the trainer can reproduce; RL refuses top_p < 1, eval uses no log-probs).
 
 Determinism: token t of a response is drawn by inverse-CDF sampling at the uniform
 counter_uniform(seed, sequence number, t) (rollout/streams.py). A sequence's tokens depend on
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from openk1.algo.logprobs import token_logprobs
 from openk1.config import Section
 from openk1.data.padding import pad
 from openk1.models.forward import cached_forward, eval_mode, tokenize
@@ -235,8 +239,11 @@ class HFEngine:
     def _step(self, rows: _Rows, outputs: list[_Output], state: Any) -> _Rows | None:
         """Sample one token per row, record it, drop finished rows, run the next forward pass."""
         uniforms = uniform_at(rows.stream, rows.position)            # = counter_uniform(seed, seq, t)
-        token = sample_tokens(rows.logits, self.sampling.temperature, self.sampling.top_p, uniforms)
-        logp = torch.log_softmax(rows.logits, -1).gather(-1, token[:, None]).squeeze(-1)   # [b]
+        temperature = self.sampling.temperature
+        token = sample_tokens(rows.logits, temperature, self.sampling.top_p, uniforms)
+        # log softmax(z / T)[token]: the trainer's arithmetic (token_logprobs); greedy: T = 1
+        logp = token_logprobs(rows.logits[:, None], token[:, None],
+                              temperature=temperature if temperature > 0 else 1.0)[:, 0]   # [b]
         stops = self._stops(rows, token)
         if self.progress is not None:
             self.progress(sum(map(bool, stops)))

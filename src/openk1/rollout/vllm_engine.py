@@ -9,9 +9,13 @@ suite only checks that it is skipped cleanly. `scripts/gpu_smoke.sh MODEL_DIR` i
 user with one GPU runs (README "Scaling out").
 
 Choices, against the HF engine's conventions (rollout/hf.py):
-- logp: vLLM returns the sampled token's log-prob with `logprobs=0`; `logprobs_mode=raw_logprobs`
-  (newer vLLM) makes it log-softmax of the raw logits, as HFEngine's. Older vLLM versions give
-  the same at temperature 1 and top-p 1 (the RL default).
+- logp: vLLM returns the sampled token's log-prob with `logprobs=0`. It must be HFEngine's, log
+  softmax(z / T) of the tempered distribution sampled (the update computes log pi_theta at the
+  same T). vLLM's V1 default (`logprobs_mode="raw_logprobs"`) is log softmax(z), before
+  temperature: the engine is created with `logprobs_mode="processed_logprobs"` (after
+  temperature; also after top-p, which RL refuses), an engine argument of vLLM >= 0.10.2 (as TRL
+  does; 0.10.0-0.10.1 had the setting, but "processed" left out temperature there). Older vLLM
+  is refused at temperature != 1; at temperature 1 and top-p 1 raw and processed agree.
 - Random streams: every request carries its own seed derived from its (seed, sequence number)
   stream key, so a sequence does not depend on the batch; the tokens differ from HFEngine's
   (another sampler), not the distribution.
@@ -33,6 +37,7 @@ from openk1.models.forward import tokenize
 from openk1.rollout.hf import Request, SamplingConfig
 from openk1.types import Rollout
 
+PROCESSED_LOGPROBS_SINCE = (0, 10, 2)   # vLLM version with logprobs_mode="processed_logprobs" after temperature
 FINISH = {"stop": "normal", "length": "max_tokens", "abort": "max_tokens"}
 
 
@@ -46,6 +51,34 @@ def stream_seed(stream: tuple[int, int]) -> int:
     return (seed * 1_000_003 + index * 7_919 + 12_345) % (2**31 - 1)
 
 
+def _version(text: str) -> tuple[int, ...]:
+    """The leading release numbers of a version string.
+
+    >>> _version("0.10.2rc1"), _version("0.9.0+cu124"), _version("0.11")
+    ((0, 10, 2), (0, 9, 0), (0, 11))
+    """
+    import re
+
+    return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def logprobs_mode_args(vllm_version: str, temperature: float) -> dict[str, str]:
+    """LLM(...) keyword arguments that make the returned log-probs those of softmax(z / T).
+
+    >>> logprobs_mode_args("0.10.2", 0.7)
+    {'logprobs_mode': 'processed_logprobs'}
+    >>> logprobs_mode_args("0.9.2", 1.0)
+    {}
+    """
+    if _version(vllm_version) >= PROCESSED_LOGPROBS_SINCE:
+        return {"logprobs_mode": "processed_logprobs"}
+    if temperature != 1.0:
+        raise RuntimeError(f"vLLM {vllm_version} returns the log-probs of the raw logits, not those of "
+                           f"the tempered distribution sampled at temperature {temperature}: use "
+                           "vLLM >= 0.10.2 (logprobs_mode processed_logprobs) or temperature 1")
+    return {}
+
+
 def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
     """Runs inside each vLLM worker process (collective_rpc)."""
     worker.model_runner.model.load_weights(weights=weights)
@@ -55,6 +88,7 @@ class VLLMEngine:
     """Rollout engine over `vllm.LLM`, created once per run (sleep-mode enabled)."""
 
     def __init__(self, model_path: str, sampling: SamplingConfig, settings: Any = None) -> None:
+        import vllm
         from vllm import LLM
 
         from openk1.dist.settings import VLLMSettings
@@ -64,7 +98,8 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, dtype=self.settings.dtype,
                        gpu_memory_utilization=self.settings.gpu_memory_utilization,
                        max_model_len=self.settings.max_model_len,
-                       enforce_eager=self.settings.enforce_eager, enable_sleep_mode=True)
+                       enforce_eager=self.settings.enforce_eager, enable_sleep_mode=True,
+                       **logprobs_mode_args(vllm.__version__, sampling.temperature))
         self.tokenizer = self.llm.get_tokenizer()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

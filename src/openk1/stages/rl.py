@@ -9,9 +9,12 @@ Each iteration i:
   2. verify them (the same verifiers as `openk1 eval`), add the length penalty if it is on
      and subtract `repeat_penalty` from responses stopped for repeating;
   3. advantages r_j - b with b the per-prompt mean reward (or tau log Z);
-  4. log pi_theta_i of every response is frozen: the rollout's own log-probs, no extra pass;
+  4. log pi_theta_i of every response is frozen: the rollout's own log-probs, no extra pass
+     (of the tempered distribution sampled, softmax(z / T); the update computes log pi_theta
+     at the same T, and top_p < 1 is refused);
   5. `minibatches_per_iter` x `epochs_per_iter` optimizer steps on the OPMD surrogate
-     -(r - b) l + tau/2 (l - l_old)^2 (gradient clipping; a non-finite loss skips the step);
+     -(r - b) l + tau/2 (l - l_old)^2 (gradient clipping; a non-finite loss skips the step, and
+     so does a mini-batch with no signal: all advantages 0 before any step of the iteration);
   6. the updated policy is the next iteration's reference; the optimizer is reset
      (`reset_optimizer`, default true as in the report).
 No value network, no PPO ratio, no clipping of the objective.
@@ -100,6 +103,16 @@ class RLConfig(StageConfig):
             raise ValueError(f"baseline log_z needs tau > 0, got {self.tau}")
         return self
 
+    @model_validator(mode="after")
+    def _no_nucleus(self) -> RLConfig:
+        # log pi_theta_i and log pi_theta are those of softmax(z / T) (rollout/hf.py); the
+        # nucleus-truncated distribution's are not, and the update could not reproduce them
+        if self.sampling.top_p < 1:
+            raise ValueError(f"sampling.top_p < 1 (got {self.sampling.top_p}) is not supported in RL: "
+                             "the loss needs the log-probs of the distribution sampled, and the "
+                             "nucleus-truncated one's are not those of any temperature (set top_p: 1)")
+        return self
+
 
 PLOTTED = ["reward/mean", "eval/accuracy", "response_tokens/mean", "update/opmd/kl_old_new_per_token"]
 
@@ -127,19 +140,39 @@ def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: in
 
 def update(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
            advantages: torch.Tensor, cfg: RLConfig, generator: torch.Generator) -> dict[str, float]:
-    """M = minibatches x epochs optimizer steps on the OPMD surrogate; returns mean metrics."""
+    """Up to M = minibatches x epochs optimizer steps on the OPMD surrogate; returns metrics.
+
+    A mini-batch whose advantages are all exactly 0 is skipped (no forward, no step) as long as
+    no step has moved the weights in this iteration: at theta = theta_i its gradient is the tau
+    term's alone, 0 but for the float noise between the rollout's log-probs and the training
+    forward's, which Adam would turn into lr-sized steps. Once a step has moved the weights, a
+    flat mini-batch steps (the tau term pulls back towards the reference). The decision reads
+    the whole mini-batch's advantages, not this rank's share: every rank takes the same one.
+
+    Metrics: `update/steps` (optimizer steps taken), `update/skipped` (mini-batches skipped for a
+    non-finite loss or gradient), `update/skipped_no_signal` (mini-batches skipped for all-zero
+    advantages), and `update/{loss,grad_norm,opmd/*}`: means over the steps taken (absent when
+    none was).
+    """
     B = advantages.shape[0]
     totals: dict[str, float] = {}
-    steps = 0
+    steps = skipped = no_signal = 0
     model.train()
     for _ in range(cfg.epochs_per_iter):
         for minibatch in torch.randperm(B, generator=generator).chunk(cfg.minibatches_per_iter):
+            if steps == 0 and not bool(advantages[minibatch].ne(0).any()):   # NaN != 0: not flat
+                no_signal += 1
+                continue
             set_lr(optimizer, iteration_lr(steps, cfg.optim))
             stats = _minibatch_step(model, optimizer, rollout, advantages, runtime.shard(minibatch), cfg)
+            if stats.pop("skipped", 0.0):   # non-finite: the weights did not move
+                skipped += 1
+                continue
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value
             steps += 1
-    return {f"update/{k}": v / max(steps, 1) for k, v in totals.items()} | {"update/steps": steps}
+    return ({f"update/{k}": v / steps for k, v in totals.items()} |
+            {"update/steps": steps, "update/skipped": skipped, "update/skipped_no_signal": no_signal})
 
 
 def iteration_lr(step: int, optim: OptimConfig) -> float:
@@ -166,8 +199,10 @@ def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollo
         prompt_ids, prompt_mask, response_ids, action_mask = (x.to(device) for x in trim(
             rollout.prompt_ids[micro], rollout.prompt_mask[micro],
             rollout.response_ids[micro], rollout.action_mask[micro]))
+        # log pi_theta at the sampling temperature: the rollout recorded log softmax(z / T)
         logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
-                                 dtype=PRECISIONS[cfg.precision], compile=cfg.compile, lean=cfg.lean)   # [b, T]
+                                 dtype=PRECISIONS[cfg.precision], compile=cfg.compile, lean=cfg.lean,
+                                 temperature=cfg.sampling.temperature)   # [b, T]
         if weight == 0.0:   # padding: the FSDP passes the other ranks run, a zero gradient
             (logp.sum() * 0.0).backward()
             continue
