@@ -95,7 +95,7 @@ def test_eval_writes_the_run_directory_and_shows_progress(tmp_path, tiny_model_d
     err = capsys.readouterr().err          # the bar counts samples: 2 problems x 2
     assert "eval: 100%" in err and "4/4 [" in err
     assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.jsonl", "summary.json",
-                                               "samples.jsonl", "tb"}
+                                               "samples.jsonl", "results.md", "tb"}
     summary = json.loads((out / "summary.json").read_text())
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["eval/accuracy"] == summary["accuracy"] and summary["samples"] == 4

@@ -56,8 +56,9 @@ COMMANDS: dict[str, Command] = {
                   "tau=0.5 iterations=40", flags=("model", "data", "resume", "ray"),
                   required=("model", "data")),
     "eval": Command("eval", "EvalConfig",
-                    "held-out accuracy and mean tokens with the training verifier",
-                    "eval.samples_per_prompt=8", required=("model", "data")),
+                    "held-out Pass@1 (mean over k samples), mean tokens, stop reasons; one row per "
+                    "benchmark file", "eval.samples_per_prompt=8 benchmarks=[aime.jsonl]",
+                    required=("model", "data")),
     "score": Command("score", "ScoreConfig",
                      "verify responses: rows in (--data), rows + reward/verdict out (--out FILE)",
                      "workers=4", flags=("data",), required=("data",)),

@@ -89,20 +89,28 @@ def test_buffer_state_round_trips_through_json(tiny):
     assert [partial.asdict(g) for g in first + rest] == [partial.asdict(g) for g in full]
 
 
-def test_loss_view_masks_old_segments():
-    """prompt [5, 6], response [7, 8, 9] sampled at iterations 0, 0, 1; at iteration 1 the view
-    trains [9] after the context [5, 6, 7, 8]; "include" trains all three."""
-    rollout = Rollout(torch.tensor([[0, 5, 6], [5, 6, 4]]), torch.tensor([[0, 1, 1], [1, 1, 1]]),
-                      torch.tensor([[7, 8, 9], [3, 0, 0]]), torch.tensor([[1, 1, 1], [1, 0, 0]]),
-                      torch.tensor([[-0.1, -0.2, -0.3], [-0.4, 0.0, 0.0]]), ["normal", "normal"],
-                      versions=torch.tensor([[0, 0, 1], [1, -1, -1]]))
-    assert partial.loss_view(rollout, 1, "include", 0) is rollout
-    view = partial.loss_view(rollout, 1, "mask", pad_id=0)
-    assert view.prompt_ids.tolist() == [[5, 6, 7, 8], [0, 5, 6, 4]]
-    assert view.prompt_mask.tolist() == [[1, 1, 1, 1], [0, 1, 1, 1]]
-    assert view.response_ids.tolist() == [[9], [3]] and view.action_mask.tolist() == [[1], [1]]
-    assert torch.allclose(view.logp, torch.tensor([[-0.3], [-0.4]]))
-    assert view.versions.tolist() == [[1], [1]]
+def test_loss_view_trains_each_responses_last_segment():
+    """Prompt [5, 6]. Row 0: [7, 8, 9] sampled at iterations 0, 0, 1 -> trains [9] after the
+    context [5, 6, 7, 8]. Row 1: [3] at iteration 1. Row 2: [7, 8] sampled at iteration 0 and
+    finished then, its group waiting until iteration 1 -> trains [7, 8] (masking every token
+    sampled before the training iteration would give this early-finishing response no gradient).
+    Row 3: [4, 5] at iterations 0, 1 -> trains [5]. "include" trains everything."""
+    rollout = Rollout(torch.tensor([[0, 5, 6], [5, 6, 4], [0, 5, 6], [0, 5, 6]]),
+                      torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [0, 1, 1]]),
+                      torch.tensor([[7, 8, 9], [3, 0, 0], [7, 8, 0], [4, 5, 0]]),
+                      torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 0]]),
+                      torch.tensor([[-0.1, -0.2, -0.3], [-0.4, 0.0, 0.0], [-0.5, -0.6, 0.0],
+                                    [-0.7, -0.8, 0.0]]), ["normal"] * 4,
+                      versions=torch.tensor([[0, 0, 1], [1, -1, -1], [0, 0, -1], [0, 1, -1]]))
+    assert partial.loss_view(rollout, "include", 0) is rollout
+    view = partial.loss_view(rollout, "mask", pad_id=0)
+    assert view.prompt_ids.tolist() == [[5, 6, 7, 8], [0, 5, 6, 4], [0, 0, 5, 6], [0, 5, 6, 4]]
+    assert view.prompt_mask.tolist() == [[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1]]
+    assert view.response_ids.tolist() == [[9, 0], [3, 0], [7, 8], [5, 0]]
+    assert view.action_mask.tolist() == [[1, 0], [1, 0], [1, 1], [1, 0]]
+    assert torch.equal(view.logp, torch.tensor([[-0.3, 0.0], [-0.4, 0.0], [-0.5, -0.6], [-0.8, 0.0]]))
+    assert view.versions.tolist() == [[1, -1], [1, -1], [0, 0], [1, -1]]
+    assert int(view.action_mask.sum(-1).min()) >= 1            # every response gets a gradient
 
 
 def test_loss_view_scores_the_new_tokens_as_the_whole_response_does(tiny):
@@ -111,16 +119,44 @@ def test_loss_view_scores_the_new_tokens_as_the_whole_response_does(tiny):
     cfg = partial.PartialConfig(enabled=True, segment_tokens=6, max_segments=10)
     finished, _ = run_iterations(engine, tokenizer, cfg)
     rollout = partial.to_rollout(finished, tokenizer)
-    last = int(rollout.versions.max())                  # the iteration the last group finished
-    view = partial.loss_view(rollout, last, "mask", tokenizer.pad_token_id)
+    view = partial.loss_view(rollout, "mask", tokenizer.pad_token_id)
     whole = response_logprobs(model, rollout.prompt_ids, rollout.prompt_mask,
                               rollout.response_ids, rollout.action_mask).detach()
     masked = response_logprobs(model, view.prompt_ids, view.prompt_mask,
                                view.response_ids, view.action_mask).detach()
-    new = rollout.action_mask.bool() & (rollout.versions == last)
+    newest = torch.where(rollout.action_mask.bool(), rollout.versions, -1).amax(-1, keepdim=True)
+    new = rollout.action_mask.bool() & (rollout.versions == newest)   # each row's last segment
     assert int(new.sum()) == int(view.action_mask.sum()) > 0
+    assert bool((new.sum(-1) > 0).all())                               # every response trains
     assert torch.allclose(whole[new], masked[view.action_mask.bool()], atol=1e-4)   # as above
     assert torch.allclose(rollout.logp[new], view.logp[view.action_mask.bool()])
+
+
+def test_include_keeps_the_sampling_policys_log_probs_as_the_reference(tiny):
+    """Under `include` a carried token's logp_old, the regulariser's reference, is the log-prob
+    of the policy that sampled it (iteration 0's), not of the policy of the iteration that
+    trains it: the weights change between the two segments and the recorded values follow
+    the sampling policy."""
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, SamplingConfig(max_new_tokens=16))
+    cfg = partial.PartialConfig(enabled=True, segment_tokens=4, max_segments=4)
+    groups = partial.new_groups([0], tokenize(tokenizer, PROMPTS[:1]), 2, seed=5)
+    partial.advance(engine, groups, 0, cfg)
+    with torch.no_grad():                                   # the update between iterations
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
+    partial.advance(engine, groups, 1, cfg)
+    rollout = partial.to_rollout(groups, tokenizer)
+    assert partial.loss_view(rollout, "include", tokenizer.pad_token_id) is rollout
+    new_policy = response_logprobs(model, rollout.prompt_ids, rollout.prompt_mask,
+                                   rollout.response_ids, rollout.action_mask).detach()
+    carried = rollout.action_mask.bool() & (rollout.versions == 0)
+    fresh = rollout.action_mask.bool() & (rollout.versions == 1)
+    assert int(carried.sum()) == 8 and int(fresh.sum()) > 0
+    # fp32 rounding of one forward against the other (|logp| ~ 5): 1e-4; the update moves them
+    # by far more, so the carried tokens' recorded values are the old policy's
+    assert torch.allclose(rollout.logp[fresh], new_policy[fresh], atol=1e-4)
+    assert (rollout.logp[carried] - new_policy[carried]).abs().max() > 1e-2
 
 
 def test_finished_groups_wait_until_there_are_enough():

@@ -19,9 +19,14 @@ penalty compares, and would waste the tokens sampled.
 
 Old segments in the loss (`old_segments`):
     include  every token is trained; a token's logp_old is the log-prob recorded by the policy
-             that sampled it (the report: earlier segments are reused, not recomputed)
-    mask     only the tokens sampled this iteration are trained; older segments are context,
-             moved to the prompt side of the batch (`loss_view`)
+             that sampled it (the report: earlier segments are reused, not recomputed), so for
+             a carried token the regulariser tau/2 (l - l_old)^2 pulls towards the policy of
+             the iteration that sampled it, not towards this iteration's
+    mask     each response trains its last segment only (the tokens of its newest policy
+             version); its earlier segments are context, moved to the prompt side of the batch
+             (`loss_view`). A response that finished in an earlier iteration while its group
+             waited trains the segment it finished with: every response gets a gradient once,
+             short (early-finishing) ones too
 Either way rewards, the length penalty and metrics see the whole response.
 
 With `enabled: false` there is no budget: every group finishes in the iteration it starts.
@@ -160,13 +165,15 @@ def to_rollout(groups: list[Group], tokenizer: Any) -> Rollout:
                    [t.stop for t in trajectories], texts=texts, versions=versions)
 
 
-def loss_view(rollout: Rollout, iteration: int, old_segments: str, pad_id: int) -> Rollout:
-    """The rollout as the loss sees it: as it is ("include"), or ("mask") with the tokens sampled
-    before `iteration` moved to the end of the prompt, so only this iteration's are trained."""
+def loss_view(rollout: Rollout, old_segments: str, pad_id: int) -> Rollout:
+    """The rollout as the loss sees it: as it is ("include"), or ("mask") with each response's
+    earlier segments moved to the end of its prompt, so that only its last segment (the tokens
+    of its newest policy version) is trained."""
     if old_segments == "include" or rollout.versions is None:
         return rollout
     real = rollout.action_mask.bool()                                      # [B, T]
-    old = (real & (rollout.versions < iteration)).sum(-1).tolist()         # [B] an old prefix
+    last = torch.where(real, rollout.versions, -1).amax(-1, keepdim=True)  # [B, 1] newest version
+    old = (real & (rollout.versions < last)).sum(-1).tolist()              # [B] an old prefix
     lengths = real.sum(-1).tolist()
     contexts = [p[m.bool()].tolist() + r[:n].tolist()
                 for p, m, r, n in zip(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, old)]

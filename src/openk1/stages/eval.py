@@ -1,13 +1,22 @@
 """`openk1 eval`: held-out accuracy and mean response tokens with the training verifier.
 
-accuracy = mean reward over all samples (k per problem, sampled as in training: the report's
-Pass@1 averaged over samples); mean_tokens = mean number of generated tokens per response.
+Pass@1 as in the report: k samples per problem (sampled as in training); a problem's pass@1 is
+its mean reward over its k samples (with 0/1 rewards: correct samples / k), and Pass@1 is the
+mean over problems. Every problem has k samples, so Pass@1 equals `accuracy`, the mean reward
+over all samples. mean_tokens = mean number of generated tokens per response; `stop` = the
+fraction of responses per rollout stop reason.
+
+Several benchmarks: `--data` (named by its file stem) and every file of `benchmarks` are
+evaluated with the same settings; DIR/summary.json keeps `--data`'s numbers at the top level
+and has one entry per benchmark under `benchmarks`; DIR/results.md is one Markdown table.
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,8 +25,9 @@ from tqdm import tqdm
 
 from openk1.config import Section, StageConfig
 from openk1.data.io import load_problems, write_jsonl
+from openk1.errors import OpenK1Error
 from openk1.models.io import load_model
-from openk1.report.run_dir import open_run
+from openk1.report.run_dir import atomic_write_text, open_run
 from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.types import Problem
@@ -37,6 +47,12 @@ class EvalSettings(Section):
 class EvalConfig(StageConfig):
     eval: EvalSettings = EvalSettings()
     rewards: RewardConfig = RewardConfig()   # the same reward terms as training
+    # more problem files evaluated like --data, one table row each: "FILE" (named by the file
+    # stem) or "NAME=FILE"; e.g. --set "benchmarks=[aime.jsonl,math500=test.jsonl]"
+    benchmarks: list[str] = Field(default_factory=list)
+
+
+STOP_REASONS = ("normal", "max_tokens", "repeat", "budget")   # rollout `stop_reason`s
 
 
 def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: EvalSettings,
@@ -62,12 +78,72 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
         "problems": len(problems),
         "samples": len(scores),
         "accuracy_by_difficulty": by_difficulty(repeated, rewards),
+        "k": k,
+        "pass_at_1": mean(pass_at_1(rewards, k)),
+        "stop": stop_fractions(rollout.stop_reason),
     }
     if keep_samples:
         result["rows"] = [{"id": p.id, "prompt": p.prompt, "answer": p.answer, "response": t,
                            "reward": s.reward, "verdict": s.verdict, "tokens": int(n)}
                           for p, t, s, n in zip(repeated, rollout.texts, scores, rollout.lengths)]
     return result
+
+
+def pass_at_1(rewards: torch.Tensor, k: int) -> list[float]:
+    """Per problem: mean reward of its k samples (rewards [N*k], problem-major, as `generate`
+    returns them); with 0/1 rewards the fraction of correct samples."""
+    return rewards.float().view(-1, k).mean(dim=1).tolist() if rewards.numel() else []
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def stop_fractions(reasons: list[str]) -> dict[str, float]:
+    """Fraction of responses per stop reason; the four known ones always, others as they come."""
+    counts = Counter(reasons)
+    n = max(len(reasons), 1)
+    return {r: counts.get(r, 0) / n for r in (*STOP_REASONS, *sorted(set(counts) - set(STOP_REASONS)))}
+
+
+def benchmark_files(cfg: EvalConfig) -> list[tuple[str, str]]:
+    """(name, file) of --data and of each `benchmarks` entry; names must differ."""
+    files = [(Path(cfg.data).stem, cfg.data)]
+    for entry in cfg.benchmarks:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or "/" in name:
+            name, path = Path(entry).stem, entry
+        if not path:
+            raise OpenK1Error(f"eval: benchmarks entry {entry!r} names no file")
+        files.append((name, path))
+    names = [n for n, _ in files]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise OpenK1Error(f"eval: benchmark name {twice[0]!r} given twice; name one with NAME=FILE")
+    if cfg.overwrite and not cfg.resume:   # --overwrite deletes DIR first
+        root = Path(cfg.out).resolve()
+        for name, path in files[1:]:
+            if Path(path).resolve().is_relative_to(root):
+                raise OpenK1Error(f"{cfg.out}: --overwrite would delete benchmark {path}, which "
+                                  "lies inside it; copy it elsewhere or choose another --out")
+    return files
+
+
+def benchmark_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """One benchmark's numbers for summary.json."""
+    keys = ("problems", "k", "pass_at_1", "mean_tokens", "stop", "accuracy_by_difficulty")
+    return {key: result[key] for key in keys}
+
+
+def results_table(benchmarks: dict[str, dict[str, Any]]) -> str:
+    """DIR/results.md: one row per benchmark."""
+    lines = ["| benchmark | problems | k | Pass@1 | mean tokens | stop: normal / max_tokens / repeat |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name, b in benchmarks.items():
+        stop = " / ".join(f"{b['stop'][r]:.3f}" for r in ("normal", "max_tokens", "repeat"))
+        lines.append(f"| {name} | {b['problems']} | {b['k']} | {b['pass_at_1']:.4f} "
+                     f"| {b['mean_tokens']:.1f} | {stop} |")
+    return "\n".join(lines) + "\n"
 
 
 def by_difficulty(problems: list[Problem], rewards: torch.Tensor) -> dict[str, float]:
@@ -79,17 +155,36 @@ def by_difficulty(problems: list[Problem], rewards: torch.Tensor) -> dict[str, f
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    """DIR/config.yaml, DIR/samples.jsonl (every sample, its reward and verdict), one row of
-    DIR/metrics.jsonl and TensorBoard scalars (step 0), DIR/summary.json."""
+    """DIR/config.yaml, DIR/samples.jsonl (every sample of every benchmark, its reward and
+    verdict), one row of DIR/metrics.jsonl and TensorBoard scalars (step 0), DIR/summary.json
+    (--data's numbers at the top level, every benchmark under `benchmarks`), DIR/results.md."""
     run_dir = open_run(cfg)   # the run-directory contract
+    files = benchmark_files(cfg)
+    loaded = [(name, load_problems(path)) for name, path in files]   # all validate first
     model, tokenizer = load_model(cfg.model)
-    problems = load_problems(cfg.data)
     run_dir.write_config(cfg)
     start = time.perf_counter()
-    result = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=True, rewards=cfg.rewards)
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    benchmarks: dict[str, dict[str, Any]] = {}
+    result: dict[str, Any] = {}
+    for i, (name, problems) in enumerate(loaded):
+        got = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=True, rewards=cfg.rewards)
+        rows += [{"benchmark": name, **row} for row in got.pop("rows")]
+        benchmarks[name] = benchmark_entry(got)
+        metrics.update({f"eval/{name}/{key}": v for key, v in got.items() if key in
+                        ("pass_at_1", "mean_tokens", "problems")})
+        metrics.update({f"eval/{name}/stop/{r}": v for r, v in got["stop"].items()})
+        if i == 0:
+            result = got
     result["wall_seconds"] = time.perf_counter() - start
-    write_jsonl(run_dir.path / "samples.jsonl", result.pop("rows"))
-    run_dir.log(0, {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+    result["benchmarks"] = benchmarks
+    write_jsonl(run_dir.path / "samples.jsonl", rows)
+    run_dir.log(0, {**{f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))},
+                    **metrics})
+    table = results_table(benchmarks)
+    atomic_write_text(run_dir.path / "results.md", table)
+    print(table, file=sys.stderr, end="")
     run_dir.write_summary(result)
     run_dir.close()
     return result

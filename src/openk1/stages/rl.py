@@ -361,7 +361,7 @@ def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, s
     sampler.update([g.problem for g in finished], correct.float().view(len(batch), k).mean(-1).tolist())
     t2 = time.perf_counter()
     generator = torch.Generator().manual_seed(cfg.seed * 7_919 + iteration)
-    trained = partial.loss_view(rollout, iteration, cfg.partial.old_segments, engine.tokenizer.pad_token_id)
+    trained = partial.loss_view(rollout, cfg.partial.old_segments, engine.tokenizer.pad_token_id)
     update_metrics = update(model, optimizer, trained, advantages, cfg, generator)
     seconds = {"rollout": t1 - t0, "reward": t2 - t1, "update": time.perf_counter() - t2}
     return {**metrics, **response_metrics(rollout, rewards, correct, [p for p in batch for _ in range(k)]),
