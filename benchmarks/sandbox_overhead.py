@@ -1,7 +1,7 @@
 """Sandbox overhead: a trivial Python program (`print(1)`) in bwrap vs a bare subprocess.
 
 Both sides run the same interpreter with the same flags on the same file, alternating run by
-run so machine noise hits both alike; we report medians and their ratio (DESIGN.md: timings
+run so machine noise hits both alike; we report medians and their ratio (timings
 on a shared machine vary, so only side-by-side ratios mean much). Both sandbox modes:
   zygote   the default: a long-lived bwrap per worker starts each program in new namespaces
   per_run  one bwrap (with prlimit) per program

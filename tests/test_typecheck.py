@@ -1,4 +1,4 @@
-"""The core (types, algo, rewards) type-checks strictly (DESIGN.md convention 11)."""
+"""The core (types, algo, rewards) type-checks strictly."""
 
 import shutil
 import subprocess

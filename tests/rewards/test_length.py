@@ -1,4 +1,4 @@
-"""Length penalty (SPEC.md §5.1): the report's example, edge cases, list == tensor, warm-up."""
+"""Length penalty (report §2.3.3): the report's example, edge cases, list == tensor, warm-up."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loss aggregation, kept apart from the objective (DESIGN.md convention 4).
+"""Loss aggregation, kept apart from the objective.
 
 An objective (e.g. `opmd.opmd_token_terms`) returns unreduced terms; an aggregation turns them into
 one scalar. Every aggregation here first reduces to per-sequence sums S_j and then takes a weighted

@@ -1,4 +1,4 @@
-"""Online policy mirror descent (k1.5 report §2.3; SPEC.md §5): baselines, advantages, surrogate.
+"""Online policy mirror descent (k1.5 report §2.3): baselines, advantages, surrogate.
 
 Iteration i maximises E[r] - tau * KL(pi_theta || pi_theta_i) with the sampling policy pi_theta_i
 as the reference. Its closed form pi* = pi_theta_i * exp(r / tau) / Z gives the surrogate loss

@@ -1,4 +1,4 @@
-r"""Model-free curation filters for the RL prompt set (report §2.1; SPEC §3): pure functions.
+r"""Model-free curation filters for the RL prompt set (report §2.1): pure functions.
 
 - `unusable_answer`: a row needs a reference the verifier can check (a non-empty, non-placeholder
   answer of at most `max_chars` characters; tests for code rows).

@@ -1,4 +1,4 @@
-"""Which prompts each RL iteration trains on (SPEC §5.2, report §2.3.4).
+"""Which prompts each RL iteration trains on (report §2.3.4).
 
 A sampler is a deterministic function of (seed, iteration) plus whatever state it tracks; its
 `state_dict` goes into the checkpoint so a resumed run samples exactly what an uninterrupted

@@ -11,7 +11,7 @@ unconditionally and reads the same whether it runs alone or under `torchrun`:
 
 Process-group lifetime: `init_from_env()` (called by `openk1` when torchrun set WORLD_SIZE > 1)
 and `shutdown()`, which barriers before destroy_process_group (without it gloo can crash at
-exit: DESIGN.md "This machine").
+exit).
 """
 
 from __future__ import annotations

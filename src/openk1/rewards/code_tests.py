@@ -1,4 +1,4 @@
-"""Test-case generation for code problems, the k1.5 recipe (SPEC §5.3, report §2.3.5).
+"""Test-case generation for code problems, the k1.5 recipe (report §2.3.5).
 
 For a problem with reference `solutions` and an input generator (Python source printing one
 test input; it may `import cyaron`):

@@ -1,4 +1,4 @@
-"""Chain-of-thought reward model (SPEC §5.3, report §2.3.5): a generative model reads the
+"""Chain-of-thought reward model (report §2.3.5): a generative model reads the
 question, the reference answer and the response, reasons step by step, then writes a JSON
 verdict such as {"correct": true}. The report's CoT reward model reached 98.5% spot-check
 accuracy on math (classic value-head RM: 84.4%), and its RL used it.

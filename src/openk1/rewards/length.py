@@ -1,4 +1,4 @@
-"""Length penalty (k1.5 report §2.3.3; SPEC.md §5.1): among the k samples of one prompt, reward
+"""Length penalty (k1.5 report §2.3.3): among the k samples of one prompt, reward
 short correct answers and penalise long ones; a wrong answer can only lose.
 
     lambda_i = 0.5 - (len_i - min_len) / (max_len - min_len)        in [-0.5, 0.5]

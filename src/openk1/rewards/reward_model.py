@@ -1,4 +1,4 @@
-"""Classic reward model (SPEC §5.3, report §2.3.5): a sequence classifier that reads
+"""Classic reward model (report §2.3.5): a sequence classifier that reads
 (question, reference answer, response) and outputs P(the response is correct).
 
 The report's classic value-head model reached 84.4% spot-check accuracy on math; for free-form

@@ -1,4 +1,4 @@
-"""Run untrusted programs inside bubblewrap (`bwrap`): the code-reward sandbox (SPEC §6).
+"""Run untrusted programs inside bubblewrap (`bwrap`): the code-reward sandbox.
 
 Guarantees of every run, in both modes: no network (an empty network namespace: loopback
 only); its own PID namespace (/proc shows only the run's processes; it cannot signal or ptrace

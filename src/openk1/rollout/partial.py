@@ -1,4 +1,4 @@
-"""Partial rollouts (report §2.6, SPEC §6): a fixed output-token budget per trajectory and iteration.
+"""Partial rollouts (report §2.6): a fixed output-token budget per trajectory and iteration.
 
 Each iteration every unfinished trajectory gets at most `segment_tokens` new tokens, so an
 iteration's rollout costs at most B x segment_tokens decoded tokens however long the longest

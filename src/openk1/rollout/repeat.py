@@ -1,4 +1,4 @@
-"""Repeat detection (report §2.6, SPEC §6): end a generation whose tail has started to loop.
+"""Repeat detection (report §2.6): end a generation whose tail has started to loop.
 
 The rule. After token t a response is repeating when, for some period p in 1..max_period, its
 last L_p = max(min_repeats * p, min_tokens) tokens are periodic with period p

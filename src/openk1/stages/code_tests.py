@@ -1,4 +1,4 @@
-"""`openk1 code-tests`: make test cases for code problems with the k1.5 recipe (SPEC §5.3).
+"""`openk1 code-tests`: make test cases for code problems with the k1.5 recipe (report §2.3.5).
 
 Input rows: `prompt`, `solutions` (reference programs, Python or C++), `generator` (Python that
 prints one test input; it may `import cyaron`), `type` ("code" if given). For each problem

@@ -1,4 +1,4 @@
-r"""`openk1 curate`: build the RL prompt set (report §2.1; SPEC §3).
+r"""`openk1 curate`: build the RL prompt set (report §2.1).
 
     rows -> reference answer check -> format filter (multiple choice, true/false, proof)
          -> exact + near-duplicate removal, decontamination against eval sets

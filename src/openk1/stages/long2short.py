@@ -1,4 +1,4 @@
-"""`openk1 long2short`: make a long-CoT model answer with fewer tokens (report §2.4, SPEC §7).
+"""`openk1 long2short`: make a long-CoT model answer with fewer tokens (report §2.4).
 
 From the long-CoT RL checkpoint (`--model`), each method in `methods` makes a model in DIR/<method>:
 

@@ -1,4 +1,4 @@
-"""`openk1 rl`: Kimi k1.5 online policy mirror descent (report §2.3, SPEC §5).
+"""`openk1 rl`: Kimi k1.5 online policy mirror descent (report §2.3).
 
 Each iteration i:
   1. sample `prompts_per_iter` problems (uniform, curriculum or prioritized: `sampler`); the
