@@ -15,9 +15,11 @@ from openk1.types import Problem
 
 P = [Problem("1+1=", "2", id="a"), Problem("2+2=", "4", id="b"), Problem("3+3=", "6", id="c")]
 # (response, tokens, correct): a's shortest correct has 4 tokens, so with ratio 1.5 a correct
-# response is rejected from 6 tokens on (5 is kept out, 6 is in); b has no correct response.
+# response is rejected from 6 tokens on (5 is kept out, 6 is in), a wrong one from 5 tokens on
+# (longer than the chosen: "long bad"; "bad" and "four" are not longer); b has no correct response.
 GROUPS = [
-    [("long ok", 6, True), ("ok", 4, True), ("bad", 3, False), ("mid", 5, True), ("bad", 3, False)],
+    [("long ok", 6, True), ("ok", 4, True), ("bad", 3, False), ("mid", 5, True), ("bad", 3, False),
+     ("long bad", 8, False), ("four", 4, False)],
     [("x", 2, False), ("y", 9, False)],
     [("six", 7, True), ("  six", 9, True)],
 ]
@@ -30,12 +32,15 @@ def test_shortest_correct_rows():
 
 def test_preference_pairs_follow_the_report():
     rows = long2short.preference_pairs(P, GROUPS, length_ratio=1.5)
-    # a: chosen "ok" (4); "long ok" 6 >= 1.5 x 4 = 6 is rejected, "mid" 5 < 6 is not; "bad" once
+    # a: chosen "ok" (4); "long ok" 6 >= 1.5 x 4 = 6 is rejected, "mid" 5 < 6 is not; of the
+    # wrong ones only "long bad" (8 > 4): "bad" (3) and "four" (4) are not longer than the chosen
     # c: chosen "six" (7); "  six" 9 < 1.5 x 7 = 10.5 -> no pair; b: no correct -> no pair
-    assert [(r["id"], r["chosen"], r["rejected"]) for r in rows] == [("a", "ok", "long ok"), ("a", "ok", "bad")]
+    assert [(r["id"], r["chosen"], r["rejected"]) for r in rows] == [("a", "ok", "long ok"),
+                                                                    ("a", "ok", "long bad")]
     assert [r["rejected"] for r in long2short.preference_pairs(P, GROUPS, 1.5, pairs_per_prompt=1)] == ["long ok"]
     # ratio 1.2: a also rejects "mid" (5 >= 4.8), c rejects "  six" (9 >= 8.4)
-    assert [r["rejected"] for r in long2short.preference_pairs(P, GROUPS, 1.2)] == ["long ok", "bad", "mid", "  six"]
+    assert [r["rejected"] for r in long2short.preference_pairs(P, GROUPS, 1.2)] == [
+        "long ok", "mid", "long bad", "  six"]
 
 
 def test_rl_section_defaults_to_the_long2short_preset():
@@ -80,8 +85,10 @@ def test_every_method_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     problems = [{"prompt": f"{a}+1=", "answer": str(a + 1), "difficulty": 1} for a in range(4)]
     write_jsonl(tmp_path / "train.jsonl", problems)
     write_jsonl(tmp_path / "heldout.jsonl", problems[:2])
+    # per problem: the chosen (9 tokens), a correct one 20 >= 1.5 x 9 and a wrong one 12 > 9
+    # tokens long: 2 DPO pairs each
     groups = [[(f"\\boxed{{{a + 1}}}", 9, True), (f"{a}+1={a + 1} so \\boxed{{{a + 1}}}", 20, True),
-               ("\\boxed{0}", 9, False)] for a in range(4)]
+               ("so the answer is \\boxed{0}", 12, False)] for a in range(4)]
     drawn = []
     monkeypatch.setattr(long2short, "draw_samples",
                         lambda cfg, root: drawn.append(1) or ([long2short.load_problems(cfg.data)[i] for i in range(4)], groups))

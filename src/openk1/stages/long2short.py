@@ -108,12 +108,14 @@ def shortest_rows(problems: list[Problem], groups: list[list[Sample]]) -> list[d
 
 def preference_pairs(problems: list[Problem], groups: list[list[Sample]], length_ratio: float,
                      pairs_per_prompt: int = 0) -> list[dict[str, Any]]:
-    """DPO rows: chosen = the shortest correct response; rejected = each distinct wrong response
-    and each correct one with tokens >= length_ratio x the chosen's (report §2.4).
+    """DPO rows (report §2.4): chosen = the shortest correct response; rejected = each distinct
+    *longer* response: a wrong one with more tokens than the chosen, a correct one with tokens
+    >= length_ratio x the chosen's. A wrong response as short as the chosen or shorter is not a
+    negative: the pairs teach "shorter", not "right" (the other methods and RL do that).
 
-    >>> groups = [[("aa", 2, True), ("a", 1, True), ("x", 1, False), ("aaa", 3, True)]]
+    >>> groups = [[("aa", 2, True), ("a", 1, True), ("x", 1, False), ("xy", 2, False), ("aaa", 3, True)]]
     >>> [r["rejected"] for r in preference_pairs([Problem("p", "1")], groups, 2.0)]
-    ['aa', 'x', 'aaa']
+    ['aa', 'xy', 'aaa']
     """
     rows = []
     for problem, group in zip(problems, groups):
@@ -121,7 +123,8 @@ def preference_pairs(problems: list[Problem], groups: list[list[Sample]], length
         if not correct:
             continue
         chosen, tokens = min(correct, key=lambda c: c[1])
-        rejected = [t for t, n, ok in group if t != chosen and (not ok or n >= length_ratio * tokens)]
+        rejected = [t for t, n, ok in group
+                    if t != chosen and (n >= length_ratio * tokens if ok else n > tokens)]
         rejected = list(dict.fromkeys(rejected))
         rejected = rejected[:pairs_per_prompt] if pairs_per_prompt else rejected
         rows += [{"prompt": problem.prompt, "chosen": chosen, "rejected": r, "id": problem.id}
