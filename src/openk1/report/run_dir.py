@@ -196,7 +196,7 @@ def check_out(cfg: Any, stage: str = "") -> Path:
         check_resume_config(cfg, path)
     elif holds_run(path):
         if cfg.overwrite:
-            _check_inputs_outside(cfg, path)
+            check_inputs_outside(path, [(k, getattr(cfg, k, "")) for k in PATH_KEYS[1:]])   # not `out`
         elif (path / "config.yaml").is_file() and cfg.continues(saved_values(path), cfg.model_dump()):
             check_resume_config(cfg, path, continuation=True)
         else:
@@ -207,11 +207,11 @@ def check_out(cfg: Any, stage: str = "") -> Path:
     return path
 
 
-def _check_inputs_outside(cfg: Any, path: Path) -> None:
-    """--overwrite deletes DIR: an input inside it would be deleted under the run's feet."""
+def check_inputs_outside(path: Path, inputs: list[tuple[str, Any]]) -> None:
+    """--overwrite deletes DIR: an input (name, path) inside it would be deleted under the
+    run's feet."""
     root = path.resolve()
-    for key in PATH_KEYS[1:]:   # the inputs, not `out`
-        value = getattr(cfg, key, "")
+    for key, value in inputs:
         if isinstance(value, str) and value and Path(value).resolve().is_relative_to(root):
             raise OpenK1Error(f"{path}: --overwrite would delete {key} {value}, which lies inside "
                               "it; copy it elsewhere or choose another --out")

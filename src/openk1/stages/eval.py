@@ -27,7 +27,7 @@ from openk1.config import Section, StageConfig
 from openk1.data.io import load_problems, write_jsonl
 from openk1.errors import OpenK1Error
 from openk1.models.io import load_model
-from openk1.report.run_dir import atomic_write_text, open_run
+from openk1.report.run_dir import atomic_write_text, check_inputs_outside, open_run
 from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.types import Problem
@@ -121,11 +121,7 @@ def benchmark_files(cfg: EvalConfig) -> list[tuple[str, str]]:
     if twice:
         raise OpenK1Error(f"eval: benchmark name {twice[0]!r} given twice; name one with NAME=FILE")
     if cfg.overwrite and not cfg.resume:   # --overwrite deletes DIR first
-        root = Path(cfg.out).resolve()
-        for name, path in files[1:]:
-            if Path(path).resolve().is_relative_to(root):
-                raise OpenK1Error(f"{cfg.out}: --overwrite would delete benchmark {path}, which "
-                                  "lies inside it; copy it elsewhere or choose another --out")
+        check_inputs_outside(Path(cfg.out), [("benchmark", path) for _, path in files[1:]])
     return files
 
 
