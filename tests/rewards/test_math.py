@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import math
 import os
 import threading
 import time
@@ -205,10 +206,13 @@ def test_fast_path_does_not_call_math_verify(monkeypatch: pytest.MonkeyPatch) ->
 def test_fast_path_is_fast() -> None:
     response = "Let me think step by step. " * 40 + r"So the total is $\boxed{1,234}$."
     problem = Problem(prompt="p", answer="1234")
-    start = time.perf_counter()
-    for _ in range(2000):
-        verify_math(response, problem)
-    assert time.perf_counter() - start < 0.5  # measured ~0.05 s: about 25 us per call
+    best = math.inf
+    for _ in range(3):  # best of three: a pause on a busy machine does not fail it
+        start = time.perf_counter()
+        for _ in range(400):
+            verify_math(response, problem)
+        best = min(best, time.perf_counter() - start)
+    assert best < 0.1  # measured ~0.01 s (about 25 us per call); math_verify's path: ~ms per call
 
 
 def test_worker_thread_disables_signal_timeouts() -> None:
