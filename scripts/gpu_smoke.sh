@@ -4,11 +4,18 @@
 #
 #   scripts/gpu_smoke.sh MODEL_DIR [OUT_DIR]
 #
-# 1. vLLM engine: generate, push changed weights without a restart, sleep / wake (scripts/gpu_check_vllm.py)
-# 2. openk1 rl (HF engine, 1 GPU process) for 2 iterations
-# 3. openk1 rl under torchrun --nproc_per_node 1 (FSDP2 + NCCL code path)
-# 4. openk1 rl --ray, colocated: vLLM rollout actor and trainer sharing the GPU (0.5 + 0.5)
-# Needs: pip install -e ".[vllm,ray]"  (vLLM brings a CUDA torch). Not run by the openk1 authors.
+# What each step runs today (read from the code; never run: no GPU has been available):
+# 1. vLLM engine: generate, push changed weights, sleep / wake (scripts/gpu_check_vllm.py). The
+#    weight push goes through vLLM V1's collective_rpc with a Python function and tensors, which
+#    V1's msgpack serialiser refuses: expect this step to fail at the first push.
+# 2. openk1 rl in one process: runs on the CPU (one-process rl has no device setting yet and
+#    never moves the model to the GPU).
+# 3. openk1 rl under torchrun --nproc_per_node 1: one rank joins no process group, so neither
+#    FSDP2 nor NCCL runs; this is the one-process path again, on the CPU.
+# 4. openk1 rl --ray, colocated: vLLM rollout actor and trainer (on the CPU) on one GPU; dies at
+#    the first weight push, as step 1.
+# The GPU work that makes these steps test what their names say is an open issue.
+# Needs: pip install -e ".[vllm,ray]"  (vLLM brings a CUDA torch).
 set -euo pipefail
 MODEL=${1:?usage: scripts/gpu_smoke.sh MODEL_DIR [OUT_DIR]}
 OUT=${2:-runs/gpu_smoke}
@@ -33,10 +40,10 @@ COMMON=(--model "$MODEL" --data "$OUT/problems.jsonl"
 echo "== 1. vLLM engine: generate, load_weights, sleep/wake"
 $PY scripts/gpu_check_vllm.py "$MODEL"
 
-echo "== 2. openk1 rl, one process"
+echo "== 2. openk1 rl, one process (on the CPU: no device setting yet)"
 $PY -m openk1.cli rl "${COMMON[@]}" --out "$OUT/rl_single"
 
-echo "== 3. openk1 rl under torchrun (1 rank, NCCL, FSDP2)"
+echo "== 3. openk1 rl under torchrun, 1 rank (joins no process group: no NCCL, no FSDP2)"
 torchrun --standalone --nproc_per_node 1 -m openk1.cli rl "${COMMON[@]}" --out "$OUT/rl_torchrun"
 
 echo "== 4. openk1 rl --ray, colocated vLLM rollout"

@@ -12,8 +12,11 @@ request for any other version, and refuses weights older than the ones it holds,
 rollout is ever sampled from a policy the trainer did not ask for.
 
 Placement (`rl.ray`, dist/settings.py): disaggregated (rollout actors on their own CPUs/GPUs)
-or colocated (they share the trainer's GPU; the vLLM engine sleeps after each rollout and
-wakes for the next weights, the trainer empties its CUDA cache before each rollout).
+or colocated (rollout actors share a GPU with the trainer actor: the vLLM engine sleeps after
+each rollout and wakes for the next weights, and the trainer empties its CUDA cache before each
+rollout). Not yet true on a GPU: the trainer's model stays on the CPU (one-process `rl` has no
+device setting), so colocation frees nothing of the trainer's, and the vLLM weight push has
+never run (README "Scaling out": what has and has not been run).
 
 Multi-node: `ray start --head` on one node, `ray start --address HEAD:6379` on the others, then
 `openk1 rl --ray --set ray.address=auto ...` on the head (README "Scaling out").
