@@ -27,6 +27,7 @@ def test_defaults_are_the_reports() -> None:
     lib = recipe(cfg)
     assert (lib.num_inputs, lib.max_solutions, lib.min_agree, lib.min_passing) == (50, 10, 7, 9)
     assert (lib.run_limits.cpu_s, lib.run_limits.wall_s) == (2.0, 5.0)
+    assert (cfg.min_tests, lib.min_tests, lib.generator_attempts, lib.seed) == (40, 40, 4, 0)
 
 
 @needs_bwrap
@@ -102,6 +103,12 @@ def test_code_tests_keeps_agreeing_problems(tmp_path: Path) -> None:
         ),
         ({"prompt": "p", "solutions": [], "generator": 3}, "line 2: field 'generator' must be str"),
         ({"solutions": [], "generator": "g"}, "line 2: missing field 'prompt'"),
+        ({"prompt": "p", "solutions": [ADD]}, "line 2: missing field 'generator' (give --model"),
+        ({"prompt": "p", "solutions": [ADD], "generator": " "}, "line 2: empty field 'generator'"),
+        (
+            {"prompt": "p", "solutions": [], "generator": "g", "checker": 1},
+            "line 2: field 'checker' must be str",
+        ),
         (
             {"prompt": "p", "solutions": [], "generator": "g", "type": "math"},
             "line 2: field 'type' must be 'code'",

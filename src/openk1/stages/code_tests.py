@@ -1,21 +1,32 @@
 """`openk1 code-tests`: make test cases for code problems with the k1.5 recipe (report §2.3.5).
 
 Input rows: `prompt`, `solutions` (reference programs, Python or C++), `generator` (Python that
-prints one test input; it may `import cyaron`), `type` ("code" if given). For each problem
-(rewards/code_tests.py): run the generator `num_inputs` times; run up to `max_solutions`
-references on every input; an input whose output at least `min_agree` of them agree on becomes a
-test; the problem is kept when at least `min_passing` references pass every test. Defaults are
-the report's: 50 inputs, 10 solutions, 7 agree, 9 pass (1,000 problems -> 323 kept).
+prints one test input; it may `import cyaron`), `type` ("code" if given), `special_judge` (bool)
+or `checker` (str). For each problem (rewards/code_tests.py): run the generator `num_inputs`
+times; run `max_solutions` references (drawn at random, seeded by (seed, row), when there are
+more) on every input; an input whose output at least `min_agree` of them agree on becomes a
+test; the problem is kept when it has at least `min_tests` tests and at least `min_passing`
+references pass every test. Problems that need a special judge are excluded before any run.
+Defaults are the report's: 50 inputs, 10 solutions, 7 agree, 9 pass, 40 tests (1,000 problems
+-> 323 kept).
 
-Writes DIR/problems.jsonl (the kept rows, every input field preserved, plus `tests`: a dataset
-`openk1 rl` reads), DIR/summary.json (counts, reasons, per-problem report), DIR/metrics.jsonl
-(one row per problem) and DIR/config.yaml. Departure: with fewer than `max_solutions`
-references the two thresholds scale down (ceil(7n/10), ceil(9n/10)).
+Rows without a generator: with `--model DIR` the model writes `generator_attempts` candidates
+(GENERATOR_PROMPT, in the tokenizer's chat template when it has one; sampled with
+`generator_sampling`), tried in order in the sandbox; the first with `min_tests` valid tests is
+used and saved in the kept row's `generator` (the report, as in §2.3.5, has a model write CYaRon
+generators). Without `--model` such a row is an error.
+
+Writes DIR/problems.jsonl (the kept rows, every input field preserved, plus `tests` and the
+`generator` used: a dataset `openk1 rl` reads), DIR/summary.json (counts, reasons, per-problem
+report), DIR/metrics.jsonl (one row per problem) and DIR/config.yaml. Departures: with fewer
+than `max_solutions` references the two thresholds scale down (ceil(7n/10), ceil(9n/10)); with
+fewer than `min_tests` inputs every input must be a valid test.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +36,15 @@ from openk1.config import StageConfig
 from openk1.data.io import read_located, write_jsonl
 from openk1.errors import OpenK1Error
 from openk1.report.run_dir import open_run
-from openk1.rewards.code_tests import CodeTestsConfig, generate_tests_for_problems
+from openk1.rewards.code_tests import (
+    CodeTestsConfig,
+    Writer,
+    generate_tests_for_problems,
+    needs_special_judge,
+    row_generator,
+)
 from openk1.rewards.sandbox import Limits, SandboxUnavailable
+from openk1.rollout.hf import SamplingConfig
 
 
 class CodeTestsStageConfig(StageConfig):
@@ -34,11 +52,17 @@ class CodeTestsStageConfig(StageConfig):
     max_solutions: int = Field(10, gt=0)  # reference solutions run per problem (report: 10)
     min_agree: int = Field(7, gt=0)  # of max_solutions, for an input to become a test (report: 7)
     min_passing: int = Field(9, gt=0)  # of max_solutions, for a problem to be kept (report: 9)
+    min_tests: int = Field(40, gt=0)  # valid tests a kept problem has (report: >= 40 of 50 runs)
     workers: int = Field(2, gt=0)  # sandboxed runs in parallel
     run_cpu_s: float = Field(2.0, gt=0.0)  # per reference run; its wall limit is 2x + 1 s
     run_memory_mb: int = Field(512, gt=0)
     generator_cpu_s: float = Field(5.0, gt=0.0)  # per generator run; its wall limit is 2x s
     generator_memory_mb: int = Field(1024, gt=0)
+    # --model: candidates it writes per problem without a generator, and how they are sampled
+    # (temperature 1: the attempts differ; 1024 tokens: room for a generator, not for an essay)
+    generator_attempts: int = Field(4, gt=0)
+    generator_sampling: SamplingConfig = SamplingConfig.model_validate(
+        {"temperature": 1.0, "max_new_tokens": 1024})
 
     @model_validator(mode="after")
     def _thresholds(self) -> CodeTestsStageConfig:
@@ -56,6 +80,9 @@ def recipe(cfg: CodeTestsStageConfig) -> CodeTestsConfig:
         max_solutions=cfg.max_solutions,
         min_agree=cfg.min_agree,
         min_passing=cfg.min_passing,
+        min_tests=cfg.min_tests,
+        seed=cfg.seed,
+        generator_attempts=cfg.generator_attempts,
         workers=cfg.workers,
         run_limits=Limits(
             wall_s=2 * cfg.run_cpu_s + 1, cpu_s=cfg.run_cpu_s, memory_mb=cfg.run_memory_mb
@@ -68,34 +95,70 @@ def recipe(cfg: CodeTestsStageConfig) -> CodeTestsConfig:
     )
 
 
-def load_code_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows with prompt (str), solutions (list of str), generator (str), type "code" if given;
-    a bad row is an error naming the file, the row (data/io.py `location`) and the field."""
+def load_code_rows(path: str | Path, need_generator: bool = True) -> list[dict[str, Any]]:
+    """Rows with prompt (str), solutions (list of str), generator (str; may be missing or empty
+    when a model writes it: `need_generator` False, or when the row needs a special judge),
+    special_judge (bool), checker (str), type "code" if given; a bad row is an error naming the
+    file, the row (data/io.py `location`) and the field."""
     located = read_located(path)
     for where, row in located:
-        for name in ("prompt", "solutions", "generator"):
+        for name in ("prompt", "solutions"):
             if row.get(name) is None:
                 raise OpenK1Error(f"{where}: missing field '{name}'")
-        if not isinstance(row["prompt"], str) or not isinstance(row["generator"], str):
-            bad = "prompt" if not isinstance(row["prompt"], str) else "generator"
-            raise OpenK1Error(f"{where}: field '{bad}' must be str, got {type(row[bad]).__name__}")
+        for name, kind in (("prompt", str), ("generator", str), ("special_judge", bool),
+                           ("checker", str)):
+            if row.get(name) is not None and not isinstance(row[name], kind):
+                raise OpenK1Error(f"{where}: field '{name}' must be {kind.__name__}, "
+                                  f"got {type(row[name]).__name__}")
         solutions = row["solutions"]
         if not isinstance(solutions, list) or not all(isinstance(s, str) for s in solutions):
             raise OpenK1Error(f"{where}: field 'solutions' must be a list of strings (programs)")
         if row.get("type", "code") != "code":
             raise OpenK1Error(f"{where}: field 'type' must be 'code', got {row['type']!r}")
+        if need_generator and not needs_special_judge(row) and not row_generator(row).strip():
+            state = "missing field" if row.get("generator") is None else "empty field"
+            raise OpenK1Error(f"{where}: {state} 'generator' (give --model DIR to have a model "
+                              "write one)")
     return [row for _, row in located]
+
+
+def chat_prompt(tokenizer: Any, text: str) -> str:
+    """`text` as one user turn in the tokenizer's chat template (assistant header added), or as
+    is when it has none; a leading BOS is cut (the engine adds it)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return text
+    chat = str(tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True))
+    bos = tokenizer.bos_token or ""
+    return chat[len(bos):] if bos and chat.startswith(bos) else chat
+
+
+def model_writer(cfg: CodeTestsStageConfig) -> Writer:
+    """The Writer over the model in cfg.model, loaded when first asked (never when every row has
+    a generator): the rollout engine, as in `openk1 eval`; `k` samples per request, seeded by
+    cfg.seed."""
+    def write(requests: list[str], k: int) -> list[str]:
+        from openk1.models.io import load_model
+        from openk1.rollout.hf import HFEngine
+
+        model, tokenizer = load_model(cfg.model)
+        engine = HFEngine(model, tokenizer, cfg.generator_sampling)
+        prompts = [chat_prompt(tokenizer, r) for r in requests]
+        return engine.generate(prompts, k, cfg.seed).texts
+
+    return write
 
 
 def run(cfg: CodeTestsStageConfig) -> dict[str, Any]:
     if not cfg.data or not cfg.out:
         raise OpenK1Error("code-tests: needs --data IN.jsonl --out DIR")
     run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
-    rows = load_code_rows(cfg.data)
+    rows = load_code_rows(cfg.data, need_generator=not cfg.model)
     run_dir.write_config(cfg)
     start = time.perf_counter()
     try:
-        kept, report = generate_tests_for_problems(rows, recipe(cfg))
+        kept, report = generate_tests_for_problems(
+            rows, recipe(cfg), model_writer(cfg) if cfg.model else None)
     except SandboxUnavailable as exc:
         raise OpenK1Error(f"code-tests: {exc}") from None
     per_problem = [{**r, "row": r["row"] + 1} for r in report["per_problem"]]  # 1-based rows
@@ -107,6 +170,7 @@ def run(cfg: CodeTestsStageConfig) -> dict[str, Any]:
         "kept": report["kept"],
         "kept_fraction": report["kept"] / report["problems"],
         "reasons": report["reasons"],
+        "generator_source": dict(Counter(str(r["generator_source"]) for r in per_problem)),
         "tests_total": sum(len(row["tests"]) for row in kept),
         "wall_seconds": time.perf_counter() - start,
         "problems_file": str(run_dir.path / "problems.jsonl"),
