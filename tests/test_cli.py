@@ -15,7 +15,7 @@ COMMON = {"--config", "--out", "--set", "--overwrite", "--debug", "-h", "--help"
 # command -> the flags it takes besides COMMON (what its config reads)
 EXPECTED_FLAGS = {
     "init-model": set(), "merge": set(), "demo": {"--quick"},
-    "score": {"--data"}, "code-tests": {"--data"},
+    "score": {"--data"}, "code-tests": {"--model", "--data"},
     "eval": {"--model", "--data"}, "long2short": {"--model", "--data"}, "rm": {"--model", "--data"},
     "pretrain": {"--model", "--data", "--resume"}, "sft": {"--model", "--data", "--resume"},
     "longcot": {"--model", "--data", "--resume"}, "curate": {"--model", "--data", "--resume"},

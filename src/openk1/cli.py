@@ -63,11 +63,12 @@ COMMANDS: dict[str, Command] = {
                      "verify responses: rows in (--data), rows + reward/verdict out (--out FILE)",
                      "workers=4", flags=("data",), required=("data",)),
     "code-tests": Command("code_tests", "CodeTestsStageConfig",
-                          "make test cases for code problems (k1.5: 50 inputs, 10 solutions, 7 agree, 9 pass)",
-                          "num_inputs=20 workers=4", flags=("data",), required=("data",)),
+                          "make test cases for code problems (k1.5: 50 inputs, 10 solutions, 7 agree, "
+                          "9 pass, 40 tests); --model writes missing generators",
+                          "num_inputs=20 workers=4", flags=("model", "data"), required=("data",)),
     "rm": Command("rm", "RMTrainConfig",
-                  "`rm train`: train the classic reward model on labelled responses",
-                  "epochs=2 batch_size=16", flags=("model", "data", "action"),
+                  "`rm train`: train a reward model on labelled responses (kind: classic | cot)",
+                  "kind=cot epochs=2", flags=("model", "data", "action"),
                   required=("model", "data")),
     "merge": Command("merge", "MergeConfig",
                      "weighted average of checkpoints of one architecture (long2short)",
@@ -144,7 +145,8 @@ def default_out(command: str) -> str:
     return str(path)
 
 
-def config_values(args: argparse.Namespace, config_cls: type[StageConfig] | None = None) -> dict[str, Any]:
+def config_values(args: argparse.Namespace, config_cls: type[StageConfig] | None = None,
+                  taken: dict[str, Any] | None = None) -> dict[str, Any]:
     """(The run's own config.yaml on --resume) <- preset (demo) <- --config <- --set <- flags."""
     values: dict[str, Any] = {}
     if args.command == "demo":
@@ -166,7 +168,53 @@ def config_values(args: argparse.Namespace, config_cls: type[StageConfig] | None
         if values.get("resume"):
             raise OpenK1Error(f"{args.command}: --resume needs --out DIR (the run to continue)")
         values["out"] = default_out(args.command)
-    return merge(saved_base(values, config_cls), values)
+    base = saved_base(values, config_cls)
+    if not base:   # a new run: the model's recommendations fill what the invocation leaves unset
+        base = recommended_base(args.command, values)
+        if taken is not None:
+            taken.update(base)
+    return merge(base, values)
+
+
+def recommended_base(command: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The settings `--model` recommends for this command (models/io.py) that the invocation
+    leaves unset; `main` names them on stderr once the config is valid (the resolved values are
+    in DIR/config.yaml)."""
+    from openk1.models.io import recommended_settings
+
+    base = recommended_settings(values["model"], command) if values.get("model") else {}
+    return unset_part(base, values)
+
+
+def recommended_notice(command: str, taken: dict[str, Any]) -> str:
+    """One line naming the recommended settings a run took ("" when none)."""
+    from openk1.report.run_dir import flat
+
+    listed = ", ".join(f"{key}={value}" for key, value in flat(taken).items())
+    return f"openk1 {command}: took the settings the model recommends: {listed}" if taken else ""
+
+
+def unset_part(recommended: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The part of `recommended` that `given` leaves unset. A section of plain values (`optim`)
+    is taken whole or not at all: `optim.lr` given alone keeps the default lr_min, not a
+    recommended one meant for another lr.
+
+    >>> unset_part({"optim": {"lr": 3e-3, "lr_min": 3e-4}, "epochs": 10}, {"optim": {"lr": 1e-5}})
+    {'epochs': 10}
+    """
+    out: dict[str, Any] = {}
+    for key, value in recommended.items():
+        mine = given.get(key)
+        if not isinstance(value, dict):
+            if key not in given:
+                out[key] = value
+        elif any(isinstance(v, dict) for v in value.values()):
+            part = unset_part(value, mine if isinstance(mine, dict) else {})
+            if part and (mine is None or isinstance(mine, dict)):
+                out[key] = part
+        elif mine is None:
+            out[key] = value
+    return out
 
 
 def saved_base(values: dict[str, Any], config_cls: type[StageConfig] | None) -> dict[str, Any]:
@@ -215,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             from openk1.dist import ray_rl
 
             run = ray_rl.run
-        cfg: StageConfig = build(config_cls, config_values(args, config_cls), source=args.config or "config")
+        taken: dict[str, Any] = {}   # the model's recommended settings this run took
+        cfg: StageConfig = build(config_cls, config_values(args, config_cls, taken),
+                                 source=args.config or "config")
         check_required(args.command, cfg)
         from openk1.dist import runtime
 
@@ -230,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"openk1 {args.command}: interrupted", file=sys.stderr)
         return 130
+    if (notice := recommended_notice(args.command, taken)) and int(os.environ.get("RANK", "0")) == 0:
+        print(notice, file=sys.stderr)   # after the run: an error stays one line
     if args.command != "demo" and int(os.environ.get("RANK", "0")) == 0:
         from openk1.report.run_dir import to_json
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from openk1.errors import OpenK1Error
 
@@ -22,6 +22,20 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
                               allow_inf_nan=False)   # a NaN or inf setting is a mistake
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections(cls, values: Any) -> Any:
+        """A section given in part keeps the field's own default for the rest: `optim: {lr: 1e-5}`
+        on SFT keeps SFT's lr_min (2e-6), not the bare OptimConfig's (1e-4)."""
+        if not isinstance(values, dict):
+            return values
+        out = dict(values)
+        for name, field in cls.model_fields.items():
+            given, default = out.get(name), field.default
+            if isinstance(given, dict) and isinstance(default, BaseModel):
+                out[name] = merge(default.model_dump(), given)
+        return out
 
 
 class StageConfig(Section):

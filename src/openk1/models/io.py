@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,22 @@ def model_dir(path: str | Path) -> Path:
     if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
         return path / "model"
     return path
+
+
+RECOMMENDED_KEY = "openk1_recommended"
+
+
+def recommended_settings(path: str | Path, command: str) -> dict[str, Any]:
+    """The settings the model at `path` recommends for `command` (config.json's
+    `openk1_recommended`, written by `openk1 init-model`); {} when it has none or `path` is not
+    a readable model directory (the stage reports that itself)."""
+    try:
+        config = json.loads((model_dir(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    section = config.get(RECOMMENDED_KEY, {}) if isinstance(config, dict) else {}
+    found = section.get(command, {}) if isinstance(section, dict) else {}
+    return found if isinstance(found, dict) else {}
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:

@@ -17,6 +17,27 @@ from openk1.config import Section
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
+# Settings a model trained from this random init needs, where a stage's defaults (chosen for
+# pretrained checkpoints: SFT lr 2e-5, RL lr 1e-6, DPO lr 1e-6) would leave it untrained.
+# `openk1 init-model` stores them in config.json (`openk1_recommended`); every later model of
+# the lineage keeps them (they are part of the HF config) and the CLI fills the keys a command
+# leaves unset from its section (README "Defaults"). Values measured on the demo (README "Demo"):
+# SFT from scratch at lr 3e-3 (1e-3 stopped at loss 0.98 after one epoch of 2,000 rows), RL at
+# lr 1e-4 keeping Adam's state (a reset every iteration makes its first steps sign steps of size
+# lr, which the 0.9M model does not survive), DPO at 3e-5 (3e-4 fell to 40% in 4 steps).
+_SFT_FROM_SCRATCH = {"optim": {"lr": 3e-3, "lr_min": 3e-4, "warmup_steps": 30}, "epochs": 10}
+_RL_TINY = {"optim": {"lr": 1e-4, "warmup_steps": 0}, "reset_optimizer": False}
+_DPO_TINY = {"optim": {"lr": 3e-5, "lr_min": 1e-5, "warmup_steps": 0}}
+RECOMMENDED: dict[str, dict[str, object]] = {
+    "sft": _SFT_FROM_SCRATCH,
+    "longcot": _SFT_FROM_SCRATCH,
+    "rl": _RL_TINY,
+    "dpo": _DPO_TINY,
+    "rm": {"optim": {"lr": 1e-3, "lr_min": 1e-4, "warmup_steps": 10}},
+    "long2short": {"shortest_rs": {"optim": {"lr": 3e-4, "lr_min": 1e-4, "warmup_steps": 0}},
+                   "dpo": _DPO_TINY, "rl": _RL_TINY},
+}
+
 
 class TinyModelConfig(Section):
     """Size of the tiny Llama (defaults: ~0.8M parameters, fast on a laptop CPU)."""
@@ -79,5 +100,6 @@ def tiny_llama(size: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: 
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
+    config.openk1_recommended = RECOMMENDED   # saved in config.json; see RECOMMENDED
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

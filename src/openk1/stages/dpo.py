@@ -48,7 +48,7 @@ class DPOConfig(StageConfig):
     batch_size: int = Field(16, gt=0)   # pairs per optimizer step
     micro_batch_size: int = Field(0, ge=0)   # pairs per forward/backward (0 = batch_size)
     max_response_tokens: int = Field(256, gt=0)
-    optim: OptimConfig = OptimConfig(lr=1e-4, lr_min=1e-5, warmup_steps=0)
+    optim: OptimConfig = OptimConfig(lr=1e-6, lr_min=1e-7, warmup_steps=0)   # TRL's DPO lr
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(0, ge=0)   # steps (0 = only at the end)
     keep_checkpoints: int = Field(2, ge=0)   # newest checkpoints kept (0 = all)

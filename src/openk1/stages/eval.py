@@ -37,7 +37,7 @@ class EvalSettings(Section):
     samples_per_prompt: int = Field(4, gt=0)
     temperature: float = Field(1.0, ge=0.0)   # 0 = greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(64, gt=0)
+    max_new_tokens: int = Field(512, gt=0)
     batch_size: int = Field(256, gt=0)
     max_problems: int = Field(0, ge=0)   # 0 = every problem of the file
     seed: int = 1234

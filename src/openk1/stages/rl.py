@@ -66,7 +66,7 @@ class RLConfig(StageConfig):
     iterations: int = Field(20, gt=0)
     prompts_per_iter: int = Field(32, gt=0)
     samples_per_prompt: int = Field(8, gt=0)   # k
-    tau: float = Field(0.01, ge=0.0)         # KL weight; scale depends on logratio_level
+    tau: float = Field(0.5, ge=0.0)          # KL weight; scale depends on logratio_level (README "Defaults")
     baseline: Literal["mean", "log_z"] = "mean"            # report: mean reward "in practice"
     logratio_level: Literal["sequence", "token"] = "sequence"  # report's equation: sequence
     aggregation: Literal["seq_mean", "token_mean", "seq_mean_token_mean"] = "seq_mean"
@@ -77,8 +77,8 @@ class RLConfig(StageConfig):
     compile: bool = False                    # torch.compile the update's layers (Llama-family; models/lean.py)
     lean: bool = True                        # the update's forward on models/lean.py (Llama-family); false: HF's
     reset_optimizer: bool = True             # report: each iteration is a new problem
-    optim: OptimConfig = OptimConfig(lr=3e-4, warmup_steps=0)
-    sampling: SamplingConfig = SamplingConfig()
+    optim: OptimConfig = OptimConfig(lr=1e-6, warmup_steps=0)   # a pretrained checkpoint's (verl, TRL)
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=512)
     partial: PartialConfig = PartialConfig()   # partial rollouts (report §2.6), off by default
     length_penalty_weight: float = Field(0.0, ge=0.0)   # report §2.3.3; 0 = off
     length_penalty_warmup: int = Field(0, ge=0)   # iterations of plain RL before it turns on

@@ -24,14 +24,17 @@ from openk1.data.packing import encode_row
 from openk1.dist import runtime
 from openk1.models.forward import response_logprobs, trim
 from openk1.models.io import load_model, save_model
-from openk1.optim import check_decay
+from openk1.optim import OptimConfig, check_decay
 from openk1.schedules import LRSchedule, Stage
 from openk1.stages.eval import EvalSettings, evaluate
 from openk1.trainer import LMConfig, model_path, train_lm
 
 
 class SFTConfig(LMConfig):
-    epochs: int = Field(1, ge=0)
+    # Defaults for a pretrained checkpoint (TRL's SFT: 3 epochs, lr 2e-5); a model made by
+    # `openk1 init-model` recommends its own (models/tiny.py RECOMMENDED), which the CLI applies.
+    optim: OptimConfig = OptimConfig(lr=2e-5, lr_min=2e-6, warmup_steps=10)
+    epochs: int = Field(3, ge=0)
     max_steps: int = Field(0, ge=0)   # stop after this many optimizer steps (0 = all epochs)
     batch_size: int = Field(32, gt=0)   # rows per step: examples (unpacked) or packed rows
     max_response_tokens: int = Field(256, gt=0)   # longer responses are cut (counted in `truncated`)
