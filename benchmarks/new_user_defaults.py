@@ -2,10 +2,10 @@
 
     python benchmarks/new_user_defaults.py [--out DIR] [--rows 2000]
 
-The task is one openk1's demo never uses: a two-digit number times a one-digit number, with a
-short worked answer (`23*4 = 20*4 + 3*4 = 80 + 12 = 92` then `\\boxed{92}`). 520 of the 720
-problems are for training (`--rows` SFT rows drawn from them with replacement, and the RL prompt
-set), 200 are held out. Every command gets only --model / --data / --out (and eval's held-out
+The task is one openk1's demo never uses: a number of 2-3 digits times a one-digit number, with
+a short worked answer (`123*4 = 100*4 + 20*4 + 3*4 = 400 + 80 + 12 = 492` then `\\boxed{492}`).
+Of the 7,920 problems, 200 are held out, `--rows` (distinct) are the SFT set and the rest are
+the RL prompt set. Every command gets only --model / --data / --out (and eval's held-out
 file): the tiny model's recommended settings (models/tiny.py RECOMMENDED, applied by the CLI)
 and the stages' defaults do the rest. Prints the held-out accuracy after each stage and the
 commands it ran.
@@ -28,19 +28,20 @@ HELD_OUT = 200
 
 
 def worked(a: int, b: int) -> str:
-    tens, ones = a - a % 10, a % 10
-    return f"{a}*{b} = {tens}*{b} + {ones}*{b} = {tens * b} + {ones * b} = {a * b}\n\\boxed{{{a * b}}}"
+    parts = [int(d) * 10 ** (len(str(a)) - 1 - i) for i, d in enumerate(str(a))]
+    parts = [p for p in parts if p]
+    split = " + ".join(f"{p}*{b}" for p in parts)
+    products = " + ".join(str(p * b) for p in parts)
+    return f"{a}*{b} = {split} = {products} = {a * b}\n\\boxed{{{a * b}}}"
 
 
 def make_task(root: Path, rows: int, seed: int = 0) -> dict[str, Path]:
-    pairs = [(a, b) for a in range(10, 100) for b in range(2, 10)]
+    pairs = [(a, b) for a in range(10, 1000) for b in range(2, 10)]
     random.Random(seed).shuffle(pairs)
-    held, train = pairs[:HELD_OUT], pairs[HELD_OUT:]
+    held, sft_pairs, train = pairs[:HELD_OUT], pairs[HELD_OUT:HELD_OUT + rows], pairs[HELD_OUT + rows:]
     prompt = "What is {a}*{b}?"
     problem = lambda a, b: {"prompt": prompt.format(a=a, b=b), "answer": str(a * b), "type": "math"}  # noqa: E731
-    draw = random.Random(seed + 1)
-    sft = [{"prompt": prompt.format(a=a, b=b), "response": worked(a, b)}
-           for a, b in (draw.choice(train) for _ in range(rows))]
+    sft = [{"prompt": prompt.format(a=a, b=b), "response": worked(a, b)} for a, b in sft_pairs]
     paths = {"sft": root / "sft.jsonl", "train": root / "train.jsonl", "heldout": root / "heldout.jsonl"}
     write_jsonl(paths["sft"], sft)
     write_jsonl(paths["train"], [problem(a, b) for a, b in train])

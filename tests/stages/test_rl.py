@@ -123,6 +123,9 @@ def test_partial_rollouts_carry_groups_and_log_metrics(tmp_path, tiny_model_dir)
     trained = [r for r in rows if "reward/mean" in r]
     assert trained and all(1 <= r["partial/segments_mean"] <= 3 for r in trained)
     assert max(r["partial/segments_mean"] for r in trained) > 2
+    # 6 tokens in segments of 2: a response that ran past its first segment was continued
+    assert all(0 < r["partial/continued_frac"] <= 1 for r in trained)
+    assert max(r["partial/continued_frac"] for r in trained) > 0.5
     for r in trained:
         assert r["response_tokens/p10"] <= r["response_tokens/p50"] <= r["response_tokens/p90"] <= 6
         assert r["response_tokens/max"] <= 6

@@ -256,6 +256,7 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
                      problems: list[Problem]) -> dict[str, Any]:
     """The trained (whole) responses, problems [B] one per row: reward, accuracy, lengths."""
     lengths = rollout.lengths.float()
+    segments = partial.segment_counts(rollout)   # [B]: segments each response was sampled in
     p10, p50, p90 = torch.quantile(lengths, torch.tensor([0.1, 0.5, 0.9])).tolist()
     return {
         "reward/mean": float(rewards.mean()),
@@ -265,7 +266,8 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
         "response_tokens/p10": p10, "response_tokens/p50": p50, "response_tokens/p90": p90,
         "response_tokens/max": float(lengths.max()),
         "response_tokens/histogram": lengths,              # [B]: TensorBoard histogram only
-        "partial/segments_mean": float(partial.segment_counts(rollout).float().mean()),
+        "partial/segments_mean": float(segments.float().mean()),
+        "partial/continued_frac": float((segments > 1).float().mean()),   # cut, then continued
     }
 
 
