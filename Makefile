@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 setup: $(STAMP)
 
-# bubblewrap is the code sandbox (rewards/sandbox.py); skipped quietly where apt is unavailable
+# bubblewrap is the code sandbox (openk1/sandbox/); skipped quietly where apt is unavailable
 system-deps:
 	@command -v bwrap >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || \

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from openk1.rewards.sandbox import Limits, Sandbox
+from openk1.sandbox import Limits, Sandbox
 
 PROGRAM = "print(1)\n"
 LIMITS = Limits(wall_s=10.0, cpu_s=5.0)

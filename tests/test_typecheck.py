@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ["src/openk1/types.py", "src/openk1/algo", "src/openk1/rewards/base.py",
         "src/openk1/rewards/math.py", "src/openk1/rewards/length.py",
-        "src/openk1/rewards/code.py", "src/openk1/rewards/sandbox.py", "src/openk1/memory.py"]
+        "src/openk1/rewards/code.py", "src/openk1/sandbox", "src/openk1/memory.py"]
 
 
 @pytest.mark.skipif(shutil.which("mypy") is None and not (Path(sys.executable).parent / "mypy").exists(),

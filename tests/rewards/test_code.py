@@ -27,7 +27,7 @@ from openk1.rewards.code import (
     results_match,
     verify_code,
 )
-from openk1.rewards.sandbox import INSTALL_HINT, Limits, Sandbox
+from openk1.sandbox import INSTALL_HINT, Limits, Sandbox
 from openk1.types import Problem
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason=INSTALL_HINT)

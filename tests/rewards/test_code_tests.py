@@ -18,7 +18,7 @@ from openk1.rewards.code_tests import (
     passing_solutions,
     scaled_threshold,
 )
-from openk1.rewards.sandbox import INSTALL_HINT, Limits, SandboxPool
+from openk1.sandbox import INSTALL_HINT, Limits, SandboxPool
 from openk1.types import Problem
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason=INSTALL_HINT)
@@ -144,7 +144,7 @@ def test_generator_sandbox_skips_modules_without_a_spec(monkeypatch):
     import types
 
     from openk1.rewards.code_tests import generator_sandbox
-    from openk1.rewards.sandbox import module_spec
+    from openk1.sandbox import module_spec
 
     def _on_disk(name: str) -> bool:
         return module_spec(name) is not None

@@ -27,7 +27,7 @@ from openk1.rewards.code_tests import (
     generate_tests_for_problems,
     needs_special_judge,
 )
-from openk1.rewards.sandbox import INSTALL_HINT, Limits
+from openk1.sandbox import INSTALL_HINT, Limits
 from openk1.stages.code_tests import chat_prompt, load_code_rows
 from openk1.types import Problem
 

@@ -13,8 +13,8 @@ from openk1.config import build
 from openk1.errors import OpenK1Error
 from openk1.rewards import scoring
 from openk1.rewards.base import Score
-from openk1.rewards.sandbox import INSTALL_HINT
 from openk1.rewards.scoring import REWARD_FUNCTIONS, RewardConfig, RewardTerm, score_many, score_one
+from openk1.sandbox import INSTALL_HINT
 from openk1.types import Problem
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason=INSTALL_HINT)

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from openk1.rewards import sandbox as sandbox_module
-from openk1.rewards.sandbox import (
+from openk1.sandbox import (
     INSTALL_HINT,
     Job,
     Limits,
@@ -19,6 +18,7 @@ from openk1.rewards.sandbox import (
     SandboxUnavailable,
     run,
 )
+from openk1.sandbox import zygote_pool as sandbox_module
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason=INSTALL_HINT)
 FAST = Limits(wall_s=1.0, cpu_s=1.0, memory_mb=256, processes=8)

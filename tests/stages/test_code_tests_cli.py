@@ -12,7 +12,7 @@ import pytest
 from openk1.cli import main
 from openk1.data.io import load_problems, write_jsonl
 from openk1.rewards.code import verify_code
-from openk1.rewards.sandbox import INSTALL_HINT
+from openk1.sandbox import INSTALL_HINT
 from openk1.stages.code_tests import CodeTestsStageConfig, recipe
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason=INSTALL_HINT)

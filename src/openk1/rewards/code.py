@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from openk1.rewards.base import Score, Verifier
-from openk1.rewards.sandbox import OK, ExecResult, Limits, Sandbox
+from openk1.sandbox import OK, ExecResult, Limits, Sandbox
 from openk1.types import Problem
 
 FENCE_RE = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)```", re.DOTALL)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from openk1.rewards.code import FENCE_RE, RUN_LIMITS, Program, normalize_output, prepare_program
-from openk1.rewards.sandbox import Job, Limits, Sandbox, SandboxPool, module_paths, module_spec
+from openk1.sandbox import Job, Limits, Sandbox, SandboxPool, module_paths, module_spec
 from openk1.types import Problem
 
 GENERATOR_LAUNCHER = """import random, runpy, sys

@@ -43,8 +43,8 @@ from openk1.rewards.code_tests import (
     needs_special_judge,
     row_generator,
 )
-from openk1.rewards.sandbox import Limits, SandboxUnavailable
 from openk1.rollout.hf import SamplingConfig
+from openk1.sandbox import Limits, SandboxUnavailable
 
 
 class CodeTestsStageConfig(StageConfig):

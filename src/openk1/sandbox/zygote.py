@@ -1,8 +1,8 @@
 """The sandbox's zygote: a small server that runs inside one long-lived bwrap sandbox and starts
-each program in fresh namespaces of its own (used by `sandbox.Sandbox`, mode "zygote").
+each program in fresh namespaces of its own (used by `Sandbox`, mode "zygote").
 
-Not imported by the scorer: `sandbox.py` passes this file's source to `python -I -S -c` inside
-bwrap, so it uses the standard library only (`ctypes` for unshare, mount, prctl and capset).
+Not imported by the scorer: `zygote_pool.py` passes this file's source to `python -I -S -c`
+inside bwrap, so it uses the standard library only (`ctypes` for unshare, mount, prctl and capset).
 At start the zygote resets every signal to SIG_DFL, becomes a child subreaper and says ready.
 
 Per request (one JSON message on the control socket, with the fds stdin, stdout, stderr and one
