@@ -5,19 +5,17 @@ import json
 import pytest
 
 from openk1.config import build
-from openk1.data.curate import (
+from openk1.curate.balance import balance_counts, balance_mask
+from openk1.curate.dedup import (
     MinHasher,
     NearDupIndex,
-    balance_counts,
-    balance_mask,
-    detect_format,
     jaccard,
-    keyword_tags,
     normalize_text,
     normalize_tokens,
     shingles,
-    unusable_answer,
 )
+from openk1.curate.format import detect_format, unusable_answer
+from openk1.curate.tagging import keyword_tags
 from openk1.stages.curate import CurateConfig, curate
 
 # (prompt, reference answer, expected kind): the layouts real datasets use

@@ -8,15 +8,11 @@ import pytest
 
 from openk1.cli import main
 from openk1.config import build
+from openk1.curate.difficulty import DifficultySettings, difficulty_label
 from openk1.data.io import write_jsonl
+from openk1.data.prompt_cache import PromptCache
 from openk1.errors import OpenK1Error
-from openk1.stages.curate import (
-    CurateConfig,
-    DifficultySettings,
-    PromptCache,
-    curate,
-    difficulty_label,
-)
+from openk1.stages.curate import CurateConfig, curate
 
 PROBLEMS = {   # prompt -> reference answer; no prompt is a substring of another
     "What is 17 * 23?": "391",
