@@ -21,7 +21,8 @@ import torch
 
 from openk1.models.forward import tokenize
 from openk1.models.tiny import TinyModelConfig, char_tokenizer, tiny_llama
-from openk1.rollout.hf import HFEngine, Request, SamplingConfig
+from openk1.rollout.engine import Request
+from openk1.rollout.hf import HFEngine, SamplingConfig
 
 
 def requests(tokenizer: object, count: int, max_new_tokens: int, seed: int) -> list[Request]:

@@ -5,7 +5,7 @@
 1. Weight sync, seconds per GB of fp32 weights, for a Llama of ~0.17 GB (hidden 768, 6 layers):
    - in-process: state dict -> plain rollout copy (load_state_dict: fsdp.sync_weights, 1 rank)
    - FSDP2 gather on 2 gloo ranks: full_state_dict (all-gather of every shard) + load_state_dict
-   - Ray: ray.put(state dict) + RolloutWorker.load_weights in an actor (dist/ray_rl.py)
+   - Ray: ray.put(state dict) + RolloutWorker.load_weights in an actor (stages/rl_ray.py)
 2. RL iteration time on the demo model (hidden 128, 4 layers) and a demo-like config: one
    process, torchrun-style 2 gloo ranks, `--ray` (1 rollout + 1 reward actor); the median of
    the per-iteration rollout + reward + update time, first iteration excluded.
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "dist"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "distributed"))
 
 
 def llama(hidden: int, layers: int) -> Any:
@@ -52,7 +52,7 @@ def median_time(fn: Any, repeats: int) -> float:
 
 
 def sync_in_process(hidden: int, layers: int, repeats: int) -> float:
-    from openk1.dist import fsdp
+    from openk1.distributed import fsdp
 
     model, _ = llama(hidden, layers)
     copy, _ = llama(hidden, layers)
@@ -60,7 +60,7 @@ def sync_in_process(hidden: int, layers: int, repeats: int) -> float:
 
 
 def _fsdp_sync(rank: int, hidden: int, layers: int, repeats: int, out: str) -> None:
-    from openk1.dist import fsdp
+    from openk1.distributed import fsdp
 
     model, _ = llama(hidden, layers)
     trainee = fsdp.sharded_copy(model)
@@ -81,10 +81,10 @@ def sync_fsdp(hidden: int, layers: int, repeats: int) -> float:
 def sync_ray(hidden: int, layers: int, repeats: int, tmp: Path) -> float:
     import ray
 
-    from openk1.dist.ray_rl import RolloutWorker, init_ray
-    from openk1.dist.settings import RaySettings
+    from openk1.distributed.settings import RaySettings
     from openk1.models.io import save_model
     from openk1.rollout.hf import SamplingConfig
+    from openk1.stages.rl_ray import RolloutWorker, init_ray
 
     model, tokenizer = llama(hidden, layers)
     save_model(model, tokenizer, tmp / "sync_model")
@@ -131,9 +131,8 @@ def rl_paths(tmp: Path, iterations: int) -> dict[str, float]:
 
     from openk1.config import build
     from openk1.data.io import write_jsonl
-    from openk1.dist import ray_rl
     from openk1.models.io import save_model
-    from openk1.stages import rl
+    from openk1.stages import rl, rl_ray
 
     model, tokenizer = llama(128, 4)
     save_model(model, tokenizer, tmp / "demo_model")
@@ -143,7 +142,7 @@ def rl_paths(tmp: Path, iterations: int) -> dict[str, float]:
     args = (str(tmp / "demo_model"), str(tmp / "rl.jsonl"))
     rl.run(build(rl.RLConfig, rl_values(*args, str(tmp / "one"), iterations)))
     run_ranks(_rl_rank, 2, rl_values(*args, str(tmp / "two"), iterations))
-    ray_rl.run(build(rl.RLConfig, rl_values(*args, str(tmp / "ray"), iterations)))
+    rl_ray.run(build(rl.RLConfig, rl_values(*args, str(tmp / "ray"), iterations)))
     return {name: iteration_seconds(tmp / name) for name in ("one", "two", "ray")}
 
 

@@ -260,14 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
         run, config_cls = load_stage(args.command)
         if getattr(args, "ray", False):
-            from openk1.dist import ray_rl
+            from openk1.stages import rl_ray
 
-            run = ray_rl.run
+            run = rl_ray.run
         taken: dict[str, Any] = {}   # the model's recommended settings this run took
         cfg: StageConfig = build(config_cls, config_values(args, config_cls, taken),
                                  source=args.config or "config")
         check_required(args.command, cfg)
-        from openk1.dist import runtime
+        from openk1.distributed import runtime
 
         runtime.init_from_env()   # under torchrun (WORLD_SIZE > 1): join the process group
         result = run(cfg)

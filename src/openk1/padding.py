@@ -1,4 +1,7 @@
-"""Pad token-id lists into a batch: the one place that builds [B, L] ids + mask."""
+"""Pad token-id lists into a batch: the one place that builds [B, L] ids + mask.
+
+A leaf of the package (torch only), beside types.py: models/, data/, rollout/, rewards/ and
+curate/ all pad, and none of them has to import another layer to do it."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from openk1.config import StageConfig
 from openk1.data.mixture import Encoder, Mixture, PackedStream, source_name
 from openk1.data.packing import Example, OverlongRule, block_causal_mask, collate
-from openk1.dist import fsdp, runtime
+from openk1.distributed import fsdp, runtime
 from openk1.errors import OpenK1Error
 from openk1.models.forward import eval_mode
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
@@ -120,7 +120,7 @@ def accumulate(model: Any, rows: list[list[Example]], cfg: LMConfig, pad_id: int
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else nullcontext())
     mine = runtime.shard(rows)           # under torchrun: this rank's share of the rows
-    source = mine or rows[:1]            # weight-0 padding passes rerun a row (dist/runtime.py)
+    source = mine or rows[:1]            # weight-0 padding passes rerun a row (distributed/runtime.py)
     loss_sum = 0.0
     for index, weight in runtime.micro_batches(torch.arange(len(mine)), size):
         with autocast:

@@ -23,7 +23,7 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple
     import torch
 
     torch.set_num_threads(1)
-    from openk1.dist import runtime
+    from openk1.distributed import runtime
 
     assert runtime.init_from_env(timeout_s=120)
     try:

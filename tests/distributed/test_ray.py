@@ -24,9 +24,10 @@ def values(model, data, out):
 
 
 def test_stale_versions_are_refused(tiny_model_dir):
-    from openk1.dist.ray_rl import RolloutWorker, StaleWeightsError
     from openk1.models.io import load_model
-    from openk1.rollout.hf import Request, SamplingConfig
+    from openk1.rollout.engine import Request
+    from openk1.rollout.hf import SamplingConfig
+    from openk1.stages.rl_ray import RolloutWorker, StaleWeightsError
 
     worker = RolloutWorker("hf", str(tiny_model_dir), SamplingConfig(max_new_tokens=3), None, False)
     state = {k: v + 1.0 for k, v in load_model(tiny_model_dir)[0].state_dict().items()}
@@ -40,12 +41,11 @@ def test_stale_versions_are_refused(tiny_model_dir):
     assert worker.sample([request], 2).response_ids.shape[0] == 1
 
 
-def test_ray_rl_equals_one_process(tiny_model_dir, tmp_path):
+def test_rl_ray_equals_one_process(tiny_model_dir, tmp_path):
     ray = pytest.importorskip("ray")
     from openk1.config import build
-    from openk1.dist import ray_rl
     from openk1.models.io import load_model
-    from openk1.stages import rl
+    from openk1.stages import rl, rl_ray
 
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "type": "math", "difficulty": 1}
             for a in range(1, 5) for b in range(1, 4)]
@@ -55,7 +55,7 @@ def test_ray_rl_equals_one_process(tiny_model_dir, tmp_path):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     cfg = build(rl.RLConfig, values(tiny_model_dir, tmp_path / "train.jsonl", two)
                 | {"ray": {"num_cpus": 2, "rollout_workers": 1, "reward_workers": 1}})
-    summary = ray_rl.run(cfg)
+    summary = rl_ray.run(cfg)
     assert not ray.is_initialized()                           # the private Ray is shut down
     m1, m2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     # the version counts optimizer steps (an iteration without signal takes none: rl.update);
@@ -67,7 +67,7 @@ def test_ray_rl_equals_one_process(tiny_model_dir, tmp_path):
     assert [r["step"] for r in m2] == [r["step"] for r in m1] == [0, 1, 2, 2]
     assert all(r1.keys() == r2.keys() for r1, r2 in zip(m1, m2))
     # the trainer actor may run other kernels or thread counts than this process: metrics at
-    # rounding level, the weights through their update (tests/dist/compare.py)
+    # rounding level, the weights through their update (tests/distributed/compare.py)
     assert_metrics_close(m1, m2, skip=("time/", "throughput/"))
     w1 = load_model(one / "model")[0].state_dict()
     w2 = load_model(two / "model")[0].state_dict()

@@ -1,4 +1,4 @@
-"""What each rank runs in tests/dist (module-level functions: spawn pickles them by name)."""
+"""What each rank runs in tests/distributed (module-level functions: spawn pickles them by name)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from openk1.dist import fsdp, runtime
+from openk1.distributed import fsdp, runtime
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
 

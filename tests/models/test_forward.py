@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from openk1.data.padding import pad
 from openk1.models.forward import position_ids, response_logprobs
+from openk1.padding import pad
 
 
 def plain_response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask):

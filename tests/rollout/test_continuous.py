@@ -7,7 +7,8 @@ import torch
 
 from openk1.models import lean as lean_module
 from openk1.models.forward import response_logprobs, tokenize
-from openk1.rollout.hf import HFEngine, Request, SamplingConfig
+from openk1.rollout.engine import Request
+from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.rollout.repeat import RepeatConfig
 
 PROMPTS = ["12+3=", "7+845=", "1+1=", "99+1=", "3+4="]

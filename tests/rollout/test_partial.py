@@ -132,11 +132,11 @@ def test_loss_view_scores_the_new_tokens_as_the_whole_response_does(tiny):
     assert torch.allclose(rollout.logp[new], view.logp[view.action_mask.bool()])
 
 
-def test_include_keeps_the_sampling_policys_log_probs_as_the_reference(tiny):
-    """Under `include` a carried token's logp_old, the regulariser's reference, is the log-prob
-    of the policy that sampled it (iteration 0's), not of the policy of the iteration that
-    trains it: the weights change between the two segments and the recorded values follow
-    the sampling policy."""
+def test_carried_tokens_record_the_sampling_policy_and_current_recomputes_them(tiny):
+    """A carried token's recorded log-prob is that of the policy that sampled it (iteration
+    0's): the weights change between the two segments and the recorded values follow the
+    sampling policy. That is the regulariser's reference under `old_logp: sampled`; under
+    `current` (the default) `current_logp` replaces it by the training iteration's."""
     model, tokenizer = tiny
     engine = HFEngine(model, tokenizer, SamplingConfig(max_new_tokens=16))
     cfg = partial.PartialConfig(enabled=True, segment_tokens=4, max_segments=4)
@@ -157,6 +157,15 @@ def test_include_keeps_the_sampling_policys_log_probs_as_the_reference(tiny):
     # by far more, so the carried tokens' recorded values are the old policy's
     assert torch.allclose(rollout.logp[fresh], new_policy[fresh], atol=1e-4)
     assert (rollout.logp[carried] - new_policy[carried]).abs().max() > 1e-2
+    # old_logp "current" (the default): the carried tokens' reference is recomputed under the
+    # policy of the iteration that trains them, pi_theta_1; this iteration's tokens keep theirs
+    from openk1.stages.rl import RLConfig, current_logp
+
+    reference = current_logp(model, rollout, 1, RLConfig(partial=cfg))
+    assert torch.allclose(reference.logp[carried], new_policy[carried], atol=1e-4)
+    assert torch.equal(reference.logp[fresh], rollout.logp[fresh])
+    assert torch.equal(reference.logp[~rollout.action_mask.bool()], rollout.logp[~rollout.action_mask.bool()])
+    assert current_logp(model, rollout, 0, RLConfig(partial=cfg)) is rollout   # nothing carried yet
 
 
 def test_finished_groups_wait_until_there_are_enough():

@@ -1,10 +1,11 @@
-"""`openk1 curate`: the model filters (through a fake generator), the cache, the report, the CLI."""
+"""`openk1 curate`: the model filters (through a fake engine), the cache, the report, the CLI."""
 
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from openk1.cli import main
 from openk1.config import build
@@ -13,6 +14,7 @@ from openk1.data.io import write_jsonl
 from openk1.data.prompt_cache import PromptCache
 from openk1.errors import OpenK1Error
 from openk1.stages.curate import CurateConfig, curate
+from openk1.types import Rollout
 
 PROBLEMS = {   # prompt -> reference answer; no prompt is a substring of another
     "What is 17 * 23?": "391",
@@ -23,22 +25,30 @@ PROBLEMS = {   # prompt -> reference answer; no prompt is a substring of another
 }
 
 
-class FakeGenerator:
-    """Answers each prompt with `right(prompt, k, seed)` correct boxes and the rest wrong."""
+class FakeEngine:
+    """A rollout engine's `generate` that answers each prompt with `right(prompt, k, seed)`
+    correct boxes and the rest wrong. Called with a SamplingConfig (curate's `engine_for`), it
+    stands for the engine sampling with those settings, recorded with each call."""
 
     def __init__(self, right, fail_on_call=None):
-        self.right, self.fail_on_call, self.calls = right, fail_on_call, []
+        self.right, self.fail_on_call, self.calls, self.sampling = right, fail_on_call, [], None
 
-    def generate(self, prompts, k, sampling, seed):
+    def __call__(self, sampling):
+        self.sampling = sampling
+        return self
+
+    def generate(self, prompts, samples_per_prompt, seed):
+        k = samples_per_prompt
         if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
             raise KeyboardInterrupt
-        self.calls.append({"prompts": list(prompts), "k": k, "sampling": sampling, "seed": seed})
+        self.calls.append({"prompts": list(prompts), "k": k, "sampling": self.sampling, "seed": seed})
         out = []
         for text in prompts:
             question = next(q for q in PROBLEMS if q in text)
             n = self.right(text, k, seed)
             out += [f"\\boxed{{{PROBLEMS[question]}}}"] * n + ["\\boxed{-1}"] * (k - n)
-        return out
+        none = torch.zeros(len(out), 0, dtype=torch.long)   # curation reads the texts only
+        return Rollout(none, none, none, none, none.float(), ["normal"] * len(out), texts=out)
 
 
 def rows(**extra):
@@ -56,10 +66,10 @@ def by_id(items):
 
 def test_easy_to_hack_drops_a_prompt_answered_once_without_reasoning():
     hits = {"What is 17 * 23?": 1, "How many edges does a cube have?": 8}
-    fake = FakeGenerator(lambda text, k, seed: next((n for q, n in hits.items() if q in text), 0))
+    fake = FakeEngine(lambda text, k, seed: next((n for q, n in hits.items() if q in text), 0))
     settings = {"hack": {"template": "Q: {prompt}\nAnswer only:", "max_new_tokens": 5, "temperature": 0.7},
                 "difficulty": {"enabled": False}}
-    kept, dropped, summary = curate(rows(), cfg(**settings), generator=fake)
+    kept, dropped, summary = curate(rows(), cfg(**settings), engine_for=fake)
     assert [r["id"] for r in kept] == ["p1", "p2", "p4"]
     assert {r["id"]: (r["reason"], r["hack_hits"], r["reason_detail"]) for r in dropped} == {
         "p0": ("easy_to_hack", 1, "1/8 answer-only attempts right"),
@@ -75,9 +85,9 @@ def test_easy_to_hack_drops_a_prompt_answered_once_without_reasoning():
 def test_difficulty_pass_rates_labels_and_drop_rules():
     right = {"What is 17 * 23?": 10, "Compute the sum": 0, "smallest prime": 3,
              "edges does a cube": 2, "remainder of 2^10": 7}
-    fake = FakeGenerator(lambda text, k, seed: next(n for q, n in right.items() if q in text))
+    fake = FakeEngine(lambda text, k, seed: next(n for q, n in right.items() if q in text))
     settings = {"hack": {"enabled": False}}
-    kept, dropped, summary = curate(rows(difficulty=2), cfg(**settings), generator=fake)
+    kept, dropped, summary = curate(rows(difficulty=2), cfg(**settings), engine_for=fake)
     assert fake.calls[0]["k"] == 10 and fake.calls[0]["sampling"].temperature == 1.0
     got = {r["id"]: (r["pass_rate"], r["difficulty"], r["difficulty_given"]) for r in kept + dropped}
     # bins [0, 0.3) hard, [0.3, 0.7) medium, [0.7, 1) easy; 0 unreachable, 1 trivial
@@ -95,7 +105,7 @@ def test_difficulty_pass_rates_labels_and_drop_rules():
     fake.calls.clear()
     settings["difficulty"] = {"drop_trivial": False, "drop_unreachable": True, "samples_per_prompt": 10,
                               "bin_edges": [0.5], "bin_labels": ["hard", "easy"]}
-    kept, dropped, summary = curate(rows(), cfg(**settings), generator=fake)
+    kept, dropped, summary = curate(rows(), cfg(**settings), engine_for=fake)
     assert [(r["id"], r["reason"]) for r in dropped] == [("p1", "unreachable")]
     assert summary["kept_at_extremes"] == {"trivial": 1, "unreachable": 0}
     assert by_id(kept)["p2"]["difficulty"] == "hard" and by_id(kept)["p4"]["difficulty"] == "easy"
@@ -113,11 +123,11 @@ def test_difficulty_label_and_bin_validation():
 
 
 def test_model_filters_skip_rows_without_a_verifier_and_dropped_rows():
-    fake = FakeGenerator(lambda text, k, seed: 0)
+    fake = FakeEngine(lambda text, k, seed: 0)
     data = rows() + [{"id": "essay", "prompt": "Write a short essay on mental multiplication.",
                       "answer": "a story", "type": "freeform"},
                      {"id": "tf", "prompt": "True or false: 391 = 17 * 23.", "answer": "True"}]
-    kept, _, summary = curate(data, cfg(), generator=fake)
+    kept, _, summary = curate(data, cfg(), engine_for=fake)
     sent = [p for c in fake.calls for p in c["prompts"]]
     assert not any("essay" in p or "True or false" in p for p in sent)
     assert summary["not_scored"] == 1 and "pass_rate" not in by_id(kept)["essay"]
@@ -132,29 +142,29 @@ def seeded(text, k, seed):
 
 def test_resume_from_cache_makes_no_calls_for_cached_prompts(tmp_path):
     settings = {"prompts_per_batch": 2, "hack": {"enabled": False}, "difficulty": {"drop_trivial": False}}
-    full = FakeGenerator(seeded)
-    reference = curate(rows(), cfg(out=str(tmp_path / "a"), **settings), generator=full)
+    full = FakeEngine(seeded)
+    reference = curate(rows(), cfg(out=str(tmp_path / "a"), **settings), engine_for=full)
     assert len(full.calls) == 3                                  # 5 prompts in batches of 2
-    again = FakeGenerator(seeded)
-    assert curate(rows(), cfg(out=str(tmp_path / "a"), **settings), generator=again) == (
+    again = FakeEngine(seeded)
+    assert curate(rows(), cfg(out=str(tmp_path / "a"), **settings), engine_for=again) == (
         reference[0], reference[1], {**reference[2], "generation": {"difficulty": {
             "prompts": 5, "cached": 5, "generated": 0, "generation_calls": 0}}})
     assert again.calls == []
     # interrupted after the first batch, then resumed: only batches 2 and 3 are generated
-    broken = FakeGenerator(seeded, fail_on_call=1)
+    broken = FakeEngine(seeded, fail_on_call=1)
     with pytest.raises(KeyboardInterrupt):
-        curate(rows(), cfg(out=str(tmp_path / "b"), **settings), generator=broken)
+        curate(rows(), cfg(out=str(tmp_path / "b"), **settings), engine_for=broken)
     assert len((tmp_path / "b" / "cache.jsonl").read_text().splitlines()) == 2
-    resumed = FakeGenerator(seeded)
-    kept, dropped, summary = curate(rows(), cfg(out=str(tmp_path / "b"), **settings), generator=resumed)
+    resumed = FakeEngine(seeded)
+    kept, dropped, summary = curate(rows(), cfg(out=str(tmp_path / "b"), **settings), engine_for=resumed)
     assert [c["prompts"] for c in resumed.calls] == [list(PROBLEMS)[2:4], list(PROBLEMS)[4:]]
     assert [c["seed"] for c in resumed.calls] == [c["seed"] for c in full.calls[1:]]
     assert (kept, dropped) == reference[:2]
     assert summary["generation"]["difficulty"]["cached"] == 2
     # a changed setting misses the cache
-    other = FakeGenerator(seeded)
+    other = FakeEngine(seeded)
     curate(rows(), cfg(out=str(tmp_path / "b"), **{**settings, "difficulty": {"temperature": 0.8}}),
-           generator=other)
+           engine_for=other)
     assert len(other.calls) == 3
 
 
@@ -259,7 +269,7 @@ def test_bad_rows_name_file_row_and_field(tmp_path, row, message, capsys):
 
 
 def test_balance_targets_that_match_no_domain_fail_before_generating():
-    fake = FakeGenerator(lambda *a: 0)
+    fake = FakeEngine(lambda *a: 0)
     with pytest.raises(OpenK1Error, match="names none of the domains present"):
-        curate(rows(), cfg(balance={"targets": {"code": 1.0}}), generator=fake)
+        curate(rows(), cfg(balance={"targets": {"code": 1.0}}), engine_for=fake)
     assert fake.calls == []

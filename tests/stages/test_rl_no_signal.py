@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from openk1.dist import runtime
+from openk1.distributed import runtime
 from openk1.models.io import load_model
 from openk1.optim import OptimConfig, make_optimizer
 from openk1.report.run_dir import read_metrics

@@ -1,18 +1,21 @@
 """'k answers per prompt -> rewards' for the model filters, `hack` and `difficulty` (report
 §2.1): batched, cached per prompt, resumable. A response counts as right when its reward
 (`score_many`, the training verifier) is 1.
+
+The answers come from any rollout engine (rollout/engine.py): `engine_for(sampling)` gives the
+engine that samples with a filter's settings (each filter has its own temperature and length).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from openk1.curate.rows import Row, alive
 from openk1.data.prompt_cache import PromptCache
 from openk1.rewards.scoring import VERIFIERS, score_many
-from openk1.rollout.generator import Generator
+from openk1.rollout.engine import RolloutEngine
 from openk1.rollout.hf import SamplingConfig
 from openk1.types import Problem
 
@@ -22,9 +25,10 @@ _KIND_SEED = {"hack": 0, "difficulty": 500_009}   # the two filters draw differe
 class Sampler:
     """Batched, cached, resumable 'k answers per prompt -> rewards' for one curate run."""
 
-    def __init__(self, generator: Generator, cache: PromptCache, fingerprint: str, seed: int,
-                 prompts_per_batch: int, score_workers: int, progress: bool) -> None:
-        self.generator, self.cache, self.fingerprint = generator, cache, fingerprint
+    def __init__(self, engine_for: Callable[[SamplingConfig], RolloutEngine], cache: PromptCache,
+                 fingerprint: str, seed: int, prompts_per_batch: int, score_workers: int,
+                 progress: bool) -> None:
+        self.engine_for, self.cache, self.fingerprint = engine_for, cache, fingerprint
         self.seed, self.per_batch = seed, prompts_per_batch
         self.workers, self.progress = score_workers, progress
         self.stats: dict[str, dict[str, int]] = {}
@@ -53,7 +57,7 @@ class Sampler:
             if not todo:
                 continue
             seed = self.seed * 1_000_003 + _KIND_SEED[kind] + b
-            answers = self.generator.generate([texts[i] for i in todo], k, sampling, seed)
+            answers = self.engine_for(sampling).generate([texts[i] for i in todo], k, seed).texts
             repeated = [problems[i] for i in todo for _ in range(k)]
             scores = [s.reward for s in score_many(answers, repeated, self.workers)]
             fresh = {keys[i]: scores[j * k:(j + 1) * k] for j, i in enumerate(todo)}

@@ -17,8 +17,8 @@ from pydantic import Field, field_validator
 
 from openk1.config import Section
 from openk1.curate.rows import Row, alive
-from openk1.data.padding import pad
 from openk1.errors import OpenK1Error
+from openk1.padding import pad
 
 
 class TaggingSettings(Section):

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from openk1.data.padding import pad
 from openk1.models.forward import encode_prompts
+from openk1.padding import pad
 
 
 def encode_responses(tokenizer: Any, responses: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:

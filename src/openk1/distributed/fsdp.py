@@ -24,7 +24,7 @@ import torch
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
-from openk1.dist import runtime
+from openk1.distributed import runtime
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -1,6 +1,5 @@
-"""Config sections of the scale-out paths (no Ray or vLLM import: safe in every config).
-
-`rl.ray` (used by `openk1 rl --ray`, dist/ray_rl.py):
+"""`rl.ray`, the Ray placement of `openk1 rl --ray` (stages/rl_ray.py); no Ray import, so
+RLConfig holds it whether or not Ray is installed.
 
     address          ""      start a private Ray on this machine (bound to 127.0.0.1);
                              "auto": join the cluster `ray start` made (multi-node)
@@ -13,12 +12,10 @@
                      fractions, e.g. 0.5 + 0.5) and release memory in turn: the vLLM engine
                      sleeps after each rollout and wakes for the next weights; the trainer
                      frees its cached blocks before each rollout (HF on CPU: nothing to release)
-    engine           hf | vllm   the rollout actors' engine (vllm: rollout/vllm_engine.py)
+    engine           hf | vllm   the rollout actors' engine (vllm: rollout/vllm_engine.py,
+                                 settings `rl.vllm`: VLLMSettings there)
     trainer_cpus / trainer_gpus, rollout_cpus / rollout_gpus, reward_cpus
                      Ray resources of each actor (fractions allowed)
-
-`rl.vllm` (engine: vllm): dtype, gpu_memory_utilization, max_model_len, enforce_eager,
-sleep_level (1: weights to CPU RAM, KV cache dropped).
 """
 
 from __future__ import annotations
@@ -28,14 +25,6 @@ from typing import Literal
 from pydantic import Field
 
 from openk1.config import Section
-
-
-class VLLMSettings(Section):
-    dtype: str = "bfloat16"
-    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)   # of the whole GPU: leave room for a colocated trainer
-    max_model_len: int = Field(4096, gt=0)
-    enforce_eager: bool = False
-    sleep_level: int = Field(1, ge=1, le=2)   # vLLM's sleep levels: 1 or 2
 
 
 class RaySettings(Section):

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 
 from openk1.algo.logprobs import token_logprobs
-from openk1.data.padding import pad
 from openk1.models.lean import LeanModel
-
+from openk1.padding import pad
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}   # compute dtype (None: the parameters')
 

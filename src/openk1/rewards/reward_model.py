@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from openk1.data.padding import pad
 from openk1.errors import OpenK1Error
 from openk1.models.forward import eval_mode
+from openk1.padding import pad
 from openk1.rewards.base import Score
 from openk1.types import Problem
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -187,6 +187,14 @@ def score_many(
     if rewards is None:
         return _map_chunks(_score_chunk, pairs, workers)
     return _score_composed(pairs, workers, rewards)
+
+
+class Scorer(Protocol):
+    """`score_many`'s signature: scores in input order. The RL stage takes any Scorer
+    (`openk1 rl --ray` passes its reward actors, stages/rl_ray.py)."""
+
+    def __call__(self, responses: list[str], problems: list[Problem], workers: int = 0,
+                 rewards: RewardConfig | None = None) -> list[Score]: ...
 
 
 def _score_composed(

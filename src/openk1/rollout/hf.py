@@ -40,10 +40,11 @@ from pydantic import Field
 
 from openk1.algo.logprobs import token_logprobs
 from openk1.config import Section
-from openk1.data.padding import pad
-from openk1.models.forward import cached_forward, eval_mode, tokenize
+from openk1.models.forward import cached_forward, eval_mode
 from openk1.models.lean import LeanModel
+from openk1.padding import pad
 from openk1.rollout import kv_cache
+from openk1.rollout.engine import Request, requests_for
 from openk1.rollout.repeat import RepeatConfig, RepeatDetector
 from openk1.rollout.streams import fold, uniform_at
 from openk1.types import Rollout
@@ -59,16 +60,6 @@ class SamplingConfig(Section):
     continuous_batching: bool = True         # finished sequences free their slots for waiting ones
     repeat: RepeatConfig = RepeatConfig()    # stop a response that starts repeating itself
     lean: bool = True                        # static KV cache + openk1's Llama-family forward (models/lean.py)
-
-
-@dataclass(frozen=True)
-class Request:
-    """One response to sample, or to continue after `prefix`."""
-
-    prompt_ids: tuple[int, ...]
-    stream: tuple[int, int]                  # (seed, sequence number): its random stream
-    prefix: tuple[int, ...] = ()             # response tokens sampled earlier (by any policy)
-    budget: int | None = None                # tokens this call may add; None: up to max_new_tokens
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -129,7 +120,9 @@ class HFCacheState:
     common length, the attention mask [b, L] marking real tokens (rollout/kv_cache.py)."""
 
     def __init__(self, model: Any) -> None:
-        self.model, self.cache, self.attention = model, None, None
+        self.model = model
+        self.cache: Any = None          # HF's DynamicCache of the rows; None: no rows
+        self.attention: Any = None      # [b, L] 1 on real tokens; None: no rows
 
     def extend(self, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
         """Prefill new rows after the existing ones -> their next-token logits [n, V]."""
@@ -164,12 +157,15 @@ class HFCacheState:
 
 
 class HFEngine:
-    """Rollout engine over an in-process HF model (CPU or one GPU).
+    """Rollout engine over an in-process HF model (CPU or one GPU); a RolloutEngine
+    (rollout/engine.py).
 
     Decoding runs on models/lean.py's static-cache decoder when the model is Llama-family
     (`sampling.lean`, the default), else on HF's forward and DynamicCache (HFCacheState): the same
     tokens either way (the forward passes agree to fp32 rounding). `dtype` (default: the model's)
     is the decoder's compute dtype: bfloat16 packs bf16 weights and KV cache for this call.
+    `sleep`, `wake_up` and `close` do nothing: the model is the caller's module, and the KV cache
+    lives for one `sample` call only.
     """
 
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig,
@@ -179,9 +175,21 @@ class HFEngine:
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
         """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
-        ids = [tuple(p) for p in tokenize(self.tokenizer, prompts)]
-        k = samples_per_prompt
-        return self.sample([Request(ids[r // k], (seed, r)) for r in range(len(prompts) * k)])
+        return self.sample(requests_for(self.tokenizer, prompts, samples_per_prompt, seed))
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a full state dict into the model (in-process RL shares the trainer's module and
+        never calls this; a Ray rollout worker does)."""
+        self.model.load_state_dict(state)
+
+    def sleep(self) -> None:
+        """Nothing to release: the model is the caller's, the KV cache one call's."""
+
+    def wake_up(self) -> None:
+        """Nothing to take back (see `sleep`)."""
+
+    def close(self) -> None:
+        """Nothing held beyond the caller's model."""
 
     @torch.no_grad()
     def sample(self, requests: list[Request]) -> Rollout:

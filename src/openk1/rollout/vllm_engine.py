@@ -1,8 +1,9 @@
-"""A vLLM rollout engine behind HFEngine's interface (GPU; `pip install openk1[vllm]`).
+"""A vLLM rollout engine, a RolloutEngine (rollout/engine.py) (GPU; `pip install openk1[vllm]`).
 
     generate(prompts, k, seed) / sample(requests) -> Rollout   token ids, logp, action mask, stops
     load_weights(state_dict)                                    new policy, engine kept running
     sleep() / wake_up()                                         colocated (hybrid) mode
+    close()                                                     nothing: the process frees vLLM
 
 NOT RUN HERE: this module was written without a GPU and without vLLM installed; the CPU test
 suite only checks that it is skipped cleanly. `scripts/gpu_smoke.sh MODEL_DIR` is the check a
@@ -31,10 +32,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
 
-from openk1.data.padding import pad
-from openk1.models.forward import tokenize
-from openk1.rollout.hf import Request, SamplingConfig
+from openk1.config import Section
+from openk1.padding import pad
+from openk1.rollout.engine import Request, requests_for
+from openk1.rollout.hf import SamplingConfig
 from openk1.types import Rollout
 
 PROCESSED_LOGPROBS_SINCE = (0, 10, 2)   # vLLM version with logprobs_mode="processed_logprobs" after temperature
@@ -79,6 +82,16 @@ def logprobs_mode_args(vllm_version: str, temperature: float) -> dict[str, str]:
     return {}
 
 
+class VLLMSettings(Section):
+    """`rl.vllm`, the engine's settings when `rl.ray.engine` is vllm (no vLLM import here)."""
+
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)   # of the whole GPU: leave room for a colocated trainer
+    max_model_len: int = Field(4096, gt=0)
+    enforce_eager: bool = False
+    sleep_level: int = Field(1, ge=1, le=2)   # vLLM's sleep levels: 1 (weights to CPU RAM, KV cache dropped) or 2
+
+
 def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
     """Runs inside each vLLM worker process (collective_rpc)."""
     worker.model_runner.model.load_weights(weights=weights)
@@ -87,11 +100,9 @@ def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
 class VLLMEngine:
     """Rollout engine over `vllm.LLM`, created once per run (sleep-mode enabled)."""
 
-    def __init__(self, model_path: str, sampling: SamplingConfig, settings: Any = None) -> None:
+    def __init__(self, model_path: str, sampling: SamplingConfig, settings: VLLMSettings | None = None) -> None:
         import vllm
         from vllm import LLM
-
-        from openk1.dist.settings import VLLMSettings
 
         self.settings = settings or VLLMSettings()
         self.sampling = sampling
@@ -107,9 +118,7 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
         """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
-        ids = [tuple(p) for p in tokenize(self.tokenizer, prompts)]
-        k = samples_per_prompt
-        return self.sample([Request(ids[r // k], (seed, r)) for r in range(len(prompts) * k)])
+        return self.sample(requests_for(self.tokenizer, prompts, samples_per_prompt, seed))
 
     def _limit(self, request: Request) -> int:
         room = self.sampling.max_new_tokens - len(request.prefix)
@@ -163,3 +172,6 @@ class VLLMEngine:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+    def close(self) -> None:
+        """Nothing to do: vLLM's workers end with this process (a rollout actor's)."""

@@ -29,7 +29,8 @@ Departures from the report:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ from openk1.data.prompt_cache import PromptCache, model_fingerprint
 from openk1.errors import OpenK1Error
 from openk1.report.run_dir import RunDir, atomic_file, open_run
 from openk1.rewards.scoring import VERIFIERS
-from openk1.rollout.generator import EngineGenerator, Generator
+from openk1.rollout.engine import RolloutEngine
+from openk1.rollout.hf import HFEngine, SamplingConfig
 
 # every reason a row can be dropped for, in pipeline order
 REASONS: tuple[str, ...] = ("no_answer", "multiple_choice", "true_false", "proof", "duplicate",
@@ -79,14 +81,15 @@ class CurateConfig(StageConfig):
 # The pipeline
 
 def curate(problems_rows: Iterable[dict[str, Any]], cfg: CurateConfig, model: Any = None,
-           tokenizer: Any = None, *, generator: Generator | None = None,
+           tokenizer: Any = None, *, engine_for: Callable[[SamplingConfig], RolloutEngine] | None = None,
            where: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(kept rows, dropped rows, summary), both row lists in input order.
 
-    Without `model` (and `generator`) only the model-free filters run. `generator` replaces the
-    rollout engine (tests, or another engine); with `cfg.out` and `cfg.cache`, model results
-    are cached in `cfg.out/cache.jsonl`. `where[i]` names row i in errors (`read_located`; by
-    default `cfg.data: row i+1`).
+    Without `model` (and `engine_for`) only the model-free filters run. `engine_for(sampling)`
+    gives the rollout engine a model filter samples with (default: HFEngine over `model`; any
+    RolloutEngine, e.g. a vLLM one); with `cfg.out` and `cfg.cache`, model results are cached in
+    `cfg.out/cache.jsonl`. `where[i]` names row i in errors (`read_located`; by default
+    `cfg.data: row i+1`).
     """
     rows = [Row(n, dict(r), where[n - 1] if where else location(cfg.data or "rows", n))
             for n, r in enumerate(problems_rows, start=1)]
@@ -98,13 +101,13 @@ def curate(problems_rows: Iterable[dict[str, Any]], cfg: CurateConfig, model: An
     dedup(rows, cfg.dedup, cfg.seed, counts)
     sources = tag(rows, cfg.tagging, model, tokenizer)
     check_targets(rows, cfg.balance.targets)
-    if generator is None and model is not None:
-        generator = EngineGenerator(model, tokenizer)
+    if engine_for is None and model is not None:
+        engine_for = partial(HFEngine, model, tokenizer)   # engine_for(sampling)
     rates: list[float] = []
     sampler = None
-    if generator is not None:
+    if engine_for is not None:
         cache = PromptCache(Path(cfg.out) / "cache.jsonl" if cfg.out and cfg.cache else None)
-        sampler = Sampler(generator, cache, model_fingerprint(cfg.model, model), cfg.seed,
+        sampler = Sampler(engine_for, cache, model_fingerprint(cfg.model, model), cfg.seed,
                           cfg.prompts_per_batch, cfg.score_workers, cfg.progress)
         if cfg.hack.enabled:
             hack_filter(rows, cfg.hack, sampler, counts)

@@ -28,7 +28,7 @@ from openk1.checkpoint import check_resume_step, latest_checkpoint, load_state, 
 from openk1.config import StageConfig
 from openk1.data.batching import encode_pairs
 from openk1.data.io import _field, load_problems, read_located
-from openk1.dist import fsdp, runtime
+from openk1.distributed import fsdp, runtime
 from openk1.models.forward import eval_mode, response_logprobs, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, check_decay, cosine_lr, guarded_step, make_optimizer, set_lr
@@ -121,7 +121,7 @@ def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.T
 
     Under torchrun each rank takes its share of the pairs; the normaliser is the step's pair
     count, so the summed gradients equal one process's; weight-0 passes keep FSDP's collectives
-    in step (dist/runtime.py `micro_batches`)."""
+    in step (distributed/runtime.py `micro_batches`)."""
     size = cfg.micro_batch_size or len(pairs)
     totals: dict[str, float] = {}
     for index, weight in runtime.micro_batches(runtime.shard(torch.arange(len(pairs))), size):

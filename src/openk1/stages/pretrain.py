@@ -27,7 +27,7 @@ from openk1.config import Section
 from openk1.data.io import write_jsonl
 from openk1.data.packing import OverlongRule, encode_row
 from openk1.data.synthetic import long_response, operands, prompt_text
-from openk1.dist import runtime
+from openk1.distributed import runtime
 from openk1.models.io import load_model, save_model
 from openk1.schedules import Stage
 from openk1.trainer import LMConfig, model_path, train_lm

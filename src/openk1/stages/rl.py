@@ -27,6 +27,7 @@ keeps Adam's state across iterations (`reset_optimizer: false`): measured in the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Literal
 
@@ -40,19 +41,21 @@ from openk1.checkpoint import check_resume_step, latest_checkpoint, load_state, 
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
-from openk1.dist import fsdp, runtime
-from openk1.dist.rollout import ShardedEngine
-from openk1.dist.settings import RaySettings, VLLMSettings
+from openk1.distributed import fsdp, runtime
+from openk1.distributed.rollout import ShardedEngine
+from openk1.distributed.settings import RaySettings
 from openk1.models.forward import PRECISIONS, response_logprobs, tokenize, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
 from openk1.report.plots import plot_curves
 from openk1.report.run_dir import RunDir
 from openk1.rewards.length import length_penalty_weight, length_rewards
-from openk1.rewards.scoring import RewardConfig, score_many
+from openk1.rewards.scoring import RewardConfig, Scorer, score_many
 from openk1.rollout import partial
+from openk1.rollout.engine import EngineFactory, RolloutEngine
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.rollout.partial import Group, PartialConfig, ReplayBuffer
+from openk1.rollout.vllm_engine import VLLMSettings
 from openk1.stages.eval import EvalSettings, by_difficulty, evaluate
 from openk1.types import Problem, Rollout
 
@@ -91,8 +94,8 @@ class RLConfig(StageConfig):
     checkpoint_every: int = Field(5, gt=0)
     keep_checkpoints: int = Field(2, ge=0)   # newest checkpoints kept (0 = all)
     score_workers: int = Field(0, ge=0)      # >0: verifiers in that many processes
-    ray: RaySettings = RaySettings()         # `openk1 rl --ray` (dist/settings.py)
-    vllm: VLLMSettings = VLLMSettings()      # ray.engine: vllm
+    ray: RaySettings = RaySettings()         # `openk1 rl --ray` (distributed/settings.py)
+    vllm: VLLMSettings = VLLMSettings()      # ray.engine: vllm (rollout/vllm_engine.py)
 
     @model_validator(mode="after")
     def _sampling_and_baseline(self) -> RLConfig:
@@ -118,14 +121,14 @@ PLOTTED = ["reward/mean", "eval/accuracy", "response_tokens/mean", "update/opmd/
 
 
 def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: int,
-                cfg: RLConfig, score: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+                cfg: RLConfig, score: Scorer | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Verified rewards [B] (+ the length penalty once it is on), correctness [B] and metrics.
 
     `score` (default `score_many`) verifies; `openk1 rl --ray` passes its reward actors."""
     repeated = [p for p in problems for _ in range(k)]
-    score = score or score_many
+    scorer: Scorer = score or score_many
     scores = runtime.shard_map(   # each rank verifies its share; scores gathered in order
-        lambda texts, probs: score(texts, probs, cfg.score_workers, rewards=cfg.rewards),
+        lambda texts, probs: scorer(texts, probs, cfg.score_workers, rewards=cfg.rewards),
         rollout.texts, repeated)
     correct = torch.tensor([s.reward >= 1.0 for s in scores])
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
@@ -193,7 +196,8 @@ def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollo
     accumulated over micro-batches with one normaliser counted over all ranks."""
     normaliser = global_normaliser(cfg.aggregation, rollout.action_mask[index], all_reduce=True)
     device = next(model.parameters()).device
-    loss_sum, finite, metric_sums, rows = 0.0, True, {}, 0
+    loss_sum, finite, rows = 0.0, True, 0
+    metric_sums: dict[str, float] = {}
     index = by_length(index, rollout)   # micro-batches of similar lengths: less padding after trim
     for micro, weight in runtime.micro_batches(index, cfg.micro_batch_size):
         prompt_ids, prompt_mask, response_ids, action_mask = (x.to(device) for x in trim(
@@ -271,9 +275,10 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
     }
 
 
-def run(cfg: RLConfig, make_engine: Any = None, score: Any = None) -> dict[str, Any]:
+def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer | None = None) -> dict[str, Any]:
     """`make_engine(model, tokenizer)` and `score` replace the in-process rollout engine and
-    verifier (dist/ray_rl.py passes Ray actors); by default HFEngine (split across torchrun ranks)."""
+    verifier (stages/rl_ray.py passes Ray actors); by default HFEngine (split across torchrun
+    ranks). The engine is closed when the loop ends."""
     run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes, others do not
     problems = load_problems(cfg.data)
     held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
@@ -283,7 +288,7 @@ def run(cfg: RLConfig, make_engine: Any = None, score: Any = None) -> dict[str, 
         model_path = str(checkpoint / "model")
         check_resume_step(checkpoint, cfg.iterations, "iterations")
     model, tokenizer = load_model(model_path)
-    trainee = fsdp.trainee(model)   # FSDP2 copy under torchrun (dist/fsdp.py); else model
+    trainee = fsdp.trainee(model)   # FSDP2 copy under torchrun (distributed/fsdp.py); else model
     optimizer = make_optimizer(trainee, cfg.optim)
     sampler = make_sampler(cfg.sampler, problems, cfg.seed)
     buffer = ReplayBuffer()   # partial rollouts carried between iterations
@@ -296,8 +301,11 @@ def run(cfg: RLConfig, make_engine: Any = None, score: Any = None) -> dict[str, 
     run_dir.write_config(cfg)
     engine = (make_engine(model, tokenizer) if make_engine else
               ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision])))
-    summary = train(model, tokenizer, optimizer, engine, sampler, buffer, problems, held_out, cfg,
-                    run_dir, start_iteration, trainee=trainee, score=score)
+    try:
+        summary = train(model, tokenizer, optimizer, engine, sampler, buffer, problems, held_out, cfg,
+                        run_dir, start_iteration, trainee=trainee, score=score)
+    finally:
+        engine.close()
     if runtime.is_main():
         save_model(model, tokenizer, run_dir.path / "model")
         plot_curves(run_dir.metrics_path, PLOTTED, run_dir.path / "curves.png", title="openk1 rl")
@@ -307,10 +315,10 @@ def run(cfg: RLConfig, make_engine: Any = None, score: Any = None) -> dict[str, 
     return summary
 
 
-def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: HFEngine,
+def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: RolloutEngine,
           sampler: Sampler, buffer: ReplayBuffer, problems: list[Problem], held_out: list[Problem],
           cfg: RLConfig, run_dir: RunDir, start_iteration: int, trainee: Any = None,
-          score: Any = None) -> dict[str, Any]:
+          score: Scorer | None = None) -> dict[str, Any]:
     """The iteration loop: rollout -> reward -> update -> (eval, checkpoint).
 
     `trainee` (default: model) takes the optimizer steps; under torchrun it is the FSDP2 copy
@@ -343,9 +351,9 @@ def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: 
     return {"iterations": cfg.iterations, **{k: v for k, v in last_eval.items() if k in kept}}
 
 
-def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, sampler: Sampler,
+def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: RolloutEngine, sampler: Sampler,
                buffer: ReplayBuffer, problems: list[Problem], cfg: RLConfig, iteration: int,
-               score: Any = None) -> dict[str, Any]:
+               score: Scorer | None = None) -> dict[str, Any]:
     k = cfg.samples_per_prompt
     indices = sampler.sample(iteration, cfg.prompts_per_iter)
     sampling = sampler_metrics(sampler, iteration)
@@ -364,6 +372,8 @@ def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, s
     t2 = time.perf_counter()
     generator = torch.Generator().manual_seed(cfg.seed * 7_919 + iteration)
     trained = partial.loss_view(rollout, cfg.partial.old_segments, engine.tokenizer.pad_token_id)
+    if cfg.partial.old_logp == "current":
+        trained = current_logp(model, trained, iteration, cfg)
     update_metrics = update(model, optimizer, trained, advantages, cfg, generator)
     seconds = {"rollout": t1 - t0, "reward": t2 - t1, "update": time.perf_counter() - t2}
     return {**metrics, **response_metrics(rollout, rewards, correct, [p for p in batch for _ in range(k)]),
@@ -371,7 +381,30 @@ def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: HFEngine, s
             **{name: float(v) for name, v in adv_metrics.items()}, **update_metrics}
 
 
-def rollout_phase(engine: HFEngine, buffer: ReplayBuffer, problems: list[Problem], indices: list[int],
+def current_logp(model: Any, rollout: Rollout, iteration: int, cfg: RLConfig) -> Rollout:
+    """`rollout` with the log pi_theta_i of its carried tokens (versions < iteration)
+    recomputed under `model` (= theta_i: no step taken yet this iteration); this iteration's
+    tokens keep the log-probs the rollout recorded (rollout/partial.py `old_logp`)."""
+    if rollout.versions is None:
+        return rollout
+    carried = (rollout.versions >= 0) & (rollout.versions < iteration)   # [B, T]
+    rows = carried.any(-1).nonzero().flatten()                          # [R]
+    if len(rows) == 0:
+        return rollout
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask, response_ids, action_mask = (
+        x[rows].to(device) for x in (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                     rollout.action_mask))
+    with torch.no_grad():
+        recomputed = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
+                                       dtype=PRECISIONS[cfg.precision], lean=cfg.lean,
+                                       temperature=cfg.sampling.temperature).float().cpu()   # [R, T]
+    logp = rollout.logp.clone()
+    logp[rows] = torch.where(carried[rows], recomputed, logp[rows])
+    return dataclasses.replace(rollout, logp=logp)
+
+
+def rollout_phase(engine: RolloutEngine, buffer: ReplayBuffer, problems: list[Problem], indices: list[int],
                   cfg: RLConfig, iteration: int) -> tuple[list[Group], Rollout]:
     """Start k responses to each new problem, add a segment to every unfinished one; returns
     the groups now complete (the others stay in `buffer`) and this iteration's segments."""

@@ -3,15 +3,16 @@
     driver ── Trainer actor: rl.run(cfg, make_engine=RayEngine, score=RayScorer)
                  │   (the loop, the iteration math, eval, checkpoints: all stages/rl.py)
                  ├── RayEngine.sample(requests) ─▶ RolloutWorker actors (requests split among them)
+                 │     (RayEngine is a RolloutEngine, rollout/engine.py: rl.py cannot tell it apart)
                  │     weights pushed first when the policy changed: ray.put(state_dict) once,
                  │     load_weights(ref, version) on every worker; version = optimizer steps so far
-                 └── RayScorer(texts, problems) ─▶ RewardWorker actors (responses split among them)
+                 └── RayScorer(responses, problems) ─▶ RewardWorker actors (responses split among them)
 
 Versions: a rollout worker holds the version it last loaded and refuses (StaleWeightsError) a
 request for any other version, and refuses weights older than the ones it holds, so no
 rollout is ever sampled from a policy the trainer did not ask for.
 
-Placement (`rl.ray`, dist/settings.py): disaggregated (rollout actors on their own CPUs/GPUs)
+Placement (`rl.ray`, distributed/settings.py): disaggregated (rollout actors on their own CPUs/GPUs)
 or colocated (rollout actors share a GPU with the trainer actor: the vLLM engine sleeps after
 each rollout and wakes for the next weights, and the trainer empties its CUDA cache before each
 rollout). Not yet true on a GPU: the trainer's model stays on the CPU (one-process `rl` has no
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,10 +36,17 @@ import torch
 from ray._private import ray_constants
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from openk1.dist.settings import RaySettings
+from openk1.distributed.settings import RaySettings
 from openk1.memory import keep_freed_memory
-from openk1.rollout.hf import Request, concat_rollouts
-from openk1.types import Rollout
+from openk1.models.forward import PRECISIONS
+from openk1.models.io import load_model
+from openk1.rewards.base import Score
+from openk1.rewards.scoring import RewardConfig, score_many
+from openk1.rollout.engine import Request, RolloutEngine, requests_for
+from openk1.rollout.hf import HFEngine, SamplingConfig, concat_rollouts
+from openk1.rollout.vllm_engine import VLLMEngine, VLLMSettings
+from openk1.stages import rl
+from openk1.types import Problem, Rollout
 
 
 class StaleWeightsError(RuntimeError):
@@ -59,15 +68,10 @@ def split(items: list[Any], parts: int) -> list[list[Any]]:
     return out
 
 
-def make_rollout_engine(kind: str, model_path: str, sampling: Any, vllm: Any, precision: str = "fp32") -> Any:
+def make_rollout_engine(kind: str, model_path: str, sampling: SamplingConfig, vllm: VLLMSettings | None,
+                        precision: str = "fp32") -> RolloutEngine:
     if kind == "vllm":
-        from openk1.rollout.vllm_engine import VLLMEngine
-
         return VLLMEngine(model_path, sampling, vllm)
-    from openk1.models.forward import PRECISIONS
-    from openk1.models.io import load_model
-    from openk1.rollout.hf import HFEngine
-
     model, tokenizer = load_model(model_path)
     return HFEngine(model, tokenizer, sampling, PRECISIONS[precision])
 
@@ -75,8 +79,8 @@ def make_rollout_engine(kind: str, model_path: str, sampling: Any, vllm: Any, pr
 class RolloutWorker:
     """Holds one rollout engine and the policy version of its weights (0: as loaded)."""
 
-    def __init__(self, kind: str, model_path: str, sampling: Any, vllm: Any, colocated: bool,
-                 precision: str = "fp32") -> None:
+    def __init__(self, kind: str, model_path: str, sampling: SamplingConfig, vllm: VLLMSettings | None,
+                 colocated: bool, precision: str = "fp32") -> None:
         keep_freed_memory()   # an actor's own process: as `openk1` does at start
         self.engine = make_rollout_engine(kind, model_path, sampling, vllm, precision)
         self.version, self.colocated = 0, colocated
@@ -86,7 +90,7 @@ class RolloutWorker:
         if version < self.version:
             raise StaleWeightsError(f"weights of version {version} offered, version {self.version} held")
         with self._awake():
-            _load(self.engine, state)
+            self.engine.load_weights(state)
         self.version = version
         return version
 
@@ -98,7 +102,7 @@ class RolloutWorker:
 
     @contextlib.contextmanager
     def _awake(self) -> Iterator[None]:
-        if self.colocated and hasattr(self.engine, "wake_up"):
+        if self.colocated:
             self.engine.wake_up()
         try:
             yield
@@ -106,39 +110,35 @@ class RolloutWorker:
             self._sleep()
 
     def _sleep(self) -> None:
-        if self.colocated and hasattr(self.engine, "sleep"):
+        if self.colocated:
             self.engine.sleep()
 
 
-def _load(engine: Any, state: dict[str, torch.Tensor]) -> None:
-    if hasattr(engine, "load_weights"):          # vLLM: streamed into the running engine
-        engine.load_weights(state)
-    else:                                        # HF: the engine's own module
-        engine.model.load_state_dict(state)
-
-
 class RewardWorker:
-    def score(self, texts: list[str], problems: list[Any], workers: int, rewards: Any) -> list[Any]:
-        from openk1.rewards.scoring import score_many
-
-        return score_many(texts, problems, workers, rewards=rewards)
+    def score(self, responses: list[str], problems: list[Problem], workers: int,
+              rewards: RewardConfig | None) -> list[Score]:
+        return score_many(responses, problems, workers, rewards=rewards)
 
 
 class RayScorer:
-    """`score_many`'s signature over reward actors: responses split among them, order kept."""
+    """A Scorer (rewards/scoring.py) over reward actors: responses split among them, order kept."""
 
     def __init__(self, workers: list[Any]) -> None:
         self.workers = workers
 
-    def __call__(self, texts: list[str], problems: list[Any], workers: int = 0, rewards: Any = None) -> list[Any]:
-        shares = [(w, t, p) for w, t, p in zip(self.workers, split(texts, len(self.workers)),
+    def __call__(self, responses: list[str], problems: list[Problem], workers: int = 0,
+                 rewards: RewardConfig | None = None) -> list[Score]:
+        shares = [(w, t, p) for w, t, p in zip(self.workers, split(responses, len(self.workers)),
                                                 split(problems, len(self.workers))) if t]
-        parts = ray.get([w.score.remote(t, p, workers, rewards) for w, t, p in shares])
+        parts: list[list[Score]] = ray.get([w.score.remote(t, p, workers, rewards) for w, t, p in shares])
         return [s for part in parts for s in part]
 
 
 class RayEngine:
-    """The rollout-engine interface in the trainer's process, backed by rollout actors."""
+    """A RolloutEngine in the trainer's process, backed by rollout actors.
+
+    `sleep` and `wake_up` do nothing here: in colocated placement each rollout actor wakes its
+    own engine for a call and puts it back to sleep after it (RolloutWorker)."""
 
     def __init__(self, model: Any, tokenizer: Any, workers: list[Any], colocated: bool) -> None:
         self.model, self.tokenizer, self.workers, self.colocated = model, tokenizer, workers, colocated
@@ -150,13 +150,14 @@ class RayEngine:
         self.version += 1
 
     def push_weights(self) -> None:
-        """Send the current weights to every rollout worker (once per version)."""
-        if self.pushed == self.version:
-            return
-        import time
+        """Send the trainer's current weights to every rollout worker (once per version)."""
+        if self.pushed != self.version:
+            self.load_weights({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """`state` becomes the current version on every worker: ray.put once, then each loads."""
         t0 = time.perf_counter()
-        ref = ray.put({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        ref = ray.put(state)
         ray.get([w.load_weights.remote(ref, self.version) for w in self.workers])
         self.pushed = self.version
         self.push_seconds.append(time.perf_counter() - t0)
@@ -166,15 +167,17 @@ class RayEngine:
         if self.colocated and torch.cuda.is_available():
             torch.cuda.empty_cache()             # hand the GPU's free memory to the rollout
         shares = [(w, s) for w, s in zip(self.workers, split(requests, len(self.workers))) if s]
-        parts = ray.get([w.sample.remote(s, self.version) for w, s in shares])
+        parts: list[Rollout] = ray.get([w.sample.remote(s, self.version) for w, s in shares])
         return concat_rollouts(parts, self.tokenizer.pad_token_id)
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
-        from openk1.models.forward import tokenize
+        return self.sample(requests_for(self.tokenizer, prompts, samples_per_prompt, seed))
 
-        ids = [tuple(p) for p in tokenize(self.tokenizer, prompts)]
-        k = samples_per_prompt
-        return self.sample([Request(ids[r // k], (seed, r)) for r in range(len(prompts) * k)])
+    def sleep(self) -> None:
+        """Nothing here: the rollout actors sleep between calls themselves (class doc)."""
+
+    def wake_up(self) -> None:
+        """Nothing here (see `sleep`)."""
 
     def close(self) -> None:
         self._hook.remove()
@@ -185,8 +188,6 @@ class Trainer:
 
     def run(self, cfg_values: dict[str, Any], rollout_workers: list[Any], reward_workers: list[Any]
             ) -> dict[str, Any]:
-        from openk1.stages import rl
-
         keep_freed_memory()
         cfg = rl.RLConfig.model_validate(cfg_values)
         engines: list[RayEngine] = []
@@ -195,11 +196,7 @@ class Trainer:
             engines.append(RayEngine(model, tokenizer, rollout_workers, cfg.ray.placement == "colocated"))
             return engines[-1]
 
-        try:
-            summary = rl.run(cfg, make_engine=make_engine, score=RayScorer(reward_workers))
-        finally:
-            for engine in engines:
-                engine.close()
+        summary = rl.run(cfg, make_engine=make_engine, score=RayScorer(reward_workers))   # closes the engine
         pushes = engines[0].push_seconds if engines else []
         return summary | {"ray": {"weight_pushes": len(pushes), "push_seconds": sum(pushes),
                                   "policy_version": engines[0].version if engines else 0}}
@@ -229,7 +226,7 @@ def init_ray(settings: RaySettings) -> bool:
     return True
 
 
-def run(cfg: Any) -> dict[str, Any]:
+def run(cfg: rl.RLConfig) -> dict[str, Any]:
     """`openk1 rl --ray`: place the actors, run the trainer, return its summary."""
     s: RaySettings = cfg.ray
     started = init_ray(s)
@@ -242,8 +239,9 @@ def run(cfg: Any) -> dict[str, Any]:
                                         cfg.precision)
                     for _ in range(s.rollout_workers)]
         rewards = [reward_cls.remote() for _ in range(s.reward_workers)]
-        trainer = trainer_cls.remote()
-        return ray.get(trainer.run.remote(cfg.model_dump(), rollouts, rewards))
+        trainer: Any = trainer_cls.remote()   # an actor handle: Ray's types do not follow it
+        summary: dict[str, Any] = ray.get(trainer.run.remote(cfg.model_dump(), rollouts, rewards))
+        return summary
     finally:
         if started:
             ray.shutdown()

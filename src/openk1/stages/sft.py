@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from openk1.data.io import load_problems
 from openk1.data.packing import encode_row
-from openk1.dist import runtime
+from openk1.distributed import runtime
 from openk1.models.forward import response_logprobs, trim
 from openk1.models.io import load_model, save_model
 from openk1.optim import OptimConfig, check_decay
