@@ -167,7 +167,8 @@ def main() -> None:
     print("| path | s per GB | vs in-process |\n|---|---|---|")
     for name, value in sync.items():
         print(f"| {name} | {value:.3f} | {value / base:.1f}x |")
-    labels = {"one": "1 process", "two": "torchrun-style 2 gloo ranks (FSDP2)", "ray": "Ray: 1 rollout + 1 reward actor"}
+    labels = {"one": "1 process", "two": "torchrun-style 2 gloo ranks (FSDP2)",
+              "ray": "Ray: 1 rollout + 1 reward actor"}
     print(f"\nRL iteration (rollout + reward + update), median of iterations 2..{args.iterations}")
     print("| path | s per iteration | vs 1 process |\n|---|---|---|")
     for key, value in iters.items():

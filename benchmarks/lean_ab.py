@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 import torch
-from vs_trl import _NoEOS   # benchmarks/ is on sys.path when this script runs
+from vs_trl import _NoEOS  # benchmarks/ is on sys.path when this script runs
 
 
 def model_and_tokenizer() -> tuple[Any, Any]:

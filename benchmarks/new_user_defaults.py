@@ -75,7 +75,7 @@ def main() -> None:
            "--overwrite")
     results.append(("rl", openk1("eval", "--model", str(root / "rl"), "--data", str(data["heldout"]),
                                  "--out", str(root / "eval_rl"), "--overwrite"), None))
-    print(f"\n| stage | held-out accuracy | mean tokens | SFT final loss |\n|---|---|---|---|")
+    print("\n| stage | held-out accuracy | mean tokens | SFT final loss |\n|---|---|---|---|")
     for name, summary, loss in results:
         loss_text = "-" if loss is None else f"{loss:.3f}"
         print(f"| {name} | {100 * summary['accuracy']:.1f}% | {summary['mean_tokens']:.1f} | {loss_text} |")

@@ -268,7 +268,8 @@ def openk1_worker(spec: dict[str, Any]) -> None:
         trained = metrics.get("response_tokens/mean", 0.0) * B   # 0: partial rollouts trained nothing
         rss, peak = rss_mib()
         report({"seconds": seconds, "cpu_s": cpu_s, "update_cpu_s": cpu["update"],
-                "rollout_cpu_s": cpu_s - cpu["update"], "rollout_s": metrics["time/rollout"] + metrics.get("time/reward", 0.0),
+                "rollout_cpu_s": cpu_s - cpu["update"],
+                "rollout_s": metrics["time/rollout"] + metrics.get("time/reward", 0.0),
                 "update_s": metrics.get("time/update", 0.0), "generated_tokens": generated, "trained_tokens": trained,
                 "rss_mib": rss, "peak_rss_mib": peak})
         iteration += 1
@@ -355,7 +356,8 @@ def throughput_trl_config(config_class: Any, spec: dict[str, Any], B: int, mb: i
     """Equal work with openk1's side: one optimizer step per generation, EOS ignored."""
     return config_class(
         output_dir=spec["out"], use_cpu=True, bf16=spec["precision"] == "bf16", fp16=False,
-        gradient_checkpointing=False, per_device_train_batch_size=mb, gradient_accumulation_steps=B // mb, num_generations=spec["k"],
+        gradient_checkpointing=False, per_device_train_batch_size=mb, gradient_accumulation_steps=B // mb,
+        num_generations=spec["k"],
         max_completion_length=spec["max_new_tokens"], num_iterations=1, beta=0.0, use_vllm=False,
         temperature=1.0, top_p=1.0, learning_rate=spec["lr"], lr_scheduler_type="constant",
         warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0,
@@ -466,7 +468,8 @@ def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]],
     print(f"\n{spec['prompts']} prompts x {spec['k']} samples = {P} responses of {T} tokens, "
           f"micro-batch {spec['micro_batch']}, 1 optimizer step per iteration, {params / 1e6:.2f}M parameters, "
           f"{spec['threads']} threads; medians of {spec['iterations']} alternating iterations after "
-          f"{spec['warmup']} warm-up; precision {spec['precision']} on both sides (TRL bf16={spec['precision'] == 'bf16'}), "
+          f"{spec['warmup']} warm-up; precision {spec['precision']} on both sides "
+          f"(TRL bf16={spec['precision'] == 'bf16'}), "
           f"openk1 compile: {str(spec['compile']).lower()}\n")
     print("| | openk1 | TRL GRPOTrainer | openk1 / TRL |\n|---|---|---|---|")
 

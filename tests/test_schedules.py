@@ -42,7 +42,8 @@ def test_rewarm_at_stage_boundary():
 
 def test_stage_steps_from_budgets():
     assert stage_steps(Stage(epochs=2, max_seq_len=8), batch_size=4, rows_per_epoch=10) == 5     # ceil(20/4)
-    assert stage_steps(Stage(budget_tokens=1000, max_seq_len=32), batch_size=4, rows_per_epoch=None) == 8  # ceil(1000/128)
+    assert stage_steps(Stage(budget_tokens=1000, max_seq_len=32),
+                       batch_size=4, rows_per_epoch=None) == 8                                 # ceil(1000/128)
     assert stage_steps(Stage(epochs=2, max_steps=3), batch_size=4, rows_per_epoch=10) == 3
     assert stage_steps(Stage(max_steps=7), batch_size=4, rows_per_epoch=None) == 7
     with pytest.raises(OpenK1Error, match="budget"):

@@ -1,8 +1,18 @@
-"""The core (types, algo, rewards) and the rollout-engine interface type-check strictly.
+"""The whole package type-checks with `mypy --strict` (and the pydantic plugin).
 
-ENGINES: the RolloutEngine Protocol, every engine, the modules that pass one around, and
-tests/rollout/test_engine_protocol.py, where mypy must accept each engine class as a
-RolloutEngine and each verifier as a Scorer.
+One flag set for all of src/openk1, set in pyproject.toml's [tool.mypy]: `strict = true`, with
+a single relaxation, `untyped_calls_exclude = ["torch", "transformers"]`. Those libraries leave
+many functions unannotated (Tensor.backward, Tensor.unflatten, torch.cuda.is_available,
+transformers' logging); strict mode would reject every call to them from typed code, although
+the gap is theirs. Everything else strict mode checks is checked everywhere: untyped defs,
+implicit Optional, returning Any from a typed function, unused `type: ignore`s. An ignore is
+kept only for such a third-party gap, narrow and commented (e.g. torch.autograd.Function.apply).
+
+tests/rollout/test_engine_protocol.py is checked too: there mypy must accept each engine class
+as a RolloutEngine and each verifier as a Scorer.
+
+UNCHECKED lists files whose errors are tolerated for now (each with its reason); mypy still
+reads them. It is meant to stay empty.
 """
 
 import shutil
@@ -13,20 +23,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ["src/openk1/types.py", "src/openk1/algo", "src/openk1/rewards/base.py",
-        "src/openk1/rewards/math.py", "src/openk1/rewards/length.py",
-        "src/openk1/rewards/code.py", "src/openk1/sandbox", "src/openk1/memory.py",
-        "src/openk1/padding.py"]
-ENGINES = ["src/openk1/rollout/engine.py", "src/openk1/rollout/hf.py", "src/openk1/rollout/vllm_engine.py",
-           "src/openk1/rollout/partial.py", "src/openk1/distributed/rollout.py",
-           "src/openk1/stages/rl_ray.py", "src/openk1/curate/sampler.py",
-           "tests/rollout/test_engine_protocol.py"]
+TARGETS = ["src/openk1", "tests/rollout/test_engine_protocol.py"]
+UNCHECKED: list[str] = []   # paths as mypy prints them, e.g. "src/openk1/stages/rm.py"
+
+
+def _mypy() -> str:
+    local = Path(sys.executable).parent / "mypy"
+    return str(local) if local.exists() else "mypy"
 
 
 @pytest.mark.skipif(shutil.which("mypy") is None and not (Path(sys.executable).parent / "mypy").exists(),
                     reason="mypy not installed (pip install -e .[dev])")
-def test_core_and_engines_are_strictly_typed():
-    mypy = Path(sys.executable).parent / "mypy"
-    result = subprocess.run([str(mypy) if mypy.exists() else "mypy", "--strict", *CORE, *ENGINES],
+def test_package_is_strictly_typed():
+    result = subprocess.run([_mypy(), "--strict", *TARGETS],
                             cwd=ROOT, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout[-3000:]
+    errors = [line for line in result.stdout.splitlines()
+              if ": error:" in line and line.split(":", 1)[0] not in UNCHECKED]
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]   # 2: crash
+    assert not errors, "\n".join(errors)[-3000:]

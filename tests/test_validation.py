@@ -88,8 +88,8 @@ def test_bad_value_on_the_command_line_exits_2_with_one_line(tmp_path, capsys):
 PRESET_CONFIGS = {
     "demo.yaml": lambda: [build(DemoConfig, preset(False))],
     "demo_quick.yaml": lambda: [build(DemoConfig, preset(True))],
-    "demo_overthinking.yaml": lambda: [
-        build(DemoConfig, merge(preset(quick), read_yaml(PRESETS / "demo_overthinking.yaml")))
+    "demo_plain.yaml": lambda: [
+        build(DemoConfig, merge(preset(quick), read_yaml(PRESETS / "demo_plain.yaml")))
         for quick in (False, True)],
     "long2short_demo.yaml": lambda: [build(Long2ShortConfig, read_yaml(PRESETS / "long2short_demo.yaml"))],
     "long2short_rl.yaml": lambda: [build(RLConfig, read_yaml(PRESETS / "long2short_rl.yaml"))],

@@ -63,7 +63,8 @@ def load_state(path: Path, optimizer: torch.optim.Optimizer | None) -> dict[str,
     if optimizer is not None and (path / "optimizer.pt").exists():
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / "state.json").read_text())
+    state: dict[str, Any] = json.loads((path / "state.json").read_text())
+    return state
 
 
 def checkpoint_step(path: Path) -> int:

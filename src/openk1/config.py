@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from openk1.errors import OpenK1Error
 
@@ -51,12 +51,12 @@ class StageConfig(Section):
         "resume", "overwrite", "log_every", "checkpoint_every", "keep_checkpoints",
         "score_workers", "eval.score_workers", "workers")
 
-    model: str = ""
-    data: str = ""
-    out: str = ""
-    seed: int = 0
-    resume: bool = False           # continue the run in `out` from its newest checkpoint
-    overwrite: bool = False        # replace the run `out` holds (else an existing run is refused)
+    model: str = Field("", description="model: a save_pretrained folder or a run directory with model/ (--model)")
+    data: str = Field("", description="dataset: JSONL, Parquet or a Hugging Face dataset folder (--data)")
+    out: str = Field("", description="run directory (--out; default: a new runs/<command>-<time>)")
+    seed: int = Field(0, description="seed of the run's random streams")
+    resume: bool = Field(False, description="continue the run in `out` from its newest checkpoint")
+    overwrite: bool = Field(False, description="replace the run `out` holds (else an existing run is refused)")
 
     # a later action of the run `out` holds (`longcot train` after `longcot build`) continues it
     # with its own config.yaml, in which only the keys outside `continuation_keeps` may change
@@ -158,4 +158,5 @@ def load(cls: type[C], path: str | None, overrides: list[str], **flags: str | No
 
 
 def dump(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    text: str = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return text

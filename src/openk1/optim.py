@@ -14,13 +14,13 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class OptimConfig(Section):
-    lr: float = Field(1e-3, gt=0.0)
-    lr_min: float = Field(1e-4, ge=0.0)   # end of the cosine decay (SFT/pretrain)
-    warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[Beta, Beta] = (0.9, 0.95)
-    grad_clip: float = Field(1.0, ge=0.0)   # max global grad norm; 0 disables clipping
-    fused: bool = False            # AdamW's fused kernel: 3x faster steps on CPU, other rounding
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate (peak, after warm-up)")
+    lr_min: float = Field(1e-4, ge=0.0, description="end of the cosine decay (SFT/pretrain)")
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.95), description="AdamW (beta1, beta2)")
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm (0 = no clipping)")
+    fused: bool = Field(False, description="AdamW's fused kernel: 3x faster steps on CPU, other rounding")
 
 
 def check_decay(optim: OptimConfig) -> None:

@@ -10,7 +10,8 @@ from typing import Literal
 import torch
 
 
-def pad(seqs: list[list[int]], pad_id: int, side: Literal["left", "right"] = "right") -> tuple[torch.Tensor, torch.Tensor]:
+def pad(seqs: list[list[int]], pad_id: int,
+        side: Literal["left", "right"] = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """ids [B, L] and mask [B, L] (1 on real tokens), L = the longest sequence.
 
     >>> pad([[5, 6, 7], [8]], 0, "left")[0].tolist()

@@ -23,18 +23,18 @@ from openk1.errors import OpenK1Error
 class Source(Section):
     """One dataset of a stage's mixture; `weight` is its share of the stage's packed rows."""
 
-    path: str
-    weight: float = Field(1.0, gt=0.0)
-    name: str = ""                 # label in metrics (default: the file name)
+    path: str = Field(description="dataset (JSONL, Parquet or HF dataset folder; relative to data_root)")
+    weight: float = Field(1.0, gt=0.0, description="share of the stage's packed rows (normalised over the sources)")
+    name: str = Field("", description="label in metrics (default: the file name)")
 
 
 class LRSchedule(Section):
     """Linear warm-up to lr_max over warmup_steps, then decay to lr_min at the stage's last step."""
 
-    lr_max: float = Field(1e-3, gt=0.0)
-    lr_min: float = Field(1e-4, ge=0.0)
-    warmup_steps: int = Field(0, ge=0)
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    lr_max: float = Field(1e-3, gt=0.0, description="learning rate after warm-up")
+    lr_min: float = Field(1e-4, ge=0.0, description="learning rate at the stage's last step")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (the LR re-warms at every stage)")
+    decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay from lr_max to lr_min")
 
     @model_validator(mode="after")
     def _decays(self) -> LRSchedule:
@@ -44,15 +44,16 @@ class LRSchedule(Section):
 
 
 class Stage(Section):
-    name: str = ""
-    max_seq_len: int = Field(2048, ge=0)   # packed row length (or the per-example limit when pack is off; 0: none)
-    pack: bool = True              # False: one example per row (padded), as plain SFT
-    sources: list[Source] = Field(default_factory=list)   # empty: the run's --data
-    epochs: float = Field(0.0, ge=0.0)
-    budget_tokens: int = Field(0, ge=0)
-    max_steps: int = Field(0, ge=0)
-    lr: LRSchedule = LRSchedule()
-    rope_theta: float = Field(0.0, ge=0.0)   # > 0: set the model's RoPE base when the stage starts
+    name: str = Field("", description="label in metrics and logs")
+    max_seq_len: int = Field(2048, ge=0,
+                             description="packed row length (or the per-example limit when pack is off; 0: none)")
+    pack: bool = Field(True, description="false: one example per row (padded), as plain SFT")
+    sources: list[Source] = Field(default_factory=list, description="the stage's data mixture; empty: the run's --data")
+    epochs: float = Field(0.0, ge=0.0, description="budget: passes over the mixture")
+    budget_tokens: int = Field(0, ge=0, description="budget: tokens of packed rows (steps x batch_size x max_seq_len)")
+    max_steps: int = Field(0, ge=0, description="budget: optimizer steps; also caps the other two")
+    lr: LRSchedule = Field(LRSchedule(), description="the stage's learning-rate schedule")
+    rope_theta: float = Field(0.0, ge=0.0, description="> 0: set the model's RoPE base when the stage starts")
 
     @model_validator(mode="after")
     def _row_length(self) -> Stage:

@@ -40,20 +40,24 @@ class LMConfig(StageConfig):
     # --resume may also move the run to another device and change when the loss is evaluated
     resume_may_change = (*StageConfig.resume_may_change, "device", "eval_loss_every")
 
-    stages: list[Stage] = Field(default_factory=list)
-    batch_size: int = Field(32, gt=0)   # packed rows per optimizer step
-    micro_batch_size: int = Field(0, ge=0)   # rows per forward/backward (0 = batch_size: no accumulation)
-    precision: Literal["fp32", "bf16"] = "fp32"   # bf16 = autocast; weights and Adam stay fp32
-    overlong: OverlongRule = "truncate"
-    shuffle_buffer: int = Field(100_000, ge=0)   # rows held for shuffling (0 = file order)
-    optim: OptimConfig = OptimConfig()   # betas, weight decay, clipping (LR comes from stages)
-    log_every: int = Field(10, gt=0)
-    data_root: str = ""            # relative `sources` paths are resolved against this folder
-    eval_loss_data: str = ""       # rows to report the mean evaluation loss on
-    eval_loss_every: int = Field(0, ge=0)   # steps (0 = at the end of every stage)
-    checkpoint_every: int = Field(0, ge=0)   # steps (0 = only at the end)
-    keep_checkpoints: int = Field(2, ge=0)   # newest checkpoints kept (0 = all)
-    device: str = "cpu"
+    stages: list[Stage] = Field(
+        default_factory=list, description="the staged schedule (report §2.5): budget, length, mixture and LR per stage")
+    batch_size: int = Field(32, gt=0, description="packed rows per optimizer step")
+    micro_batch_size: int = Field(0, ge=0, description="rows per forward/backward (0 = batch_size: no accumulation)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast; weights and Adam stay fp32")
+    overlong: OverlongRule = Field("truncate",
+                                   description="an example longer than max_seq_len: truncate, drop or split into rows")
+    shuffle_buffer: int = Field(100_000, ge=0, description="rows held for shuffling (0 = file order)")
+    optim: OptimConfig = Field(OptimConfig(),
+                               description="AdamW: betas, weight decay, clipping (the LR comes from stages)")
+    log_every: int = Field(10, gt=0, description="steps between metric lines")
+    data_root: str = Field("", description="relative `sources` paths are resolved against this folder")
+    eval_loss_data: str = Field("", description="rows to report the mean evaluation loss on")
+    eval_loss_every: int = Field(0, ge=0,
+                                 description="steps between evaluation-loss reports (0 = at the end of every stage)")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0 = only at the end)")
+    keep_checkpoints: int = Field(2, ge=0, description="newest checkpoints kept (0 = all)")
+    device: str = Field("cpu", description="torch device of a single-process run (torchrun: each rank's own)")
 
 
 def set_rope_theta(model: Any, theta: float) -> None:

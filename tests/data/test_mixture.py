@@ -47,7 +47,8 @@ def test_mixture_take_and_skip_replay(tmp_path):
     write_jsonl(tmp_path / "short.jsonl", [{"n": 2}] * 7)
 
     def make():
-        streams = [PackedStream(str(tmp_path / f), encode, 4, False, "drop", 1, 100) for f in ("long.jsonl", "short.jsonl")]
+        streams = [PackedStream(str(tmp_path / f), encode, 4, False, "drop", 1, 100)
+                   for f in ("long.jsonl", "short.jsonl")]
         return Mixture(streams, [0.4, 0.6], ["long", "short"])
 
     full = [(i, [e.ids for e in row]) for i, row in make().take(10)]

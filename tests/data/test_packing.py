@@ -71,7 +71,8 @@ def test_packed_logits_equal_alone(tiny, impl):
             start += len(e.ids)
         # the packed loss is the sum of the alone losses
         total, n = batch_nll(model, [examples], tokenizer.pad_token_id, torch.device("cpu"))
-        alone_sum = sum(float(batch_nll(model, [[e]], tokenizer.pad_token_id, torch.device("cpu"))[0]) for e in examples)
+        alone_sum = sum(float(batch_nll(model, [[e]], tokenizer.pad_token_id, torch.device("cpu"))[0])
+                        for e in examples)
     assert n == sum(len(e.ids) - 1 for e in examples)
     assert abs(float(total) - alone_sum) < 1e-4
 

@@ -172,7 +172,8 @@ def test_finished_groups_wait_until_there_are_enough():
     def group(problem, stops):
         return partial.Group(problem, [partial.Trajectory([1], (0, j), [2], stop=s) for j, s in enumerate(stops)])
 
-    done_a, done_b, open_c = group(0, ["normal", "repeat"]), group(1, ["max_tokens", "normal"]), group(2, ["normal", "budget"])
+    done_a, done_b = group(0, ["normal", "repeat"]), group(1, ["max_tokens", "normal"])
+    open_c = group(2, ["normal", "budget"])
     assert partial.ready([done_a, open_c, done_b], 3) == ([], [done_a, done_b, open_c])   # 2 < 3: all wait
     assert partial.ready([done_a, open_c, done_b], 2) == ([done_a, done_b], [open_c])
     assert partial.ready([open_c], 1) == ([], [open_c])

@@ -3,6 +3,8 @@
 import json
 
 from openk1.cli import main
+from openk1.config import build, merge, read_yaml
+from openk1.stages.demo import PRESETS, DemoConfig, preset
 
 
 def test_quick_demo_runs_every_stage_longcot_beats_sft_and_rl_keeps_accuracy(tmp_path):
@@ -31,11 +33,26 @@ def test_quick_demo_runs_every_stage_longcot_beats_sft_and_rl_keeps_accuracy(tmp
         assert (out / stage / "metrics.jsonl").exists() and (out / stage / "config.yaml").exists()
 
 
-def test_overthinking_preset_overlays_the_demo():
-    from openk1.config import build, merge, read_yaml
-    from openk1.stages.demo import PRESETS, DemoConfig, preset
+def test_demo_cuts_responses_into_segments_and_its_traces_overthink():
+    """The default demo exercises partial rollouts and long2short (issue 17): most worked
+    solutions are longer than one 64-token segment, none longer than the sampling limit, which
+    the segments cover; the traces carry optional re-verification lines for long2short to cut."""
+    from openk1.data.synthetic import make_task, sft_rows
+    from openk1.stages.demo import DemoConfig, preset
 
-    cfg = build(DemoConfig, merge(preset(False), read_yaml(PRESETS / "demo_overthinking.yaml")))
-    assert cfg.task.reflection_rate == 0.5 and cfg.long2short.shortest_rs_rounds == 2
-    assert cfg.rl.sampler.kind == "uniform" and not cfg.rl.partial.enabled
+    cfg = build(DemoConfig, preset(False))
+    rows = make_task(cfg.task)["train"][:1000]
+    tokens = [len(r["response"]) + 1 for r in sft_rows(rows, "long")]   # a token per character + EOS
+    partial, limit = cfg.rl.partial, cfg.rl.sampling.max_new_tokens
+    assert partial.enabled and sum(t > partial.segment_tokens for t in tokens) / len(tokens) > 0.5
+    assert max(tokens) <= limit <= partial.segment_tokens * partial.max_segments
+    plain = make_task(build(DemoConfig, merge(preset(False), {"task": {"reflection_rate": 0.0}})).task)
+    plain_tokens = [len(r["response"]) + 1 for r in sft_rows(plain["train"][:1000], "long")]
+    assert sum(tokens) / len(tokens) > 1.3 * sum(plain_tokens) / len(plain_tokens)   # redundancy
+
+
+def test_plain_preset_overlays_the_demo():
+    cfg = build(DemoConfig, merge(preset(False), read_yaml(PRESETS / "demo_plain.yaml")))
+    assert cfg.task.reflection_rate == 0.0 and cfg.long2short.shortest_rs_rounds == 1
+    assert cfg.rl.sampler.kind == "curriculum" and cfg.rl.partial.enabled
     assert cfg.rl.iterations == 20 and cfg.longcot_sft.max_steps == 300     # the rest is demo.yaml's

@@ -66,7 +66,9 @@ def test_rl_section_defaults_to_the_long2short_preset():
     ones = torch.ones(4, 10, dtype=torch.long)
     rollout = Rollout(ones[:, :2], ones[:, :2], ones * mask, mask, torch.zeros(4, 10), ["normal"] * 4,
                       texts=["\\boxed{2}"] * 4)
-    right = lambda texts, problems, workers, rewards: [Score(1.0, "correct")] * len(texts)
+    def right(texts, problems, workers, rewards):
+        return [Score(1.0, "correct")] * len(texts)
+
     batch = [P[0]]
     shortened = rl.rewards_for(rollout, batch, 4, 0, cfg.rl, right)[0]
     assert shortened.tolist() == [1.0 + cfg.rl.length_penalty_weight * x for x in (0.5, 0.25, 0.0, -0.5)]
@@ -90,8 +92,12 @@ def test_every_method_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     groups = [[(f"\\boxed{{{a + 1}}}", 9, True), (f"{a}+1={a + 1} so \\boxed{{{a + 1}}}", 20, True),
                ("so the answer is \\boxed{0}", 12, False)] for a in range(4)]
     drawn = []
-    monkeypatch.setattr(long2short, "draw_samples",
-                        lambda cfg, root: drawn.append(1) or ([long2short.load_problems(cfg.data)[i] for i in range(4)], groups))
+
+    def draw_samples(cfg, root):
+        drawn.append(1)
+        return long2short.load_problems(cfg.data)[:4], groups
+
+    monkeypatch.setattr(long2short, "draw_samples", draw_samples)
     values = {
         "model": str(tiny_model_dir), "data": str(tmp_path / "train.jsonl"),
         "eval_data": str(tmp_path / "heldout.jsonl"), "out": str(tmp_path / "l2s"),

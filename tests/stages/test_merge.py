@@ -56,7 +56,8 @@ def test_sharded_and_single_file_inputs(tmp_path):
 def test_shape_mismatch_names_the_file_and_tensor(tmp_path):
     a = save_tiny(tmp_path / "a", seed=0)
     b = save_tiny(tmp_path / "b", seed=0, size=SIZE.model_copy(update={"intermediate": 48}))
-    with pytest.raises(OpenK1Error, match=r"b/model.safetensors: tensor 'model.layers.0.mlp.\w+_proj.weight' has shape"):
+    with pytest.raises(OpenK1Error,
+                       match=r"b/model.safetensors: tensor 'model.layers.0.mlp.\w+_proj.weight' has shape"):
         merge_checkpoints([a, b], [], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -91,7 +91,8 @@ def test_accumulation_matches_one_batch_and_bf16_runs(tiny):
     assert grads[0][1] == pytest.approx(grads[1][1], rel=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][0], grads[1][0]))
     model.zero_grad()
-    loss, _ = accumulate(model, rows, cfg.model_copy(update={"precision": "bf16"}), tok.pad_token_id, torch.device("cpu"))
+    bf16 = cfg.model_copy(update={"precision": "bf16"})
+    loss, _ = accumulate(model, rows, bf16, tok.pad_token_id, torch.device("cpu"))
     assert abs(loss - grads[0][1]) < 0.1   # bf16 (eps 2^-7) on a loss of ~4.6: measured 7e-5
 
 

@@ -76,9 +76,8 @@ def test_resume_logs_the_same_metrics(tmp_path, tiny_model_dir, extra):
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, tiny_model_dir):
-    from openk1.errors import OpenK1Error
-
     from openk1.config import dump
+    from openk1.errors import OpenK1Error
 
     cfg = config(tmp_path, tiny_model_dir, tmp_path / "empty", resume=True)
     with pytest.raises(OpenK1Error, match="holds no run"):

@@ -50,7 +50,8 @@ def test_first_step_log_ratio_is_zero_at_temperature_0_7(tiny):
 
 
 def test_top_p_below_one_is_refused_in_rl():
-    with pytest.raises(OpenK1Error, match=r"^config: sampling\.top_p < 1 \(got 0\.9\) is not supported in RL: ") as info:
+    with pytest.raises(OpenK1Error,
+                       match=r"^config: sampling\.top_p < 1 \(got 0\.9\) is not supported in RL: ") as info:
         build(rl.RLConfig, parse_overrides(["sampling.top_p=0.9"]))
     assert "\n" not in str(info.value) and "(set top_p: 1)" in str(info.value)
     # top-p 1 is the default; eval (no loss) may keep its own top-p < 1

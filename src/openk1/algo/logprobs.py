@@ -79,6 +79,7 @@ def token_logprobs(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     apply = _ChunkedTokenLogprobs.apply
+    # torch.autograd.Function.apply is unannotated
     out: torch.Tensor = apply(logits, targets, chunk_size, temperature)  # type: ignore[no-untyped-call]
     return out
 

@@ -16,8 +16,9 @@ from openk1.errors import OpenK1Error
 
 
 class BalanceSettings(Section):
-    # domain -> proportion (normalised; 0 drops the domain); empty = keep the mix as it is
-    targets: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
+    targets: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=dict,
+        description="domain -> proportion (normalised; 0 drops the domain); empty: keep the mix as it is")
 
 
 def balance_counts(available: dict[str, int], targets: dict[str, float]) -> dict[str, int]:

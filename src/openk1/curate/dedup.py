@@ -30,15 +30,16 @@ from openk1.errors import OpenK1Error
 
 
 class DedupSettings(Section):
-    exact: bool = True
-    near: bool = True
-    threshold: float = Field(0.7, gt=0.0, le=1.0)   # Jaccard of token 3-gram shingles for a near duplicate
-    shingle_tokens: int = Field(3, gt=0)
-    num_perm: int = Field(128, gt=0)   # MinHash permutations = bands * rows per band
-    bands: int = Field(32, gt=0)
-    same_numbers: bool = True       # near duplicates must hold the same numbers
-    # evaluation sets (JSONL / Parquet / HF dataset dir) whose prompts must not be trained on
-    decontaminate: list[str] = Field(default_factory=list)
+    exact: bool = Field(True, description="drop prompts equal to an earlier one after normalisation")
+    near: bool = Field(True, description="drop near duplicates (MinHash + LSH proposes, the exact Jaccard decides)")
+    threshold: float = Field(0.7, gt=0.0, le=1.0, description="Jaccard of token 3-gram shingles for a near duplicate")
+    shingle_tokens: int = Field(3, gt=0, description="tokens per shingle")
+    num_perm: int = Field(128, gt=0, description="MinHash permutations = bands x rows per band")
+    bands: int = Field(32, gt=0, description="LSH bands")
+    same_numbers: bool = Field(True, description="near duplicates must hold the same numbers")
+    decontaminate: list[str] = Field(
+        default_factory=list,
+        description="evaluation sets (JSONL / Parquet / HF dataset folder) whose prompts must not be trained on")
 
     @model_validator(mode="after")
     def _whole_bands(self) -> DedupSettings:

@@ -21,16 +21,20 @@ from openk1.rollout.hf import SamplingConfig
 class DifficultySettings(Section):
     """Pass rate of `samples_per_prompt` answers at `temperature` (report §2.1: 10, high T)."""
 
-    enabled: bool = True
-    samples_per_prompt: int = Field(10, gt=0)
-    temperature: float = Field(1.0, ge=0.0)   # 0 = greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(1024, gt=0)
-    batch_size: int = Field(256, gt=0)   # sequences decoded together
-    bin_edges: list[float] = Field(default_factory=lambda: [0.3, 0.7])
-    bin_labels: list[str] = Field(default_factory=lambda: ["hard", "medium", "easy"])
-    drop_trivial: bool = True       # pass rate 1
-    drop_unreachable: bool = False  # pass rate 0
+    enabled: bool = Field(True, description="label each row with its pass rate and a difficulty")
+    samples_per_prompt: int = Field(10, gt=0,
+                                    description="answers sampled per prompt for its pass rate (report §2.1: 10)")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_new_tokens: int = Field(1024, gt=0, description="answer length budget")
+    batch_size: int = Field(256, gt=0, description="sequences decoded together")
+    bin_edges: list[float] = Field(default_factory=lambda: [0.3, 0.7],
+                                   description="pass-rate edges between the bin_labels")
+    bin_labels: list[str] = Field(
+        default_factory=lambda: ["hard", "medium", "easy"],
+        description="difficulty labels, hardest (lowest pass rate) first; one more than bin_edges")
+    drop_trivial: bool = Field(True, description="drop prompts of pass rate 1")
+    drop_unreachable: bool = Field(False, description="drop prompts of pass rate 0")
 
     @model_validator(mode="after")
     def _bins(self) -> DifficultySettings:

@@ -33,8 +33,9 @@ from openk1.types import PROBLEM_TYPES
 class FormatSettings(Section):
     """The reference-answer check always runs; `enabled` switches the format filter."""
 
-    enabled: bool = True
-    max_answer_chars: int = Field(300, gt=0)   # a longer reference is a proof or essay: no_answer
+    enabled: bool = Field(True, description="the format filter (the reference-answer check always runs)")
+    max_answer_chars: int = Field(300, gt=0,
+                                  description="a longer reference is a proof or an essay: dropped as no_answer")
 
 
 # ---------------------------------------------------------------------------------------------

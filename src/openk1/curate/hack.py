@@ -21,14 +21,15 @@ DEFAULT_HACK_TEMPLATE = ("{prompt}\n\nAnswer directly, without any working or ex
 class HackSettings(Section):
     """Easy-to-hack filter: answer with no chain of thought; right within `attempts` -> drop."""
 
-    enabled: bool = True
-    attempts: int = Field(8, gt=0)  # report §2.1: N = 8
-    # `{prompt}` is replaced by the prompt; quote it for YAML: --set 'hack.template="{prompt}"'
-    template: str = DEFAULT_HACK_TEMPLATE
-    temperature: float = Field(1.0, ge=0.0)   # 0 = greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(32, gt=0)
-    batch_size: int = Field(256, gt=0)   # sequences decoded together
+    enabled: bool = Field(True, description="drop prompts answered right without a chain of thought")
+    attempts: int = Field(8, gt=0, description="direct answers per prompt (report §2.1: N = 8)")
+    # quote it for YAML: --set 'hack.template="{prompt}"'
+    template: str = Field(DEFAULT_HACK_TEMPLATE,
+                          description="prompt asking for the answer only; `{prompt}` is replaced by the prompt")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_new_tokens: int = Field(32, gt=0, description="answer length budget")
+    batch_size: int = Field(256, gt=0, description="sequences decoded together")
 
     @field_validator("template")
     @classmethod

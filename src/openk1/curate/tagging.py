@@ -22,10 +22,12 @@ from openk1.padding import pad
 
 
 class TaggingSettings(Section):
-    method: str = "keywords"        # keywords | model (likelihood of each domain name)
-    domains: list[str] = Field(default_factory=lambda: [
-        "math", "physics", "chemistry", "biology", "code", "general"])
-    template: str = "{prompt}\nDomain:"
+    method: str = Field("keywords", description="keywords | model (the likeliest domain name after `template`)")
+    domains: list[str] = Field(
+        default_factory=lambda: ["math", "physics", "chemistry", "biology", "code", "general"],
+        description="domains a row may be tagged with")
+    template: str = Field("{prompt}\nDomain:",
+                          description="method model: the text scored before each domain name; `{prompt}` is replaced")
 
     @field_validator("method")
     @classmethod

@@ -228,23 +228,28 @@ class CurriculumSampler:
 class CurriculumStage(Section):
     """Problems allowed from `start_iteration` on: min <= difficulty <= max (None = no bound)."""
 
-    start_iteration: int = Field(0, ge=0)
-    min_difficulty: float | str | None = None
-    max_difficulty: float | str | None = None
+    start_iteration: int = Field(0, ge=0, description="first RL iteration of this stage")
+    min_difficulty: float | str | None = Field(
+        None, description="lowest difficulty allowed: a number or a difficulty_order label (None: no bound)")
+    max_difficulty: float | str | None = Field(
+        None, description="highest difficulty allowed: a number or a difficulty_order label (None: no bound)")
 
 
 class SamplerConfig(Section):
     """Which problems each RL iteration draws (module docstring); report §2.3.4."""
 
-    kind: Literal["uniform", "curriculum", "prioritized", "curriculum+prioritized"] = "uniform"
-    # curriculum stages, e.g. the report's ablation:
-    # [{start_iteration: 0}, {start_iteration: 24, min_difficulty: 4}]
-    stages: list[CurriculumStage] = Field(default_factory=list)
-    difficulty_order: list[str] = Field(default_factory=list)  # labels, easiest first
-    floor: float = Field(0.05, ge=0.0, le=1.0)         # P(i) ∝ max(1 - s_i, floor); report: 0
-    prior: float = Field(0.5, ge=0.0, le=1.0)          # s_i before any observation
-    prior_from_pass_rate: bool = True                  # a row's `pass_rate` overrides prior
-    ema: float | None = Field(None, gt=0.0, le=1.0)    # s <- (1-ema) s + ema x; None: mean
+    kind: Literal["uniform", "curriculum", "prioritized", "curriculum+prioritized"] = Field(
+        "uniform", description="how each iteration draws its prompts (report §2.3.4)")
+    # e.g. the report's ablation: [{start_iteration: 0}, {start_iteration: 24, min_difficulty: 4}]
+    stages: list[CurriculumStage] = Field(
+        default_factory=list, description="curriculum stages: the difficulties allowed from each start_iteration on")
+    difficulty_order: list[str] = Field(default_factory=list, description="difficulty labels, easiest first")
+    floor: float = Field(0.05, ge=0.0, le=1.0, description="prioritized: P(i) ∝ max(1 - s_i, floor) (report: 0)")
+    prior: float = Field(0.5, ge=0.0, le=1.0, description="prioritized: success rate s_i before any observation")
+    prior_from_pass_rate: bool = Field(True, description="a row's `pass_rate` (curate) overrides prior")
+    ema: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="s <- (1 - ema) s + ema x per observation; None: the mean of all observations")
 
     @model_validator(mode="after")
     def _curriculum_has_stages(self) -> SamplerConfig:
@@ -267,11 +272,13 @@ def difficulty_rank(value: float | str | None, order: list[str]) -> float:
         return float(value)
     if isinstance(value, str) and value in order:
         return float(order.index(value))
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise OpenK1Error(f"difficulty {value!r} is neither a number nor a label in "
-                          f"sampler.difficulty_order {order}") from None
+    if isinstance(value, str):   # a number written as text
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise OpenK1Error(f"difficulty {value!r} is neither a number nor a label in "
+                      f"sampler.difficulty_order {order}")
 
 
 def curriculum_stages(cfg: SamplerConfig, problems: list[Problem]) -> list[tuple[int, list[int]]]:

@@ -37,13 +37,16 @@ from openk1.errors import OpenK1Error
 class TaskConfig(Section):
     """Synthetic task sizes; all seeds derive from `seed`."""
 
-    seed: int = 0
-    train_problems: int = Field(4000, gt=0)
-    heldout_problems: int = Field(200, gt=0)
-    min_difficulty: int = Field(1, ge=1, le=5)   # see LEVELS
-    max_difficulty: int = Field(3, ge=1, le=5)
-    slip_rate: float = Field(0.15, ge=0.0, le=1.0)
-    reflection_rate: float = Field(0.0, ge=0.0, le=1.0)   # chance of each optional re-verification line (long format)
+    seed: int = Field(0, description="seed every problem and trace derives from")
+    train_problems: int = Field(4000, gt=0, description="training problems")
+    heldout_problems: int = Field(200, gt=0, description="held-out problems (never in training)")
+    min_difficulty: int = Field(1, ge=1, le=5,
+                                description="easiest level (data/synthetic.py LEVELS: digits of the operands)")
+    max_difficulty: int = Field(3, ge=1, le=5, description="hardest level")
+    slip_rate: float = Field(0.15, ge=0.0, le=1.0,
+                             description='chance of a corrected slip ("wait") per column of a long trace')
+    reflection_rate: float = Field(0.0, ge=0.0, le=1.0,
+                                   description="chance of each optional re-verification line (long format)")
 
     @model_validator(mode="after")
     def _levels(self) -> TaskConfig:

@@ -28,14 +28,16 @@ from openk1.config import Section
 
 
 class RaySettings(Section):
-    address: str = ""
-    num_cpus: int = Field(2, gt=0)
-    rollout_workers: int = Field(1, gt=0)
-    reward_workers: int = Field(1, gt=0)
-    placement: Literal["disaggregated", "colocated"] = "disaggregated"
-    engine: Literal["hf", "vllm"] = "hf"
-    trainer_cpus: float = Field(1.0, ge=0.0)
-    trainer_gpus: float = Field(0.0, ge=0.0)
-    rollout_cpus: float = Field(0.5, ge=0.0)
-    rollout_gpus: float = Field(0.0, ge=0.0)
-    reward_cpus: float = Field(0.5, ge=0.0)
+    address: str = Field(
+        "", description='"": a private Ray on this machine (127.0.0.1); "auto": the cluster `ray start` made')
+    num_cpus: int = Field(2, gt=0, description="CPUs of the private Ray (ignored with an address)")
+    rollout_workers: int = Field(1, gt=0, description="rollout actors; an iteration's requests are split among them")
+    reward_workers: int = Field(1, gt=0, description="reward actors; the responses are split among them")
+    placement: Literal["disaggregated", "colocated"] = Field(
+        "disaggregated", description="rollout actors on their own resources, or sharing the trainer's GPU in turn")
+    engine: Literal["hf", "vllm"] = Field("hf", description="the rollout actors' engine (vllm: settings in rl.vllm)")
+    trainer_cpus: float = Field(1.0, ge=0.0, description="Ray CPUs of the trainer (fractions allowed)")
+    trainer_gpus: float = Field(0.0, ge=0.0, description="Ray GPUs of the trainer")
+    rollout_cpus: float = Field(0.5, ge=0.0, description="Ray CPUs of each rollout actor")
+    rollout_gpus: float = Field(0.0, ge=0.0, description="Ray GPUs of each rollout actor")
+    reward_cpus: float = Field(0.5, ge=0.0, description="Ray CPUs of each reward actor")

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 class _RMSNormTo(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+        y: torch.Tensor
+        rstd: torch.Tensor
         if hasattr(torch.ops.aten, "_fused_rms_norm"):   # one pass; returns rstd too (torch >= 2.8)
             y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
         else:
@@ -64,7 +66,7 @@ def rms_norm_to(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.
     chooses what to recompute), and without autograd (decoding) F.rms_norm runs alone."""
     if torch.compiler.is_compiling() or not _tracked(x, weight):
         return F.rms_norm(x, x.shape[-1:], weight, eps).to(dtype)   # no autograd node (decoding)
-    out: torch.Tensor = _RMSNormTo.apply(x, weight, eps, dtype)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _RMSNormTo.apply(x, weight, eps, dtype)  # type: ignore[no-untyped-call]  # unannotated in torch
     return out
 
 
@@ -90,7 +92,7 @@ def swiglu_down(gate: torch.Tensor, up: torch.Tensor, w_down: torch.Tensor) -> t
     torch.compile, as rms_norm_to)."""
     if torch.compiler.is_compiling():
         return F.linear(F.silu(gate) * up, w_down)
-    out: torch.Tensor = _SwiGLUDown.apply(gate, up, w_down)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _SwiGLUDown.apply(gate, up, w_down)  # type: ignore[no-untyped-call]  # unannotated in torch
     return out
 
 
@@ -125,7 +127,7 @@ def rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
         return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2).to(x.dtype)
     if not _tracked(x):   # decoding: no autograd node to build
         return _complex_multiply(x, rot)
-    out: torch.Tensor = _Rotate.apply(x, rot)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _Rotate.apply(x, rot)  # type: ignore[no-untyped-call]  # unannotated in torch
     return out
 
 

@@ -21,7 +21,7 @@ The result equals HF's forward to fp32 rounding (tests/models/test_lean.py: 1e-5
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,11 @@ class _Layer:
         source = self.fused if self.fused is not None and name in self.fused else vars(self)
         bias = source.get(f"{name}_bias")
         if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed[name], bias, "none", [], "")
-        return F.linear(x, source[name], bias)
+            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed[name], bias, "none", [], "")
+            return out
+        weight = source[name]
+        assert weight is not None, f"no weight {name!r}"
+        return F.linear(x, weight, bias)
 
     def fuse(self) -> None:
         """One matmul for q/k/v and one for gate/up: for decoding (no backward to pay for it) and
@@ -105,8 +108,8 @@ def unsupported_reason(model: Any) -> str | None:
     kind = getattr(config, "model_type", None)
     if kind not in SUPPORTED:
         return f"model_type {kind!r} is not one of {SUPPORTED}"
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"hidden_act {config.hidden_act!r}"
+    if (act := getattr(config, "hidden_act", "silu")) != "silu":
+        return f"hidden_act {act!r}"
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return "sliding-window attention"
     if getattr(config, "attention_dropout", 0.0) or getattr(config, "mlp_bias", False):
@@ -137,8 +140,12 @@ class LeanModel:
         """Per-layer weights, matmul weights in the compute dtype, differentiable (concatenations
         and casts are part of the graph, so gradients reach the HF parameters in their dtype).
         Norm weights keep the parameters' dtype: the residual stream and the norms run in it."""
-        return [_Layer(**{name: self._prepare(name, w) for name, w in vars(_layer_weights(layer)).items()})
-                for layer in self.model.model.layers]
+        layers = []
+        for layer in self.model.model.layers:
+            # tensors and optional tensors (biases, qwen3's norms), one per _Layer field
+            prepared: dict[str, Any] = {name: self._prepare(name, w) for name, w in vars(_layer_weights(layer)).items()}
+            layers.append(_Layer(**prepared))
+        return layers
 
     def _prepare(self, name: str, w: torch.Tensor | None) -> torch.Tensor | None:
         if name in ("q", "k", "q_bias", "k_bias", "q_norm", "k_norm"):
@@ -157,7 +164,8 @@ class LeanModel:
         return rot * self.head_dim ** -0.5, rot
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.model.embed_tokens(ids)
+        x: torch.Tensor = self.model.model.embed_tokens(ids)               # [B, L, d]
+        return x
 
     # ------------------------------------------------------------------ full sequences
 
@@ -205,7 +213,7 @@ class LeanModel:
             q, k, v = w.linear("qkv", h).view(B, n, H + 2 * Hkv, D).split([H, Hkv, Hkv], dim=2)
         else:
             q, k, v = (w.linear(name, h).view(B, n, -1, D) for name in ("q", "k", "v"))
-        if w.q_norm is not None:    # qwen3: RMSNorm over each head before RoPE
+        if w.q_norm is not None and w.k_norm is not None:    # qwen3: RMSNorm over each head before RoPE
             q = F.rms_norm(q.float(), (D,), w.q_norm.float(), self.eps).to(self.dtype)
             k = F.rms_norm(k.float(), (D,), w.k_norm.float(), self.eps).to(self.dtype)
         return rotate(q, rot[0]), rotate(k, rot[1]), v
@@ -262,12 +270,21 @@ def _interleave(w: torch.Tensor | None, D: int) -> torch.Tensor | None:
     if w is None:
         return None
     order = torch.arange(D, device=w.device).view(2, D // 2).t().reshape(-1)     # [D]
-    return w.unflatten(0, (-1, D)).index_select(1, order).flatten(0, 1)
+    interleaved: torch.Tensor = w.unflatten(0, (-1, D)).index_select(1, order).flatten(0, 1)
+    return interleaved
 
 
 def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention bias: 0 where allowed, -inf elsewhere."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+@overload
+def _to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor: ...
+
+
+@overload
+def _to(x: None, dtype: torch.dtype) -> None: ...
 
 
 def _to(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -59,17 +59,17 @@ def check_compatible(dirs: list[Path], maps: list[dict[str, str]]) -> None:
     """Same architecture (config.json), same tensor names and same tokenizer as dirs[0]."""
     first = _architecture(dirs[0])
     vocab = _tokenizer_signature(dirs[0])
-    for model_dir, names in zip(dirs[1:], maps[1:]):
-        if _architecture(model_dir) != first:
-            raise OpenK1Error(f"{model_dir / 'config.json'}: architecture {_architecture(model_dir)} "
+    for path, names in zip(dirs[1:], maps[1:]):
+        if _architecture(path) != first:
+            raise OpenK1Error(f"{path / 'config.json'}: architecture {_architecture(path)} "
                               f"differs from {dirs[0]}'s {first}")
         missing = sorted(set(maps[0]) ^ set(names))
         if missing:
-            where, other = (model_dir, dirs[0]) if missing[0] not in names else (dirs[0], model_dir)
+            where, other = (path, dirs[0]) if missing[0] not in names else (dirs[0], path)
             raise OpenK1Error(f"{where}: has no tensor {missing[0]!r}, which {other} has "
                               f"({len(missing)} tensor names differ)")
-        if _tokenizer_signature(model_dir) != vocab:
-            raise OpenK1Error(f"{model_dir}: tokenizer differs from {dirs[0]}'s (vocabulary or "
+        if _tokenizer_signature(path) != vocab:
+            raise OpenK1Error(f"{path}: tokenizer differs from {dirs[0]}'s (vocabulary or "
                               "special tokens); merged weights would mean different tokens")
 
 
@@ -92,7 +92,7 @@ def _tokenizer_signature(model_dir: Path) -> tuple[Any, ...]:
     return tuple(sorted(tokenizer.get_vocab().items())), tuple(map(str, specials))
 
 
-def merge_checkpoints(model_dirs: list[str | Path], weights: list[float],
+def merge_checkpoints(model_dirs: Sequence[str | Path], weights: list[float],
                       out: str | Path, checked: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Write sum_i w_i theta_i to `out` (a save_pretrained folder); returns counts and weights.
 
@@ -136,7 +136,8 @@ def _merge_shard(dirs: list[Path], maps: list[dict[str, str]], weights: list[flo
     save_file(merged, str(target), metadata=metadata)
 
 
-def _average(name: str, tensor: Any, weights: list[float]) -> torch.Tensor:
+def _average(name: str, tensor: Callable[[int, str], tuple[torch.Tensor, Path]],
+             weights: list[float]) -> torch.Tensor:
     """sum_i w_i t_i in fp32, cast to the first model's dtype; shapes must match."""
     first, first_path = tensor(0, name)
     floating = first.is_floating_point()

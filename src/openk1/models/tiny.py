@@ -43,13 +43,13 @@ RECOMMENDED: dict[str, dict[str, object]] = {
 class TinyModelConfig(Section):
     """Size of the tiny Llama (defaults: ~0.8M parameters, fast on a laptop CPU)."""
 
-    hidden: int = Field(128, gt=0)
-    layers: int = Field(4, gt=0)
-    heads: int = Field(4, gt=0)
-    kv_heads: int = Field(4, gt=0)
-    intermediate: int = Field(384, gt=0)
-    max_positions: int = Field(512, gt=0)
-    rope_theta: float = Field(10000.0, gt=0.0)
+    hidden: int = Field(128, gt=0, description="hidden size d")
+    layers: int = Field(4, gt=0, description="decoder layers")
+    heads: int = Field(4, gt=0, description="attention heads")
+    kv_heads: int = Field(4, gt=0, description="key/value heads (grouped-query attention when fewer than heads)")
+    intermediate: int = Field(384, gt=0, description="MLP width")
+    max_positions: int = Field(512, gt=0, description="longest sequence (max_position_embeddings)")
+    rope_theta: float = Field(10000.0, gt=0.0, description="RoPE base")
 
     @model_validator(mode="after")
     def _shapes(self) -> TinyModelConfig:
@@ -95,7 +95,8 @@ def tiny_llama(size: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: 
         num_key_value_heads=size.kv_heads,
         intermediate_size=size.intermediate,
         max_position_embeddings=size.max_positions,
-        rope_theta=size.rope_theta,
+        # transformers 4.x's own argument; 5.x still takes it (into rope_parameters), unannotated
+        rope_theta=size.rope_theta,   # type: ignore[call-arg]
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

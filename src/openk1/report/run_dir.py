@@ -368,7 +368,7 @@ class QuietRunDir(RunDir):
     def __init__(self, out: str | Path) -> None:
         super().__init__(out, tensorboard=False)
 
-    write_config = log = write_summary = close = staticmethod(_quiet)   # type: ignore[assignment]
+    write_config = log = write_summary = close = staticmethod(_quiet)
 
     def truncate_metrics(self, last_step: int) -> None:
         return None

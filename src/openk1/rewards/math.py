@@ -172,8 +172,8 @@ def _last_boxes(text: str) -> tuple[int, str] | None:
 def _last_answer_line(text: str, marker: re.Pattern[str], start: int) -> str | None:
     """What follows the last answer marker at or after `start`, up to the end of its sentence."""
     last = None
-    for last in marker.finditer(text, start):
-        pass
+    for match in marker.finditer(text, start):
+        last = match
     if last is None:
         return None
     rest = text[last.end() :].lstrip(" \t\n*:")

@@ -58,10 +58,10 @@ MODEL_REWARDS: tuple[str, ...] = ("reward_model", "cot_verifier")  # need `path`
 class RewardTerm(Section):
     """One weighted term of a problem type's reward."""
 
-    name: str  # a key of REWARD_FUNCTIONS
-    weight: float = 1.0
-    path: str = ""  # model directory (reward_model, cot_verifier)
-    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the verifier
+    name: str = Field(description="the verifier: a key of REWARD_FUNCTIONS (rewards/scoring.py)")
+    weight: float = Field(1.0, description="the term's weight in the sum")
+    path: str = Field("", description="model directory (reward_model, cot_verifier)")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the verifier")
 
     @field_validator("name")
     @classmethod
@@ -82,9 +82,12 @@ class RewardTerm(Section):
 class RewardConfig(Section):
     """Reward terms of each problem type; a type with no terms scores 0 ("unsupported_type")."""
 
-    math: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm(name="math")])
-    code: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm(name="code")])
-    freeform: list[RewardTerm] = Field(default_factory=list)
+    math: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm(name="math")],
+                                   description="reward terms of math problems")
+    code: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm(name="code")],
+                                   description="reward terms of code problems")
+    freeform: list[RewardTerm] = Field(default_factory=list,
+                                       description="reward terms of freeform problems (none: they score 0)")
 
     def terms(self, problem_type: str) -> list[RewardTerm]:
         return list(getattr(self, problem_type, []))

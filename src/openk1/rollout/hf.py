@@ -53,13 +53,13 @@ REFILL_FRACTION = 4     # refill once batch_size / 4 slots are free: one prefill
 
 
 class SamplingConfig(Section):
-    temperature: float = Field(1.0, ge=0.0)  # 0 = greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(64, gt=0)    # response tokens, a continued prefix included
-    batch_size: int = Field(256, gt=0)       # sequences decoded together; bounds KV-cache memory
-    continuous_batching: bool = True         # finished sequences free their slots for waiting ones
-    repeat: RepeatConfig = RepeatConfig()    # stop a response that starts repeating itself
-    lean: bool = True                        # static KV cache + openk1's Llama-family forward (models/lean.py)
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_new_tokens: int = Field(64, gt=0, description="response tokens, a continued prefix included")
+    batch_size: int = Field(256, gt=0, description="sequences decoded together; bounds KV-cache memory")
+    continuous_batching: bool = Field(True, description="finished sequences free their slots for waiting ones")
+    repeat: RepeatConfig = Field(RepeatConfig(), description="stop a response that starts repeating itself")
+    lean: bool = Field(True, description="static KV cache + openk1's Llama-family forward (models/lean.py)")
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,

@@ -59,15 +59,15 @@ UNFINISHED = ("", "budget")
 
 
 class PartialConfig(Section):
-    enabled: bool = False
-    segment_tokens: int = Field(64, ge=1)    # output-token budget of a trajectory per iteration
-    max_segments: int = Field(4, ge=1)       # staleness bound: the last segment has no budget
-    old_segments: Literal["include", "mask"] = "include"
-    # log pi_theta_i of a carried token (one sampled in an earlier iteration): "current"
-    # recomputes it under this iteration's policy, the reference of the mirror-descent step;
-    # "sampled" keeps the log-prob the sampling policy recorded (no extra forward pass)
-    old_logp: Literal["current", "sampled"] = "current"
-    min_finished_groups: int = Field(1, ge=1)   # train once this many groups are complete (fewer wait)
+    enabled: bool = Field(False,
+                          description="partial rollouts: a token budget per trajectory and iteration (report §2.6)")
+    segment_tokens: int = Field(64, ge=1, description="output-token budget of a trajectory per iteration")
+    max_segments: int = Field(4, ge=1, description="staleness bound: the last segment has no budget")
+    old_segments: Literal["include", "mask"] = Field(
+        "include", description="include: every token is trained; mask: only each response's last segment")
+    old_logp: Literal["current", "sampled"] = Field(
+        "current", description="logp_old of a carried token: recomputed by this iteration's policy, or as sampled")
+    min_finished_groups: int = Field(1, ge=1, description="train once this many groups are complete (fewer wait)")
 
 
 @dataclass

@@ -27,10 +27,10 @@ MIN_TOKENS = 32     # tokens the repeated tail must cover at least
 class RepeatConfig(Section):
     """Stop a response whose tail repeats (rule in the module docstring); off by default."""
 
-    enabled: bool = False
-    max_period: int = Field(MAX_PERIOD, ge=1)
-    min_repeats: int = Field(MIN_REPEATS, ge=2)
-    min_tokens: int = Field(MIN_TOKENS, ge=2)
+    enabled: bool = Field(False, description="stop a response whose tail repeats (report §2.6)")
+    max_period: int = Field(MAX_PERIOD, ge=1, description="longest repeated block looked for, in tokens")
+    min_repeats: int = Field(MIN_REPEATS, ge=2, description="copies of the block back to back")
+    min_tokens: int = Field(MIN_TOKENS, ge=2, description="tokens the repeated tail must cover at least")
 
 
 def required_runs(max_period: int, min_repeats: int, min_tokens: int) -> torch.Tensor:

@@ -85,11 +85,13 @@ def logprobs_mode_args(vllm_version: str, temperature: float) -> dict[str, str]:
 class VLLMSettings(Section):
     """`rl.vllm`, the engine's settings when `rl.ray.engine` is vllm (no vLLM import here)."""
 
-    dtype: str = "bfloat16"
-    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)   # of the whole GPU: leave room for a colocated trainer
-    max_model_len: int = Field(4096, gt=0)
-    enforce_eager: bool = False
-    sleep_level: int = Field(1, ge=1, le=2)   # vLLM's sleep levels: 1 (weights to CPU RAM, KV cache dropped) or 2
+    dtype: str = Field("bfloat16", description="vLLM's weight and activation dtype")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0,
+                                          description="of the whole GPU: leave room for a colocated trainer")
+    max_model_len: int = Field(4096, gt=0, description="prompt + response tokens vLLM plans for")
+    enforce_eager: bool = Field(False, description="no CUDA graphs (less memory, slower decoding)")
+    sleep_level: int = Field(1, ge=1, le=2,
+                             description="vLLM's sleep levels: 1 (weights to CPU RAM, KV cache dropped) or 2")
 
 
 def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:

@@ -48,21 +48,20 @@ from openk1.sandbox import Limits, SandboxUnavailable
 
 
 class CodeTestsStageConfig(StageConfig):
-    num_inputs: int = Field(50, gt=0)  # generator runs per problem (report: 50)
-    max_solutions: int = Field(10, gt=0)  # reference solutions run per problem (report: 10)
-    min_agree: int = Field(7, gt=0)  # of max_solutions, for an input to become a test (report: 7)
-    min_passing: int = Field(9, gt=0)  # of max_solutions, for a problem to be kept (report: 9)
-    min_tests: int = Field(40, gt=0)  # valid tests a kept problem has (report: >= 40 of 50 runs)
-    workers: int = Field(2, gt=0)  # sandboxed runs in parallel
-    run_cpu_s: float = Field(2.0, gt=0.0)  # per reference run; its wall limit is 2x + 1 s
-    run_memory_mb: int = Field(512, gt=0)
-    generator_cpu_s: float = Field(5.0, gt=0.0)  # per generator run; its wall limit is 2x s
-    generator_memory_mb: int = Field(1024, gt=0)
-    # --model: candidates it writes per problem without a generator, and how they are sampled
-    # (temperature 1: the attempts differ; 1024 tokens: room for a generator, not for an essay)
-    generator_attempts: int = Field(4, gt=0)
-    generator_sampling: SamplingConfig = SamplingConfig.model_validate(
-        {"temperature": 1.0, "max_new_tokens": 1024})
+    num_inputs: int = Field(50, gt=0, description="generator runs per problem (report: 50)")
+    max_solutions: int = Field(10, gt=0, description="reference solutions run per problem (report: 10)")
+    min_agree: int = Field(7, gt=0, description="of max_solutions, for an input to become a test (report: 7)")
+    min_passing: int = Field(9, gt=0, description="of max_solutions, for a problem to be kept (report: 9)")
+    min_tests: int = Field(40, gt=0, description="valid tests a kept problem has (report: >= 40 of 50 runs)")
+    workers: int = Field(2, gt=0, description="sandboxed runs in parallel")
+    run_cpu_s: float = Field(2.0, gt=0.0, description="CPU seconds per reference run; its wall limit is 2x + 1 s")
+    run_memory_mb: int = Field(512, gt=0, description="memory limit of a reference run")
+    generator_cpu_s: float = Field(5.0, gt=0.0, description="CPU seconds per generator run; its wall limit is 2x s")
+    generator_memory_mb: int = Field(1024, gt=0, description="memory limit of a generator run")
+    generator_attempts: int = Field(4, gt=0, description="--model: generators it writes per problem that has none")
+    generator_sampling: SamplingConfig = Field(
+        SamplingConfig.model_validate({"temperature": 1.0, "max_new_tokens": 1024}),
+        description="--model: sampling of those attempts (T 1: they differ; room for code, not an essay)")
 
     @model_validator(mode="after")
     def _thresholds(self) -> CodeTestsStageConfig:

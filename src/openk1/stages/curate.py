@@ -65,16 +65,19 @@ class CurateConfig(StageConfig):
     resume_may_change = (*StageConfig.resume_may_change, "format", "dedup", "hack", "difficulty",
                          "tagging", "balance", "prompts_per_batch", "cache", "progress")
 
-    format: FormatSettings = FormatSettings()
-    dedup: DedupSettings = DedupSettings()
-    hack: HackSettings = HackSettings()
-    difficulty: DifficultySettings = DifficultySettings()
-    tagging: TaggingSettings = TaggingSettings()
-    balance: BalanceSettings = BalanceSettings()
-    prompts_per_batch: int = Field(32, gt=0)   # prompts per generation batch (the unit cached and resumed)
-    score_workers: int = Field(0, ge=0)   # >0: verifiers in that many processes
-    cache: bool = True              # DIR/cache.jsonl: reuse model results of earlier runs
-    progress: bool = True
+    format: FormatSettings = Field(FormatSettings(),
+                                   description="format filter: a checkable reference answer (report §2.1)")
+    dedup: DedupSettings = Field(DedupSettings(), description="exact and near-duplicate prompts; decontamination")
+    hack: HackSettings = Field(HackSettings(),
+                               description="easy-to-hack filter: right without a chain of thought -> dropped")
+    difficulty: DifficultySettings = Field(DifficultySettings(),
+                                           description="pass rate and difficulty label per prompt")
+    tagging: TaggingSettings = Field(TaggingSettings(), description="domain tags of rows that carry none")
+    balance: BalanceSettings = Field(BalanceSettings(), description="downsample domains to target proportions")
+    prompts_per_batch: int = Field(32, gt=0, description="prompts per generation batch (the unit cached and resumed)")
+    score_workers: int = Field(0, ge=0, description="> 0: verifiers in that many processes")
+    cache: bool = Field(True, description="DIR/cache.jsonl: reuse model results of earlier runs")
+    progress: bool = Field(True, description="show progress bars")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,8 +7,11 @@
 
 Every step is the ordinary stage (`pretrain.run`, `sft.run`, `longcot.run`, `rl.run`, ...)
 reading and writing ordinary files in DIR, so the demo exercises the path a real model takes.
-The preset lives in `openk1/presets/demo.yaml` (`--quick`: `demo_quick.yaml`, CI's smoke test);
-its `long2short` section starts from `presets/long2short_demo.yaml`.
+The preset lives in `openk1/presets/demo.yaml`: long traces with optional re-verification lines
+(the redundancy long2short removes) and partial rollouts that cut them. `demo_plain.yaml`
+overlays the traces without those lines, with the curriculum and the length penalty;
+`--quick` (CI's smoke test) is that plain demo shortened by `demo_quick.yaml`. The `long2short`
+section starts from `presets/long2short_demo.yaml`.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ class DemoConfig(StageConfig):
 
 def preset(quick: bool) -> dict[str, Any]:
     values = merge({"long2short": read_yaml(PRESETS / "long2short_demo.yaml")}, read_yaml(PRESETS / "demo.yaml"))
-    return merge(values, read_yaml(PRESETS / "demo_quick.yaml")) if quick else values
+    if not quick:
+        return values
+    plain = merge(values, read_yaml(PRESETS / "demo_plain.yaml"))   # short traces: CI's budget
+    return merge(plain, read_yaml(PRESETS / "demo_quick.yaml"))
 
 
 def make_data(cfg: DemoConfig, root: Path) -> dict[str, str]:

@@ -41,20 +41,21 @@ REFERENCE_FILE = "reference_logp.pt"
 
 
 class DPOConfig(StageConfig):
-    beta: float = Field(0.1, gt=0.0)
-    nll_weight: float = Field(0.0, ge=0.0)   # > 0: add the chosen responses' mean NLL per token (SFT term)
-    epochs: int = Field(1, ge=0)
-    max_steps: int = Field(0, ge=0)   # caps the steps of `epochs` (epochs 0: exactly max_steps)
-    batch_size: int = Field(16, gt=0)   # pairs per optimizer step
-    micro_batch_size: int = Field(0, ge=0)   # pairs per forward/backward (0 = batch_size)
-    max_response_tokens: int = Field(256, gt=0)
-    optim: OptimConfig = OptimConfig(lr=1e-6, lr_min=1e-7, warmup_steps=0)   # TRL's DPO lr
-    log_every: int = Field(10, gt=0)
-    checkpoint_every: int = Field(0, ge=0)   # steps (0 = only at the end)
-    keep_checkpoints: int = Field(2, ge=0)   # newest checkpoints kept (0 = all)
-    eval_data: str = ""            # held-out problems evaluated at the end
-    eval: EvalSettings = EvalSettings()
-    rewards: RewardConfig = RewardConfig()
+    beta: float = Field(0.1, gt=0.0, description="DPO's beta: the implicit KL weight")
+    nll_weight: float = Field(0.0, ge=0.0, description="> 0: add the chosen responses' mean NLL per token (SFT term)")
+    epochs: int = Field(1, ge=0, description="passes over the pairs")
+    max_steps: int = Field(0, ge=0, description="caps the steps of `epochs` (epochs 0: exactly max_steps)")
+    batch_size: int = Field(16, gt=0, description="pairs per optimizer step")
+    micro_batch_size: int = Field(0, ge=0, description="pairs per forward/backward (0 = batch_size)")
+    max_response_tokens: int = Field(256, gt=0, description="longer responses are cut")
+    optim: OptimConfig = Field(OptimConfig(lr=1e-6, lr_min=1e-7, warmup_steps=0),
+                               description="AdamW and its schedule (TRL's DPO lr)")
+    log_every: int = Field(10, gt=0, description="steps between metric lines")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0 = only at the end)")
+    keep_checkpoints: int = Field(2, ge=0, description="newest checkpoints kept (0 = all)")
+    eval_data: str = Field("", description="held-out problems evaluated at the end")
+    eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings")
+    rewards: RewardConfig = Field(RewardConfig(), description="reward terms of the held-out evaluation")
 
     @model_validator(mode="after")
     def _decay(self) -> DPOConfig:
@@ -64,8 +65,8 @@ class DPOConfig(StageConfig):
 
 def load_pairs(path: str | Path) -> list[Pair]:
     """(prompt, chosen, rejected) of every row; a missing field names the file and row."""
-    return [tuple(_field(row, key, str, where) for key in ("prompt", "chosen", "rejected"))  # type: ignore[misc]
-            for where, row in read_located(path)]
+    return [(_field(row, "prompt", str, where), _field(row, "chosen", str, where),
+             _field(row, "rejected", str, where)) for where, row in read_located(path)]
 
 
 def total_steps(cfg: DPOConfig, pairs: int) -> int:
@@ -131,8 +132,9 @@ def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.T
                                  normaliser=len(pairs), chosen_tokens=tokens, nll_weight=cfg.nll_weight)
         (loss * weight).backward()
         share = weight * len(micro) / len(pairs)                            # means -> batch means
-        for key, value in [("loss", float(loss.detach()) * weight), *metrics.items()]:
-            totals[key] = totals.get(key, 0.0) + (float(value) if key == "loss" else float(value) * share)
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * weight
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + float(value) * share
     return {key: runtime.all_reduce_sum(value) for key, value in totals.items()}
 
 
@@ -169,7 +171,8 @@ def _reference(cfg: DPOConfig, run_dir: RunDir, pairs: list[Pair]) -> torch.Tens
     """DIR/reference_logp.pt when resuming, else computed with cfg.model and saved there."""
     path = run_dir.path / REFERENCE_FILE
     if cfg.resume and path.is_file():
-        return torch.load(path)
+        saved: torch.Tensor = torch.load(path)   # [pairs, 2]: chosen, rejected
+        return saved
     model, tokenizer = load_model(cfg.model)
     reference = reference_logps(model, tokenizer, pairs, cfg)   # every rank: same numbers
     if runtime.is_main():

@@ -34,22 +34,23 @@ from openk1.types import Problem
 
 
 class EvalSettings(Section):
-    samples_per_prompt: int = Field(4, gt=0)
-    temperature: float = Field(1.0, ge=0.0)   # 0 = greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(512, gt=0)
-    batch_size: int = Field(256, gt=0)
-    max_problems: int = Field(0, ge=0)   # 0 = every problem of the file
-    seed: int = 1234
-    score_workers: int = Field(0, ge=0)   # >0: verifiers in that many processes
+    samples_per_prompt: int = Field(4, gt=0, description="k responses per problem (Pass@1 is their mean)")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_new_tokens: int = Field(512, gt=0, description="response length budget")
+    batch_size: int = Field(256, gt=0, description="sequences decoded together")
+    max_problems: int = Field(0, ge=0, description="first N problems of the file (0 = all)")
+    seed: int = Field(1234, description="seed of the evaluation's own random streams")
+    score_workers: int = Field(0, ge=0, description="> 0: verifiers in that many processes")
 
 
 class EvalConfig(StageConfig):
-    eval: EvalSettings = EvalSettings()
-    rewards: RewardConfig = RewardConfig()   # the same reward terms as training
-    # more problem files evaluated like --data, one table row each: "FILE" (named by the file
-    # stem) or "NAME=FILE"; e.g. --set "benchmarks=[aime.jsonl,math500=test.jsonl]"
-    benchmarks: list[str] = Field(default_factory=list)
+    eval: EvalSettings = Field(EvalSettings(), description="sampling and verification settings")
+    rewards: RewardConfig = Field(RewardConfig(), description="the same reward terms as training")
+    # e.g. --set "benchmarks=[aime.jsonl,math500=test.jsonl]" (a FILE row is named by its stem)
+    benchmarks: list[str] = Field(
+        default_factory=list,
+        description='more problem files evaluated like --data, one row each: "FILE" or "NAME=FILE"')
 
 
 STOP_REASONS = ("normal", "max_tokens", "repeat", "budget")   # rollout `stop_reason`s
@@ -71,15 +72,15 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
         bar.set_postfix_str("verifying")
         repeated = [p for p in problems for _ in range(k)]
         scores = score_many(rollout.texts, repeated, settings.score_workers, rewards=rewards)
-    rewards = torch.tensor([s.reward for s in scores])
+    r = torch.tensor([s.reward for s in scores])                       # [problems * k]
     result: dict[str, Any] = {
-        "accuracy": float(rewards.mean()),
+        "accuracy": float(r.mean()),
         "mean_tokens": float(rollout.lengths.float().mean()),
         "problems": len(problems),
         "samples": len(scores),
-        "accuracy_by_difficulty": by_difficulty(repeated, rewards),
+        "accuracy_by_difficulty": by_difficulty(repeated, r),
         "k": k,
-        "pass_at_1": mean(pass_at_1(rewards, k)),
+        "pass_at_1": mean(pass_at_1(r, k)),
         "stop": stop_fractions(rollout.stop_reason),
     }
     if keep_samples:

@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 from tqdm import tqdm
@@ -55,37 +55,45 @@ Sample = tuple[str, int, bool]      # (response, tokens, correct)
 
 
 class MergeSettings(Section):
-    short_model: str = ""           # a short-CoT model of the long model's lineage (required)
-    weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [0.5, 0.5])   # [long, short]
+    short_model: str = Field("", description="a short-CoT model of the long model's lineage (required)")
+    weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: [0.5, 0.5],
+                                                           description="merge weights [long, short]")
 
 
 class SampleSettings(Section):
     """The samples shortest rejection sampling and DPO are built from (drawn once)."""
 
-    problems: int = Field(256, ge=0)   # first N problems of --data (0 = all)
-    samples_per_prompt: int = Field(8, gt=0)   # n (report: 8)
-    sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=128)
-    score_workers: int = Field(0, ge=0)   # >0: verifiers in that many processes
+    problems: int = Field(256, ge=0, description="first N problems of --data (0 = all)")
+    samples_per_prompt: int = Field(8, gt=0, description="n responses per problem (report: 8)")
+    sampling: SamplingConfig = Field(SamplingConfig(temperature=1.0, max_new_tokens=128),
+                                     description="how the responses are sampled")
+    score_workers: int = Field(0, ge=0, description="> 0: verifiers in that many processes")
 
 
 class PairSettings(Section):
-    length_ratio: float = Field(1.5, ge=1.0)   # a correct response is rejected when >= ratio x the chosen's tokens
-    pairs_per_prompt: int = Field(0, ge=0)   # at most this many pairs per prompt (0 = every rejected response)
+    length_ratio: float = Field(1.5, ge=1.0,
+                                description="a correct response is rejected when >= ratio x the chosen's tokens")
+    pairs_per_prompt: int = Field(0, ge=0,
+                                  description="at most this many pairs per prompt (0 = every rejected response)")
 
 
 class Long2ShortConfig(StageConfig):
-    methods: list[Method] = Field(default_factory=lambda: ["merge", "shortest_rs", "dpo", "rl"])
-    eval_data: str = ""              # held-out problems (required)
-    eval: EvalSettings = EvalSettings()
-    rewards: RewardConfig = RewardConfig()
-    reference: str = ""              # summary.json of the long model under the same eval settings
-    merge: MergeSettings = MergeSettings()
-    samples: SampleSettings = SampleSettings()
-    shortest_rs: SFTConfig = SFTConfig(epochs=2, batch_size=16)
-    shortest_rs_rounds: int = Field(1, ge=1)   # round r samples from round r-1's model (ours)
-    pairs: PairSettings = PairSettings()
-    dpo: DPOConfig = DPOConfig()
-    rl: RLConfig = RLConfig()
+    methods: list[Method] = Field(default_factory=lambda: list(get_args(Method)),
+                                  description="the methods to run, each making a model in DIR/<method> (report §2.4)")
+    eval_data: str = Field("", description="held-out problems (required)")
+    eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings, the same for every method")
+    rewards: RewardConfig = Field(RewardConfig(), description="reward terms of sampling and evaluation")
+    reference: str = Field("", description="summary.json of the long model under the same eval settings")
+    merge: MergeSettings = Field(MergeSettings(), description="model merging: average with a short-CoT model")
+    samples: SampleSettings = Field(SampleSettings(),
+                                    description="the samples shortest rejection sampling and DPO are built from")
+    shortest_rs: SFTConfig = Field(SFTConfig(epochs=2, batch_size=16),
+                                   description="SFT on the shortest correct response per problem")
+    shortest_rs_rounds: int = Field(1, ge=1, description="round r samples from round r-1's model (ours)")
+    pairs: PairSettings = Field(PairSettings(),
+                                description="DPO pairs: shortest correct (chosen) vs wrong or long (rejected)")
+    dpo: DPOConfig = Field(DPOConfig(), description="DPO on those pairs")
+    rl: RLConfig = Field(RLConfig(), description="long2short RL: presets/long2short_rl.yaml with these keys on top")
 
     @model_validator(mode="before")
     @classmethod
@@ -284,7 +292,8 @@ def run(cfg: Long2ShortConfig) -> dict[str, Any]:
     text = table(entries, long)
     plot = plot_tradeoff(entries, long, run_dir.path / "tradeoff.png")
     summary = {"reference": long, "stages": entries, **{e["name"]: e for e in entries},
-               "table": text, "plot": str(plot), "sample_seconds": sample_seconds, "wall_seconds": time.perf_counter() - start}
+               "table": text, "plot": str(plot), "sample_seconds": sample_seconds,
+               "wall_seconds": time.perf_counter() - start}
     run_dir.write_summary(summary)
     print(text)
     return summary

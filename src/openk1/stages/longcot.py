@@ -36,20 +36,22 @@ TEMPLATE = ("Solve the problem below. First make a plan, then work step by step,
 
 
 class BuildSettings(Section):
-    generator: str = ""            # model directory that writes the traces ("" = --model)
-    template: str = TEMPLATE       # must contain {prompt}
-    samples_per_prompt: int = Field(8, gt=0)
-    keep: Literal["shortest", "longest", "random", "all"] = "shortest"
-    sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=1024)
-    max_prompts: int = Field(0, ge=0)   # 0 = every problem of --data
-    score_workers: int = Field(0, ge=0)   # >0: verifiers in that many processes
-    seed: int = 0
+    generator: str = Field("", description='model directory that writes the traces ("" = --model)')
+    template: str = Field(TEMPLATE, description="prompt template; must contain {prompt}")
+    samples_per_prompt: int = Field(8, gt=0, description="traces sampled per problem")
+    keep: Literal["shortest", "longest", "random", "all"] = Field(
+        "shortest", description="which verified traces of a problem become SFT rows")
+    sampling: SamplingConfig = Field(SamplingConfig(temperature=1.0, max_new_tokens=1024),
+                                     description="how the traces are sampled")
+    max_prompts: int = Field(0, ge=0, description="first N problems of --data (0 = all)")
+    score_workers: int = Field(0, ge=0, description="> 0: verifiers in that many processes")
+    seed: int = Field(0, description="seed of the sampling")
 
 
 class LongCoTConfig(sft.SFTConfig):
-    action: Literal["build", "train", "all"] = "all"
-    build: BuildSettings = BuildSettings()
-    dataset: str = ""              # the SFT dataset (build writes it; default DIR/longcot.jsonl)
+    action: Literal["build", "train", "all"] = Field("all", description="build the traces, train on them, or both")
+    build: BuildSettings = Field(BuildSettings(), description="`build`: sampling and verifying the long-CoT traces")
+    dataset: str = Field("", description="the SFT dataset (build writes it; default DIR/longcot.jsonl)")
 
     # `longcot train --out DIR` after `longcot build --out DIR` continues that run: its
     # config.yaml is the base, the training keys may be set, the build's may not change

@@ -28,11 +28,12 @@ from openk1.stages.eval import EvalSettings, evaluate
 
 
 class MergeConfig(StageConfig):
-    models: list[str] = Field(default_factory=list)    # two or more save_pretrained folders
-    weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=list)  # one per model, normalised; [] = equal
-    eval_data: str = ""                                 # held-out problems to evaluate on
-    eval: EvalSettings = EvalSettings()
-    rewards: RewardConfig = RewardConfig()
+    models: list[str] = Field(default_factory=list, description="two or more save_pretrained folders")
+    weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=list,
+                                                           description="one per model, normalised; [] = equal")
+    eval_data: str = Field("", description="held-out problems to evaluate on")
+    eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings")
+    rewards: RewardConfig = Field(RewardConfig(), description="reward terms of the evaluation")
 
 
 def run(cfg: MergeConfig) -> dict[str, Any]:

@@ -34,8 +34,11 @@ from openk1.trainer import LMConfig, model_path, train_lm
 
 
 class PretrainConfig(LMConfig):
-    overlong: OverlongRule = "split"
-    stages: list[Stage] = Field(default_factory=lambda: [Stage(name="base", epochs=1)])
+    overlong: OverlongRule = Field("split",
+                                   description="a document longer than max_seq_len: split into rows, truncate or drop")
+    stages: list[Stage] = Field(
+        default_factory=lambda: [Stage(name="base", epochs=1)],
+        description="the staged schedule (report §2.5): budget, length, mixture and LR per stage")
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
@@ -57,15 +60,16 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 class CorpusConfig(Section):
     """Sizes of the demo's synthetic pretraining corpus (documents per part)."""
 
-    seed: int = 0
-    base_docs: int = Field(3000, ge=0)   # lines of addition facts and equations
-    cooldown_docs: int = Field(3000, ge=0)   # worked column additions (long-CoT-like traces)
-    long_docs: int = Field(300, ge=0)   # several worked problems in one document
-    problems_per_long_doc: int = Field(4, gt=0)
-    max_difficulty: int = Field(2, ge=1, le=5)   # see data/synthetic.py LEVELS
-    equations_per_doc: int = Field(8, gt=0)
-    equation_share: float = Field(0.5, ge=0.0, le=1.0)   # lines that are whole-problem equations (rest: digit facts)
-    instruction: str = "Show your work.\n"   # prefixes every worked solution (longcot's template)
+    seed: int = Field(0, description="seed of the corpus")
+    base_docs: int = Field(3000, ge=0, description="lines of addition facts and equations")
+    cooldown_docs: int = Field(3000, ge=0, description="worked column additions (long-CoT-like traces)")
+    long_docs: int = Field(300, ge=0, description="several worked problems in one document")
+    problems_per_long_doc: int = Field(4, gt=0, description="worked problems per long document")
+    max_difficulty: int = Field(2, ge=1, le=5, description="hardest level (data/synthetic.py LEVELS)")
+    equations_per_doc: int = Field(8, gt=0, description="lines per base document")
+    equation_share: float = Field(0.5, ge=0.0, le=1.0,
+                                  description="lines that are whole-problem equations (rest: digit facts)")
+    instruction: str = Field("Show your work.\n", description="prefixes every worked solution (longcot's template)")
 
 
 def fact_doc(rng: random.Random, cfg: CorpusConfig, exclude: set[str]) -> str:
@@ -92,7 +96,8 @@ def worked_doc(rng: random.Random, cfg: CorpusConfig, exclude: set[str]) -> str:
 
 def worked_text(row: dict[str, Any], cfg: CorpusConfig) -> str:
     """A task row (synthetic.make_row) as a worked document, e.g. for an evaluation-loss set."""
-    return cfg.instruction + row["prompt"] + row["long_response"]
+    text: str = cfg.instruction + row["prompt"] + row["long_response"]
+    return text
 
 
 def make_corpus(cfg: CorpusConfig, root: str | Path, exclude: set[str]) -> dict[str, str]:

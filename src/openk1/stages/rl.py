@@ -65,37 +65,46 @@ class RLConfig(StageConfig):
     # held-out set is evaluated: evaluation samples from its own seeded streams
     resume_may_change = (*StageConfig.resume_may_change, "iterations", "eval_every", "eval_at_start")
 
-    eval_data: str = ""                      # held-out problems for accuracy
-    iterations: int = Field(20, gt=0)
-    prompts_per_iter: int = Field(32, gt=0)
-    samples_per_prompt: int = Field(8, gt=0)   # k
-    tau: float = Field(0.5, ge=0.0)          # KL weight; scale depends on logratio_level (README "Defaults")
-    baseline: Literal["mean", "log_z"] = "mean"            # report: mean reward "in practice"
-    logratio_level: Literal["sequence", "token"] = "sequence"  # report's equation: sequence
-    aggregation: Literal["seq_mean", "token_mean", "seq_mean_token_mean"] = "seq_mean"
-    minibatches_per_iter: int = Field(2, gt=0)
-    epochs_per_iter: int = Field(2, gt=0)    # optimizer steps = minibatches x epochs
-    micro_batch_size: int = Field(64, ge=0)  # responses per forward/backward (0 = the whole minibatch)
-    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision in rollout and update
-    compile: bool = False                    # torch.compile the update's layers (Llama-family; models/lean.py)
-    lean: bool = True                        # the update's forward on models/lean.py (Llama-family); false: HF's
-    reset_optimizer: bool = True             # report: each iteration is a new problem
-    optim: OptimConfig = OptimConfig(lr=1e-6, warmup_steps=0)   # a pretrained checkpoint's (verl, TRL)
-    sampling: SamplingConfig = SamplingConfig(max_new_tokens=512)
-    partial: PartialConfig = PartialConfig()   # partial rollouts (report §2.6), off by default
-    length_penalty_weight: float = Field(0.0, ge=0.0)   # report §2.3.3; 0 = off
-    length_penalty_warmup: int = Field(0, ge=0)   # iterations of plain RL before it turns on
-    repeat_penalty: float = Field(0.0, ge=0.0)   # subtracted from responses stopped for repeating
-    sampler: SamplerConfig = SamplerConfig() # uniform | curriculum | prioritized (report §2.3.4)
-    rewards: RewardConfig = RewardConfig()   # reward terms per problem type (also used by eval)
-    eval_every: int = Field(5, gt=0)
-    eval_at_start: bool = True
-    eval: EvalSettings = EvalSettings()
-    checkpoint_every: int = Field(5, gt=0)
-    keep_checkpoints: int = Field(2, ge=0)   # newest checkpoints kept (0 = all)
-    score_workers: int = Field(0, ge=0)      # >0: verifiers in that many processes
-    ray: RaySettings = RaySettings()         # `openk1 rl --ray` (distributed/settings.py)
-    vllm: VLLMSettings = VLLMSettings()      # ray.engine: vllm (rollout/vllm_engine.py)
+    eval_data: str = Field("", description="held-out problems for accuracy")
+    iterations: int = Field(20, gt=0, description="RL iterations (rollout, reward, update)")
+    prompts_per_iter: int = Field(32, gt=0, description="prompts drawn per iteration")
+    samples_per_prompt: int = Field(8, gt=0, description="k responses per prompt")
+    tau: float = Field(0.5, ge=0.0, description='KL weight; its scale depends on logratio_level (README "Defaults")')
+    baseline: Literal["mean", "log_z"] = Field(
+        "mean", description="reward baseline: the group's mean (the report's choice in practice) or tau log Z")
+    logratio_level: Literal["sequence", "token"] = Field(
+        "sequence", description="log-ratio per sequence (the report's equation) or per token")
+    aggregation: Literal["seq_mean", "token_mean", "seq_mean_token_mean"] = Field(
+        "seq_mean", description="how per-token loss terms reduce to one loss (algo/aggregate.py)")
+    minibatches_per_iter: int = Field(2, gt=0, description="minibatches each iteration's responses are split into")
+    epochs_per_iter: int = Field(2, gt=0, description="passes over them; optimizer steps = minibatches x epochs")
+    micro_batch_size: int = Field(64, ge=0, description="responses per forward/backward (0 = the whole minibatch)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: mixed precision in rollout and update")
+    compile: bool = Field(False, description="torch.compile the update's layers (Llama-family; models/lean.py)")
+    lean: bool = Field(True, description="the update's forward on models/lean.py (Llama-family); false: HF's")
+    reset_optimizer: bool = Field(
+        True, description="fresh optimizer each iteration (report: each iteration is a new problem)")
+    optim: OptimConfig = Field(OptimConfig(lr=1e-6, warmup_steps=0),
+                               description="AdamW (defaults: a pretrained checkpoint's, as verl and TRL)")
+    sampling: SamplingConfig = Field(SamplingConfig(max_new_tokens=512),
+                                     description="rollout sampling (temperature > 0, top_p 1)")
+    partial: PartialConfig = Field(PartialConfig(), description="partial rollouts (report §2.6), off by default")
+    length_penalty_weight: float = Field(0.0, ge=0.0,
+                                         description="weight of the length reward (report §2.3.3); 0 = off")
+    length_penalty_warmup: int = Field(0, ge=0, description="iterations of plain RL before it turns on")
+    repeat_penalty: float = Field(0.0, ge=0.0, description="subtracted from responses stopped for repeating")
+    sampler: SamplerConfig = Field(SamplerConfig(), description="uniform | curriculum | prioritized (report §2.3.4)")
+    rewards: RewardConfig = Field(RewardConfig(), description="reward terms per problem type (also used by eval)")
+    eval_every: int = Field(5, gt=0, description="iterations between held-out evaluations")
+    eval_at_start: bool = Field(True, description="evaluate before the first iteration")
+    eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings")
+    checkpoint_every: int = Field(5, gt=0, description="iterations between checkpoints")
+    keep_checkpoints: int = Field(2, ge=0, description="newest checkpoints kept (0 = all)")
+    score_workers: int = Field(0, ge=0, description="> 0: verifiers in that many processes")
+    ray: RaySettings = Field(RaySettings(),
+                             description="`openk1 rl --ray`: actors and their resources (distributed/settings.py)")
+    vllm: VLLMSettings = Field(VLLMSettings(),
+                               description="ray.engine vllm: the engine's settings (rollout/vllm_engine.py)")
 
     @model_validator(mode="after")
     def _sampling_and_baseline(self) -> RLConfig:

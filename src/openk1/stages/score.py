@@ -20,7 +20,7 @@ from openk1.rewards.scoring import score_many
 class ScoreConfig(StageConfig):
     """`--data` rows in, `--out` a JSONL file out (not a run directory)."""
 
-    workers: int = Field(0, ge=0)  # 0 = one per CPU core
+    workers: int = Field(0, ge=0, description="verifier processes (0 = one per CPU core)")
 
 
 def check_output(cfg: ScoreConfig) -> Path:

@@ -33,14 +33,16 @@ from openk1.trainer import LMConfig, model_path, train_lm
 class SFTConfig(LMConfig):
     # Defaults for a pretrained checkpoint (TRL's SFT: 3 epochs, lr 2e-5); a model made by
     # `openk1 init-model` recommends its own (models/tiny.py RECOMMENDED), which the CLI applies.
-    optim: OptimConfig = OptimConfig(lr=2e-5, lr_min=2e-6, warmup_steps=10)
-    epochs: int = Field(3, ge=0)
-    max_steps: int = Field(0, ge=0)   # stop after this many optimizer steps (0 = all epochs)
-    batch_size: int = Field(32, gt=0)   # rows per step: examples (unpacked) or packed rows
-    max_response_tokens: int = Field(256, gt=0)   # longer responses are cut (counted in `truncated`)
-    max_seq_len: int = Field(0, ge=0)   # > 0: pack examples into rows of this many tokens
-    eval_data: str = ""            # problems to report held-out accuracy on at the end
-    eval: EvalSettings = EvalSettings()
+    optim: OptimConfig = Field(
+        OptimConfig(lr=2e-5, lr_min=2e-6, warmup_steps=10),
+        description="AdamW; without `stages` also the schedule: warm-up, then cosine lr -> lr_min")
+    epochs: int = Field(3, ge=0, description="passes over the data (without `stages`)")
+    max_steps: int = Field(0, ge=0, description="stop after this many optimizer steps (0 = all epochs)")
+    batch_size: int = Field(32, gt=0, description="rows per step: examples (unpacked) or packed rows")
+    max_response_tokens: int = Field(256, gt=0, description="longer responses are cut (counted in `truncated`)")
+    max_seq_len: int = Field(0, ge=0, description="> 0: pack examples into rows of this many tokens")
+    eval_data: str = Field("", description="problems to report held-out accuracy on at the end")
+    eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings")
 
     @model_validator(mode="after")
     def _plain_schedule(self) -> SFTConfig:
