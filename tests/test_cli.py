@@ -91,7 +91,7 @@ def test_eval_writes_the_run_directory_and_shows_progress(tmp_path, tiny_model_d
     write_jsonl(data, [{"prompt": "1+1=", "answer": "2"}, {"prompt": "2+2=", "answer": "4"}])
     out = tmp_path / "e"
     assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
-                 "--set", "eval.samples_per_prompt=2", "eval.max_new_tokens=4"]) == 0
+                 "--set", "eval.samples_per_prompt=2", "eval.sampling.max_new_tokens=4"]) == 0
     err = capsys.readouterr().err          # the bar counts samples: 2 problems x 2
     assert "eval: 100%" in err and "4/4 [" in err
     assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.jsonl", "summary.json",

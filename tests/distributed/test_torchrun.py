@@ -52,7 +52,7 @@ def rl_values(model, data, out):
     return {"model": str(model), "data": str(data), "eval_data": str(data), "out": str(out),
             "iterations": 2, "prompts_per_iter": 3, "samples_per_prompt": 4, "eval_every": 2,
             "checkpoint_every": 2, "micro_batch_size": 2, "sampling": {"max_new_tokens": 6},
-            "eval": {"samples_per_prompt": 1, "max_new_tokens": 6},
+            "eval": {"samples_per_prompt": 1, "sampling": {"max_new_tokens": 6}},
             "length_penalty_weight": 1.0,   # a random model is never right: length gives the signal
             "optim": {"lr": 0.002, "warmup_steps": 0},
             "lean": False}   # FSDP's sharded parameters take HF's forward (models/lean.py refuses them)

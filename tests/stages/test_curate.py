@@ -67,7 +67,8 @@ def by_id(items):
 def test_easy_to_hack_drops_a_prompt_answered_once_without_reasoning():
     hits = {"What is 17 * 23?": 1, "How many edges does a cube have?": 8}
     fake = FakeEngine(lambda text, k, seed: next((n for q, n in hits.items() if q in text), 0))
-    settings = {"hack": {"template": "Q: {prompt}\nAnswer only:", "max_new_tokens": 5, "temperature": 0.7},
+    settings = {"hack": {"template": "Q: {prompt}\nAnswer only:",
+                         "sampling": {"max_new_tokens": 5, "temperature": 0.7}},
                 "difficulty": {"enabled": False}}
     kept, dropped, summary = curate(rows(), cfg(**settings), engine_for=fake)
     assert [r["id"] for r in kept] == ["p1", "p2", "p4"]
@@ -163,7 +164,7 @@ def test_resume_from_cache_makes_no_calls_for_cached_prompts(tmp_path):
     assert summary["generation"]["difficulty"]["cached"] == 2
     # a changed setting misses the cache
     other = FakeEngine(seeded)
-    curate(rows(), cfg(out=str(tmp_path / "b"), **{**settings, "difficulty": {"temperature": 0.8}}),
+    curate(rows(), cfg(out=str(tmp_path / "b"), **{**settings, "difficulty": {"sampling": {"temperature": 0.8}}}),
            engine_for=other)
     assert len(other.calls) == 3
 
@@ -188,8 +189,8 @@ def test_cli_end_to_end_with_the_tiny_model(tmp_path, tiny_model_dir):
     write_jsonl(data, items)
     out = tmp_path / "out"
     args = ["curate", "--data", str(data), "--out", str(out), "--model", str(tiny_model_dir),
-            "--set", 'hack.template="{prompt}"', "hack.max_new_tokens=6", "difficulty.max_new_tokens=6",
-            "difficulty.samples_per_prompt=3", "progress=false"]
+            "--set", 'hack.template="{prompt}"', "hack.sampling.max_new_tokens=6",
+            "difficulty.sampling.max_new_tokens=6", "difficulty.samples_per_prompt=3", "progress=false"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     kept = [json.loads(x) for x in (out / "curated.jsonl").read_text().splitlines()]

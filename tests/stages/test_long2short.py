@@ -80,7 +80,7 @@ def test_demo_preset_is_valid():
 
     cfg = build(long2short.Long2ShortConfig, read_yaml(long2short.PRESETS / "long2short_demo.yaml"))
     assert cfg.methods == ["merge", "shortest_rs", "dpo", "rl"] and cfg.samples.samples_per_prompt == 8
-    assert cfg.rl.length_penalty_warmup == 0 and cfg.rl.sampling.max_new_tokens < cfg.eval.max_new_tokens
+    assert cfg.rl.length_penalty_warmup == 0 and cfg.rl.sampling.max_new_tokens < cfg.eval.sampling.max_new_tokens
 
 
 def test_every_method_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
@@ -101,7 +101,7 @@ def test_every_method_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     values = {
         "model": str(tiny_model_dir), "data": str(tmp_path / "train.jsonl"),
         "eval_data": str(tmp_path / "heldout.jsonl"), "out": str(tmp_path / "l2s"),
-        "eval": {"samples_per_prompt": 1, "max_new_tokens": 6},
+        "eval": {"samples_per_prompt": 1, "sampling": {"max_new_tokens": 6}},
         "merge": {"short_model": str(tiny_model_dir), "weights": [0.7, 0.3]},
         "shortest_rs": {"epochs": 1, "batch_size": 2},
         "dpo": {"epochs": 1, "batch_size": 4},

@@ -28,7 +28,7 @@ def test_defaults_are_a_pretrained_checkpoints() -> None:
     sft, rl_cfg, dpo = SFTConfig(), RLConfig(), DPOConfig()
     assert (sft.optim.lr, sft.optim.lr_min, sft.epochs) == (2e-5, 2e-6, 3)
     assert (rl_cfg.optim.lr, rl_cfg.tau, rl_cfg.reset_optimizer) == (1e-6, 0.5, True)
-    assert rl_cfg.sampling.max_new_tokens == 512 and rl_cfg.eval.max_new_tokens == 512
+    assert rl_cfg.sampling.max_new_tokens == 512 and rl_cfg.eval.sampling.max_new_tokens == 512
     assert dpo.optim.lr == 1e-6
 
 

@@ -25,7 +25,7 @@ def config(tmp_path, model, out, **extra):
     values = {"model": str(model), "data": str(problems(tmp_path)), "out": str(out),
               "eval_data": str(problems(tmp_path)), "iterations": 4, "prompts_per_iter": 3,
               "samples_per_prompt": 4, "eval_every": 2, "checkpoint_every": 2,
-              "sampling": {"max_new_tokens": 6}, "eval": {"samples_per_prompt": 1, "max_new_tokens": 6},
+              "sampling": {"max_new_tokens": 6}, "eval": {"samples_per_prompt": 1, "sampling": {"max_new_tokens": 6}},
               "optim": {"lr": 0.01, "warmup_steps": 0},
               "length_penalty_weight": 1.0,   # a random model is never right: length gives the signal
               **extra}

@@ -55,7 +55,8 @@ def test_top_p_below_one_is_refused_in_rl():
         build(rl.RLConfig, parse_overrides(["sampling.top_p=0.9"]))
     assert "\n" not in str(info.value) and "(set top_p: 1)" in str(info.value)
     # top-p 1 is the default; eval (no loss) may keep its own top-p < 1
-    assert build(rl.RLConfig, parse_overrides(["sampling.top_p=1", "eval.top_p=0.9"])).eval.top_p == 0.9
+    cfg = build(rl.RLConfig, parse_overrides(["sampling.top_p=1", "eval.sampling.top_p=0.9"]))
+    assert cfg.eval.sampling.top_p == 0.9
 
 
 def test_vllm_engine_asks_for_the_tempered_log_probs():

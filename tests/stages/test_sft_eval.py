@@ -22,7 +22,8 @@ def test_sft_fits_and_eval_scores(tmp_path, tiny_model_dir):
     assert metrics[-1]["step"] == 150
     ev = build(eval_stage.EvalConfig, {"model": summary["model"], "data": str(tmp_path / "p.jsonl"),
                                        "out": str(tmp_path / "ev"),
-                                       "eval": {"temperature": 0.0, "samples_per_prompt": 1, "max_new_tokens": 12}})
+                                       "eval": {"samples_per_prompt": 1,
+                                                "sampling": {"temperature": 0.0, "max_new_tokens": 12}}})
     result = eval_stage.run(ev)
     assert result["accuracy"] == 1.0
     samples = [json.loads(x) for x in (tmp_path / "ev" / "samples.jsonl").read_text().splitlines()]

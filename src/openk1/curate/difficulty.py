@@ -19,15 +19,13 @@ from openk1.rollout.hf import SamplingConfig
 
 
 class DifficultySettings(Section):
-    """Pass rate of `samples_per_prompt` answers at `temperature` (report §2.1: 10, high T)."""
+    """Pass rate of `samples_per_prompt` answers at `sampling.temperature` (report §2.1: 10, high T)."""
 
     enabled: bool = Field(True, description="label each row with its pass rate and a difficulty")
     samples_per_prompt: int = Field(10, gt=0,
                                     description="answers sampled per prompt for its pass rate (report §2.1: 10)")
-    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
-    max_new_tokens: int = Field(1024, gt=0, description="answer length budget")
-    batch_size: int = Field(256, gt=0, description="sequences decoded together")
+    sampling: SamplingConfig = Field(SamplingConfig(max_new_tokens=1024),
+                                     description="how the answers are sampled (report §2.1: a high temperature)")
     bin_edges: list[float] = Field(default_factory=lambda: [0.3, 0.7],
                                    description="pass-rate edges between the bin_labels")
     bin_labels: list[str] = Field(
@@ -64,12 +62,10 @@ def rate_difficulty(rows: list[Row], settings: DifficultySettings, sampler: Samp
     """Sets `pass_rate` and the `difficulty` label; returns every pass rate measured."""
     targets = scorable(rows)
     problems = [r.problem for r in targets if r.problem is not None]
-    sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
-                              max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     k = settings.samples_per_prompt
     rates = []
     for row, rewards in zip(targets, sampler.rewards("difficulty", problems,
-                                                     [p.prompt for p in problems], k, sampling)):
+                                                     [p.prompt for p in problems], k, settings.sampling)):
         rate = correct(rewards) / k
         rates.append(rate)
         if row.data.get("difficulty") is not None:

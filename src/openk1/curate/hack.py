@@ -26,10 +26,8 @@ class HackSettings(Section):
     # quote it for YAML: --set 'hack.template="{prompt}"'
     template: str = Field(DEFAULT_HACK_TEMPLATE,
                           description="prompt asking for the answer only; `{prompt}` is replaced by the prompt")
-    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
-    max_new_tokens: int = Field(32, gt=0, description="answer length budget")
-    batch_size: int = Field(256, gt=0, description="sequences decoded together")
+    sampling: SamplingConfig = Field(SamplingConfig(max_new_tokens=32),
+                                     description="how the direct answers are sampled")
 
     @field_validator("template")
     @classmethod
@@ -44,9 +42,8 @@ def hack_filter(rows: list[Row], settings: HackSettings, sampler: Sampler, count
     targets = scorable(rows)
     problems = [r.problem for r in targets if r.problem is not None]
     texts = [settings.template.replace("{prompt}", p.prompt) for p in problems]
-    sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
-                              max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
-    for row, rewards in zip(targets, sampler.rewards("hack", problems, texts, settings.attempts, sampling)):
+    for row, rewards in zip(targets, sampler.rewards("hack", problems, texts, settings.attempts,
+                                                     settings.sampling)):
         hits = correct(rewards)
         if hits:
             drop(row, "easy_to_hack", counts, hack_hits=hits,

@@ -35,10 +35,8 @@ from openk1.types import Problem
 
 class EvalSettings(Section):
     samples_per_prompt: int = Field(4, gt=0, description="k responses per problem (Pass@1 is their mean)")
-    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
-    max_new_tokens: int = Field(512, gt=0, description="response length budget")
-    batch_size: int = Field(256, gt=0, description="sequences decoded together")
+    sampling: SamplingConfig = Field(SamplingConfig(max_new_tokens=512),
+                                     description="how the k responses are sampled")
     max_problems: int = Field(0, ge=0, description="first N problems of the file (0 = all)")
     seed: int = Field(1234, description="seed of the evaluation's own random streams")
     score_workers: int = Field(0, ge=0, description="> 0: verifiers in that many processes")
@@ -61,10 +59,8 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
     """Sample, verify and summarise; the same verifiers as RL (`score_many`)."""
     if settings.max_problems:
         problems = problems[:settings.max_problems]
-    sampling = SamplingConfig(temperature=settings.temperature, top_p=settings.top_p,
-                              max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
     k = settings.samples_per_prompt
-    engine = HFEngine(model, tokenizer, sampling)
+    engine = HFEngine(model, tokenizer, settings.sampling)
     with tqdm(total=len(problems) * k, desc="eval", unit="sample", dynamic_ncols=True,
               mininterval=1.0, leave=False) as bar:
         engine.progress = bar.update
