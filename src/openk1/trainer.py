@@ -1,8 +1,9 @@
 """The language-model trainer shared by `openk1 pretrain`, `openk1 sft` and `openk1 longcot`.
 
     stages -> per stage: RoPE base, mixture of packed-row streams, steps from the budget
-           -> per step: batch_size packed rows, split in micro-batches (gradient accumulation),
-              block-diagonal causal attention, NLL over `action_mask` tokens, guarded step
+           -> per step (`LMSteps.step`, run by loop.py): batch_size packed rows, split in
+              micro-batches (gradient accumulation), block-diagonal causal attention, NLL over
+              `action_mask` tokens; the loop's LR, guarded step, logging and checkpoints
            -> metrics.jsonl, evaluation loss, checkpoints/ (exact resume)
 
 The loss of a step is sum(NLL of trained tokens) / (trained tokens of the whole batch), so any
@@ -14,24 +15,25 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from tqdm import tqdm
 
 from openk1.algo.logprobs import token_logprobs
-from openk1.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from openk1.checkpoint import latest_checkpoint
 from openk1.config import StageConfig
 from openk1.data.mixture import Encoder, Mixture, PackedStream, source_name
 from openk1.data.packing import Example, OverlongRule, block_causal_mask, collate
-from openk1.distributed import fsdp, runtime
+from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
+from openk1.loop import Loop, accumulate_micro
 from openk1.models.forward import eval_mode
-from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
+from openk1.optim import OptimConfig
 from openk1.report.run_dir import RunDir
-from openk1.schedules import Source, Stage, locate, stage_lr, stage_steps
+from openk1.schedules import Source, Stage, locate, stage_steps, staged_lr
 
 
 class LMConfig(StageConfig):
@@ -119,19 +121,17 @@ def batch_nll(model: Any, rows: list[list[Example]], pad_id: int, device: torch.
 def accumulate(model: Any, rows: list[list[Example]], cfg: LMConfig, pad_id: int,
                device: torch.device) -> tuple[float, int]:
     """Backward over micro-batches; returns (batch loss = mean NLL per trained token, tokens)."""
-    size = cfg.micro_batch_size or len(rows)
     total = sum(sum(sum(e.action_mask[1:]) for e in row) for row in rows)  # whole batch, all ranks
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else nullcontext())
-    mine = runtime.shard(rows)           # under torchrun: this rank's share of the rows
-    source = mine or rows[:1]            # weight-0 padding passes rerun a row (distributed/runtime.py)
-    loss_sum = 0.0
-    for index, weight in runtime.micro_batches(torch.arange(len(mine)), size):
+
+    def micro(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         with autocast:
-            nll, _ = batch_nll(model, [source[i] for i in index.tolist()], pad_id, device)
-        ((nll / max(total, 1)) * weight).backward()
-        loss_sum += weight * float(nll.detach())
-    return runtime.all_reduce_sum(loss_sum) / max(total, 1), total
+            nll, _ = batch_nll(model, [rows[i] for i in index.tolist()], pad_id, device)
+        return nll / max(total, 1), {"nll": float(nll.detach())}
+
+    sums = accumulate_micro(len(rows), cfg.micro_batch_size or len(rows), micro)
+    return sums.get("nll", 0.0) / max(total, 1), total
 
 
 @torch.no_grad()
@@ -153,63 +153,86 @@ def eval_loss(model: Any, stage: Stage, cfg: LMConfig, encode: Encoder, pad_id: 
 def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], encode: Encoder,
              run_dir: RunDir) -> dict[str, Any]:
     """Run every stage; resumes from run_dir's latest checkpoint when cfg.resume (the model
-    must already hold that checkpoint's weights: see `load_for_resume`)."""
+    must already hold that checkpoint's weights: see `model_path`)."""
     device = runtime.device() if runtime.is_distributed() else torch.device(cfg.device)
-    trainee = fsdp.trainee(model)   # FSDP2 copy on this rank's device under torchrun, else model
-    trainee.to(device).train()
-    optimizer = make_optimizer(trainee, cfg.optim)
-    state = _resume_state(cfg, run_dir, optimizer)
+    loop = Loop.for_model(model, tokenizer, cfg.optim, run_dir, log_every=cfg.log_every, device=device,
+                          checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+    state = loop.resume() if cfg.resume else {"step": 0}
     steps = plan(stages, cfg, encode)   # reads the data once for an epochs budget: checks rows
     total, start = sum(steps), state["step"]
     if start > total:
         raise OpenK1Error(f"{run_dir.path}: --resume at step {start}, but the schedule has {total} steps")
     run_dir.write_config(cfg)   # the inputs are valid: the run starts writing
-    done: dict[str, int] = state.get("data", {})
-    loss_ema, last_eval = state.get("loss_ema", float("nan")), state.get("eval_loss", float("nan"))
-    mixture: Mixture | None = None
-    current = -1
-    bar = tqdm(total=total, initial=start, desc=run_dir.path.name, unit="step", dynamic_ncols=True, mininterval=1.0,
-               disable=not runtime.is_main())
-    for step in range(start, total):
-        index, local = locate(step, steps)
-        stage = stages[index]
-        if index != current:
-            apply_stage(model, stage)
-            if trainee is not model:
-                apply_stage(trainee, stage)
-            mixture, current = make_mixture(stage, cfg, encode), index
-            mixture.skip(local * cfg.batch_size)
-        assert mixture is not None
-        lr = stage_lr(local, steps[index], stage.lr)
-        set_lr(optimizer, lr)
-        drawn = mixture.take(cfg.batch_size)
-        loss, tokens = accumulate(trainee, [row for _, row in drawn], cfg, tokenizer.pad_token_id, device)
-        stats = guarded_step(trainee, optimizer, cfg.optim.grad_clip)
-        loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
-        counts = {k: done.get(k, 0) + v for k, v in mixture.counters().items()}
-        stage_end = local == steps[index] - 1
-        metrics = {"loss": loss, "lr": lr, "stage": index, "seq_len": stage.max_seq_len,
-                   "tokens": tokens, **stats, **_data_metrics(mixture, drawn, counts)}
-        if cfg.eval_loss_data and ((cfg.eval_loss_every and (step + 1) % cfg.eval_loss_every == 0) or stage_end):
-            last_eval = metrics["eval_loss"] = eval_loss(trainee, stage, cfg, encode, tokenizer.pad_token_id, device)
-        if (step + 1) % cfg.log_every == 0 or stage_end or "eval_loss" in metrics:
-            run_dir.log(step + 1, metrics)
-        if stage_end:
-            done, mixture, current = counts, None, -1
-        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == total:
-            fsdp.sync_weights(trainee, model)   # the full weights, to save (no-op alone)
-            if runtime.is_main():               # FSDP: Adam shards are not saved
-                save_checkpoint(run_dir.path, step + 1, model, tokenizer,
-                                None if runtime.is_distributed() else optimizer,
-                                {"loss_ema": loss_ema, "eval_loss": last_eval, "data": done},
-                                cfg.keep_checkpoints)
-        bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.1e}", stage=index)
-        bar.update()
-    bar.close()
-    fsdp.sync_weights(trainee, model)
+    lm = LMSteps(model, loop.trainee, tokenizer.pad_token_id, cfg, stages, steps, encode, device, state)
+    loop.run(start, total, partial(staged_lr, stages=stages, steps_per_stage=steps), lm.step,
+             after=lm.after, state=lm.state, postfix=lm.postfix)
     model.to("cpu")
-    return {"final_loss": loss_ema, "steps": total, "stage_steps": steps, "eval_loss": last_eval,
-            **{k: v for k, v in done.items() if k != "ok"}, "examples": sum(done.values())}
+    return lm.summary()
+
+
+class LMSteps:
+    """The LM trainer's step function and what it carries from step to step (and through a
+    checkpoint): the current stage's mixture, the example counts of the finished stages, the
+    loss EMA and the last evaluation loss."""
+
+    def __init__(self, model: Any, trainee: Any, pad_id: int, cfg: LMConfig, stages: list[Stage],
+                 steps: list[int], encode: Encoder, device: torch.device, state: dict[str, Any]) -> None:
+        self.model, self.trainee, self.pad_id, self.cfg = model, trainee, pad_id, cfg
+        self.stages, self.steps, self.encode, self.device = stages, steps, encode, device
+        self.done: dict[str, int] = state.get("data", {})
+        self.counts = self.done
+        self.loss_ema: float = state.get("loss_ema", float("nan"))
+        self.last_eval: float = state.get("eval_loss", float("nan"))
+        self.mixture: Mixture | None = None
+        self.current = -1
+
+    def step(self, step: int) -> dict[str, Any]:
+        """Draw step `step`'s batch_size packed rows and backward over them."""
+        index, local = locate(step, self.steps)
+        mixture = self._mixture(index, local)
+        drawn = mixture.take(self.cfg.batch_size)
+        loss, tokens = accumulate(self.trainee, [row for _, row in drawn], self.cfg, self.pad_id, self.device)
+        self.loss_ema = loss if math.isnan(self.loss_ema) else 0.9 * self.loss_ema + 0.1 * loss
+        self.counts = {k: self.done.get(k, 0) + v for k, v in mixture.counters().items()}
+        return {"loss": loss, "stage": index, "seq_len": self.stages[index].max_seq_len, "tokens": tokens,
+                **_data_metrics(mixture, drawn, self.counts)}
+
+    def after(self, step: int, metrics: dict[str, Any]) -> bool:
+        """The evaluation loss when due (on the stepped weights); a stage's end closes its
+        mixture. True: log this step (a stage's end or an evaluation)."""
+        index, local = locate(step, self.steps)
+        stage_end = local == self.steps[index] - 1
+        every = self.cfg.eval_loss_every
+        if self.cfg.eval_loss_data and ((every and (step + 1) % every == 0) or stage_end):
+            self.last_eval = metrics["eval_loss"] = eval_loss(self.trainee, self.stages[index], self.cfg,
+                                                              self.encode, self.pad_id, self.device)
+        if stage_end:
+            self.done, self.mixture, self.current = self.counts, None, -1
+        return stage_end or "eval_loss" in metrics
+
+    def state(self) -> dict[str, Any]:
+        return {"loss_ema": self.loss_ema, "eval_loss": self.last_eval, "data": self.done}
+
+    def postfix(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"loss": f"{self.loss_ema:.3f}", "lr": f"{metrics['lr']:.1e}", "stage": metrics["stage"]}
+
+    def summary(self) -> dict[str, Any]:
+        return {"final_loss": self.loss_ema, "steps": sum(self.steps), "stage_steps": self.steps,
+                "eval_loss": self.last_eval, **{k: v for k, v in self.done.items() if k != "ok"},
+                "examples": sum(self.done.values())}
+
+    def _mixture(self, index: int, local: int) -> Mixture:
+        """Stage `index`'s mixture, opened (RoPE and length applied, the rows of its first
+        `local` steps skipped) when the step enters the stage or resumes inside it."""
+        if index != self.current:
+            stage = self.stages[index]
+            apply_stage(self.model, stage)
+            if self.trainee is not self.model:
+                apply_stage(self.trainee, stage)
+            self.mixture, self.current = make_mixture(stage, self.cfg, self.encode), index
+            self.mixture.skip(local * self.cfg.batch_size)
+        assert self.mixture is not None
+        return self.mixture
 
 
 def _data_metrics(mixture: Mixture, drawn: list[tuple[int, list[Example]]],
@@ -219,14 +242,6 @@ def _data_metrics(mixture: Mixture, drawn: list[tuple[int, list[Example]]],
     return {"row_tokens/max": max(sum(len(e.ids) for e in row) for _, row in drawn),
             **{f"data/{k}": v for k, v in counts.items()},
             **{f"mix/{n}": t / sum(mixture.taken) for n, t in zip(mixture.names, mixture.taken)}}
-
-
-def _resume_state(cfg: LMConfig, run_dir: RunDir, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    if not cfg.resume:
-        return {"step": 0}
-    state = load_state(latest_checkpoint(run_dir.path), None if runtime.is_distributed() else optimizer)
-    run_dir.truncate_metrics(state["step"])
-    return state
 
 
 def model_path(cfg: LMConfig, run_dir: RunDir) -> str:

@@ -16,22 +16,23 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from openk1.algo.dpo import dpo_loss
-from openk1.checkpoint import check_resume_step, latest_checkpoint, load_state, save_checkpoint
+from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
 from openk1.data.batching import encode_pairs
 from openk1.data.io import _field, load_problems, read_located
-from openk1.distributed import fsdp, runtime
+from openk1.distributed import runtime
+from openk1.loop import Loop, accumulate_micro
 from openk1.models.forward import eval_mode, response_logprobs, trim
 from openk1.models.io import load_model, save_model
-from openk1.optim import OptimConfig, check_decay, cosine_lr, guarded_step, make_optimizer, set_lr
+from openk1.optim import OptimConfig, check_decay, cosine_lr
 from openk1.report.run_dir import RunDir, atomic_file
 from openk1.rewards.scoring import RewardConfig
 from openk1.stages.eval import EvalSettings, evaluate
@@ -121,21 +122,18 @@ def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.T
     """Backward over micro-batches of one step's pairs; returns the step's loss and metrics.
 
     Under torchrun each rank takes its share of the pairs; the normaliser is the step's pair
-    count, so the summed gradients equal one process's; weight-0 passes keep FSDP's collectives
-    in step (distributed/runtime.py `micro_batches`)."""
-    size = cfg.micro_batch_size or len(pairs)
-    totals: dict[str, float] = {}
-    for index, weight in runtime.micro_batches(runtime.shard(torch.arange(len(pairs))), size):
-        micro, ref = [pairs[i] for i in index.tolist()], reference[index]
-        chosen, rejected, tokens = sequence_logps(model, tokenizer, micro, cfg.max_response_tokens)
+    count, so the summed gradients equal one process's (loop.py `accumulate_micro`)."""
+
+    def micro(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected, tokens = sequence_logps(model, tokenizer, [pairs[i] for i in index.tolist()],
+                                                  cfg.max_response_tokens)
+        ref = reference[index]
         loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta,
                                  normaliser=len(pairs), chosen_tokens=tokens, nll_weight=cfg.nll_weight)
-        (loss * weight).backward()
-        share = weight * len(micro) / len(pairs)                            # means -> batch means
-        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * weight
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + float(value) * share
-    return {key: runtime.all_reduce_sum(value) for key, value in totals.items()}
+        share = len(index) / len(pairs)                                     # means -> batch means
+        return loss, {"loss": float(loss.detach()), **{k: float(v) * share for k, v in metrics.items()}}
+
+    return accumulate_micro(len(pairs), cfg.micro_batch_size or len(pairs), micro)
 
 
 def run(cfg: DPOConfig) -> dict[str, Any]:
@@ -148,13 +146,10 @@ def run(cfg: DPOConfig) -> dict[str, Any]:
     model, tokenizer = load_model(str(latest_checkpoint(run_dir.path) / "model") if cfg.resume else cfg.model)
     run_dir.write_config(cfg)   # the inputs are valid: the run starts writing
     reference = _reference(cfg, run_dir, pairs)
-    trainee = fsdp.trainee(model)        # FSDP2 copy under torchrun, else model
-    optimizer = make_optimizer(trainee, cfg.optim)
-    first = 0
-    if cfg.resume:   # FSDP: Adam's shards are not saved, the optimizer restarts
-        first = load_state(latest_checkpoint(run_dir.path), None if runtime.is_distributed() else optimizer)["step"]
-        run_dir.truncate_metrics(first)
-    summary = train(model, trainee, tokenizer, optimizer, pairs, reference, cfg, run_dir, first)
+    loop = Loop.for_model(model, tokenizer, cfg.optim, run_dir, log_every=cfg.log_every,
+                          checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+    first = loop.resume()["step"] if cfg.resume else 0
+    summary = train(loop, tokenizer, pairs, reference, cfg, first)
     if runtime.is_main():
         save_model(model, tokenizer, run_dir.path / "model")
     if held_out and runtime.is_main():
@@ -181,31 +176,20 @@ def _reference(cfg: DPOConfig, run_dir: RunDir, pairs: list[Pair]) -> torch.Tens
     return reference
 
 
-def train(model: Any, trainee: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, pairs: list[Pair],
-          reference: torch.Tensor, cfg: DPOConfig, run_dir: RunDir, first: int) -> dict[str, Any]:
-    """Steps first..total-1 with a cosine LR; logs, checkpoints, progress bar. `trainee` takes
-    the steps (the FSDP2 copy under torchrun); `model` gets its weights to be saved."""
+def train(loop: Loop, tokenizer: Any, pairs: list[Pair], reference: torch.Tensor, cfg: DPOConfig,
+          first: int) -> dict[str, Any]:
+    """Steps first..total-1 with a cosine LR (loop.py: logs, checkpoints, progress bar); the pairs
+    of a step are a function of the step, so resume needs no data state."""
     total = total_steps(cfg, len(pairs))
-    trainee.train()
-    stats: dict[str, float] = {}
-    bar = tqdm(total=total, initial=first, desc=run_dir.path.name, unit="step", dynamic_ncols=True,
-               mininterval=1.0, disable=not runtime.is_main())
-    for step in range(first, total):
-        lr = cosine_lr(step, total, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps)
-        set_lr(optimizer, lr)
-        index = step_indices(step, len(pairs), cfg.batch_size, cfg.seed)
-        stats = train_step(trainee, tokenizer, [pairs[i] for i in index.tolist()], reference[index], cfg)
-        stats.update(guarded_step(trainee, optimizer, cfg.optim.grad_clip), lr=lr)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-            run_dir.log(step + 1, stats)
-        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == total:
-            fsdp.sync_weights(trainee, model)                 # the full weights (no-op alone)
-            if runtime.is_main():
-                save_checkpoint(run_dir.path, step + 1, model, tokenizer,
-                                None if runtime.is_distributed() else optimizer, {}, cfg.keep_checkpoints)
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", margin=f"{stats['reward/margin']:.2f}")
-        bar.update()
-    bar.close()
+
+    def step(s: int) -> dict[str, float]:
+        index = step_indices(s, len(pairs), cfg.batch_size, cfg.seed)
+        return train_step(loop.trainee, tokenizer, [pairs[i] for i in index.tolist()], reference[index], cfg)
+
+    lr_at = partial(cosine_lr, total=total, lr_max=cfg.optim.lr, lr_min=cfg.optim.lr_min,
+                    warmup=cfg.optim.warmup_steps)
+    stats = loop.run(first, total, lr_at, step,
+                     postfix=lambda m: {"loss": f"{m['loss']:.3f}", "margin": f"{m['reward/margin']:.2f}"})
     return {"steps": total, "final_loss": stats.get("loss", float("nan")),
             "final_margin": stats.get("reward/margin", float("nan")),
             "final_pair_accuracy": stats.get("reward/accuracy", float("nan"))}
