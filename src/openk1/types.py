@@ -21,7 +21,7 @@ StopReason = Literal["normal", "max_tokens", "budget", "repeat"]
 
 @dataclass(frozen=True)
 class Problem:
-    """One dataset row (README "Dataset rows"); `extra` keeps every other input field."""
+    """One dataset row (docs/stages.md "Dataset rows"); `extra` keeps every other input field."""
 
     prompt: str
     answer: str

@@ -116,7 +116,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def to_problem(row: dict[str, Any], where: str) -> Problem:
-    """Validate one dataset row (README "Dataset rows") into a Problem."""
+    """Validate one dataset row (docs/stages.md "Dataset rows") into a Problem."""
     prompt = _field(row, "prompt", str, where)
     kind = row.get("type", "math")
     if kind not in PROBLEM_TYPES:

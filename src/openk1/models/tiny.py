@@ -21,7 +21,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 # pretrained checkpoints: SFT lr 2e-5, RL lr 1e-6, DPO lr 1e-6) would leave it untrained.
 # `openk1 init-model` stores them in config.json (`openk1_recommended`); every later model of
 # the lineage keeps them (they are part of the HF config) and the CLI fills the keys a command
-# leaves unset from its section (README "Defaults"). Values measured on the demo (README "Demo"):
+# leaves unset from its section (docs/stages.md "Defaults"). Measured on the demo (docs/demo.md, docs/long2short.md):
 # SFT from scratch at lr 3e-3 (1e-3 stopped at loss 0.98 after one epoch of 2,000 rows), RL at
 # lr 1e-4 keeping Adam's state (a reset every iteration makes its first steps sign steps of size
 # lr, which the 0.9M model does not survive), DPO at 3e-5 (3e-4 fell to 40% in 4 steps) with

@@ -4,7 +4,7 @@ The report (§2.3.5) scores math with a chain-of-thought reward model; openk1 st
 deterministic verifier, cheap enough for the thousands of calls an RL iteration makes, and uses
 the very same function for evaluation.
 
-Rules (the README repeats them):
+Rules (docs/rewards.md repeats them):
 - Extraction: the last top-level `\boxed{}` / `\fbox{}` (nested braces handled,
   `\boxed{\boxed{x}}` -> `x`); boxes separated only by commas, "or", "and" or spacing are read
   together as one list ("\boxed{3} or \boxed{4}" -> "3, 4"). A "Final answer: ..." line written

@@ -34,7 +34,7 @@ pi_theta_i (report §2.3.2), so by default (`current`) a carried token's log pi_
 recomputed under this iteration's policy before the update (one no-grad forward pass over the
 responses that carry old tokens); `sampled` keeps the recorded log-prob of the policy that
 sampled it, and the term tau/2 (l - l_old)^2 then pulls those tokens back towards an older
-policy. Measured on the demo (README "Demo"): with `sampled` and most responses cut once, RL
+policy. Measured on the demo (docs/rl.md "RL data flow"): with `sampled` and most responses cut once, RL
 stalled (53.4% -> 52.7% held-out after 10 iterations; without partial rollouts 69.1%).
 
 With `enabled: false` there is no budget: every group finishes in the iteration it starts.

@@ -7,7 +7,7 @@
 
 NOT RUN HERE: this module was written without a GPU and without vLLM installed; the CPU test
 suite only checks that it is skipped cleanly. `scripts/gpu_smoke.sh MODEL_DIR` is the check a
-user with one GPU runs (README "Scaling out").
+user with one GPU runs (docs/scaling.md "vLLM rollout engine").
 
 Choices, against the HF engine's conventions (rollout/hf.py):
 - logp: vLLM returns the sampled token's log-prob with `logprobs=0`. It must be HFEngine's, log

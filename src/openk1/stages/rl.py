@@ -22,7 +22,7 @@ No value network, no PPO ratio, no clipping of the objective.
 Departures from the report, all documented choices: the report does not give tau, k, batch
 sizes, learning rate, steps per iteration or temperature; defaults here are ours, sized for
 the CPU demo. The log-ratio level (sequence as written, or token) is an option. The demo preset
-keeps Adam's state across iterations (`reset_optimizer: false`): measured in the README.
+keeps Adam's state across iterations (`reset_optimizer: false`): measured in docs/demo.md.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class RLConfig(StageConfig):
     iterations: int = Field(20, gt=0, description="RL iterations (rollout, reward, update)")
     prompts_per_iter: int = Field(32, gt=0, description="prompts drawn per iteration")
     samples_per_prompt: int = Field(8, gt=0, description="k responses per prompt")
-    tau: float = Field(0.5, ge=0.0, description='KL weight; its scale depends on logratio_level (README "Defaults")')
+    tau: float = Field(0.5, ge=0.0, description='KL weight; its scale depends on logratio_level (docs/rl.md)')
     baseline: Literal["mean", "log_z"] = Field(
         "mean", description="reward baseline: the group's mean (the report's choice in practice) or tau log Z")
     logratio_level: Literal["sequence", "token"] = Field(

@@ -17,10 +17,10 @@ or colocated (rollout actors share a GPU with the trainer actor: the vLLM engine
 each rollout and wakes for the next weights, and the trainer empties its CUDA cache before each
 rollout). Not yet true on a GPU: the trainer's model stays on the CPU (one-process `rl` has no
 device setting), so colocation frees nothing of the trainer's, and the vLLM weight push has
-never run (README "Scaling out": what has and has not been run).
+never run (docs/scaling.md: what has and has not been run).
 
 Multi-node: `ray start --head` on one node, `ray start --address HEAD:6379` on the others, then
-`openk1 rl --ray --set ray.address=auto ...` on the head (README "Scaling out").
+`openk1 rl --ray --set ray.address=auto ...` on the head (docs/scaling.md "Ray").
 """
 
 from __future__ import annotations
