@@ -133,6 +133,37 @@ def _as_bool(value: Any) -> bool | None:
     return None
 
 
+def render_prompt(
+    tokenizer: Any,
+    prompt: str,
+    answer: str,
+    response: str,
+    template: str = COT_TEMPLATE,
+    chat_template: bool = True,
+    max_response_chars: int = 4000,
+) -> str:
+    """The judge's prompt: `template` filled in, wrapped in the tokenizer's chat template when
+    it has one (and `chat_template`), without the BOS the engine adds when it encodes the text.
+    Long responses keep their last `max_response_chars` characters. `CoTVerifier` judges with
+    it and `openk1 rm train --set kind=cot` trains on it, so both see the same text.
+
+    >>> from openk1.models.tiny import char_tokenizer
+    >>> render_prompt(char_tokenizer(), "1+1?", "2", "so 2", template="{prompt}|{answer}|{response}")
+    '1+1?|2|so 2'
+    """
+    text = template.format(
+        prompt=prompt, answer=answer, response=response[-max_response_chars:]
+    )
+    if not (chat_template and getattr(tokenizer, "chat_template", None)):
+        return text
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    bos = tokenizer.bos_token or ""
+    chat = str(chat)
+    return chat[len(bos) :] if bos and chat.startswith(bos) else chat  # the engine adds BOS
+
+
 class CoTVerifier:
     """`(response, problem) -> Score` judged by a generative model; `score_batch` judges many
     rows in one batched generation (what `score_many` calls). The model loads once, on first
@@ -181,22 +212,16 @@ class CoTVerifier:
         return self._engine
 
     def prompt(self, response: str, problem: Problem) -> str:
-        """The judge's prompt: COT_TEMPLATE, in the chat template when the tokenizer has one.
-        Long responses keep their last `max_response_chars` characters."""
-        text = self.template.format(
-            prompt=problem.prompt,
-            answer=problem.answer,
-            response=response[-self.max_response_chars :],
+        """The judge's prompt (`render_prompt` with this verifier's settings)."""
+        return render_prompt(
+            self.engine().tokenizer,
+            problem.prompt,
+            problem.answer,
+            response,
+            template=self.template,
+            chat_template=self.chat_template,
+            max_response_chars=self.max_response_chars,
         )
-        tokenizer = self.engine().tokenizer
-        if not (self.chat_template and getattr(tokenizer, "chat_template", None)):
-            return text
-        chat = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        bos = tokenizer.bos_token or ""
-        chat = str(chat)
-        return chat[len(bos) :] if bos and chat.startswith(bos) else chat  # the engine adds BOS
 
     def __call__(self, response: str, problem: Problem) -> Score:
         return self.score_batch([response], [problem])[0]

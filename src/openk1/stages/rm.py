@@ -1,58 +1,98 @@
-"""`openk1 rm train`: train the classic reward model (rewards/reward_model.py) on labelled rows.
+"""`openk1 rm train`: train a reward model (report §2.3.5) on labelled rows, `kind` classic or cot.
 
 Rows: `prompt`, `answer` (the reference), `response`, `label` (1 = the response is correct,
-0 = it is not). A seeded `heldout_fraction` of the rows is held out; the model is a sequence
-classifier built on any causal-LM directory, trained with cross-entropy, AdamW, warm-up + cosine
-LR. Held-out accuracy is logged after every epoch (metrics.jsonl) and reported in summary.json;
-DIR/model is the classifier (save_pretrained + tokenizer), ready for `RewardModelVerifier`.
+0 = it is not), optional `reasoning` (a string: the worked check a CoT judge learns to write;
+null = none). A seeded `heldout_fraction` of the rows is held out, the same rows for both kinds.
 
-Departure from the report (§2.3.5): its classic RM is a value head on a large model; here it is
-transformers' 2-way classification head on the last real token (P(correct) = softmax[:, 1]),
-trained on whatever rows the user labels.
+classic (default; rewards/reward_model.py): a sequence classifier built on any causal-LM
+directory, trained with cross-entropy, AdamW, warm-up + cosine LR by the loop below. Held-out
+accuracy is logged after every epoch (metrics.jsonl); DIR/model is the classifier, ready for
+`RewardModelVerifier` (the `reward_model` reward term).
+
+cot (rewards/cot_verifier.py): the causal LM itself becomes the judge. Each row is an SFT
+example: prompt = the judge's prompt exactly as `CoTVerifier` renders it (`render_prompt`),
+target = reasoning + "\n" (when the row has one) + `{"correct": true|false}` + EOS. It trains
+with the shared LM trainer (trainer.py `train_lm`, the `openk1 sft` code path: loss on target
+tokens only), logged in DIR/sft/ (config, metrics, checkpoint); one unpacked stage with the
+same epochs, batch size and AdamW warm-up + cosine LR settings; an example longer than
+`max_tokens` is dropped (counted). Held-out accuracy = `CoTVerifier` on DIR/model, greedy,
+verdict vs label; a malformed verdict counts as wrong (`heldout_malformed`). DIR/model is a
+causal LM directory for the `cot_verifier` reward term.
+
+Departures from the report (§2.3.5): its classic RM is a value head on a large model; here it
+is transformers' 2-way classification head on the last real token (P(correct) =
+softmax[:, 1]). Its CoT RM's training data is not described; here it is whatever rows (and
+worked checks) the user labels, e.g. data/judge_task.py.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from openk1.config import StageConfig
-from openk1.data.io import read_located
-from openk1.dist import runtime
+from openk1.data.io import read_located, write_jsonl
+from openk1.data.packing import encode_row
+from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
-from openk1.models.io import save_model
+from openk1.models.io import load_model, model_dir, save_model
 from openk1.optim import OptimConfig, check_decay, cosine_lr, guarded_step, make_optimizer, set_lr
 from openk1.report.run_dir import RunDir
+from openk1.rewards.cot_verifier import COT_TEMPLATE, CoTVerifier, render_prompt
 from openk1.rewards.reward_model import correct_probability, encode_rm_inputs, load_reward_model
+from openk1.schedules import LRSchedule, Stage
+from openk1.stages.sft import SFTConfig
+from openk1.trainer import train_lm
+from openk1.types import Problem
 
 Example = tuple[str, str, str, int]  # (prompt, reference answer, response, label)
+Labelled = tuple[str, str, str, int, str]  # an Example + its reasoning ("" = none)
+R = TypeVar("R", Example, Labelled)
 
 
 class RMTrainConfig(StageConfig):
     action: Literal["train"] = "train"  # `openk1 rm train`: the one action for now
+    kind: Literal["classic", "cot"] = "classic"  # classification head, or a generative CoT judge
     heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # of the rows, for held-out accuracy (0 = none)
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(32, gt=0)
-    max_tokens: int = Field(512, gt=0)  # per example; over it the response keeps its end (reward_model.py)
+    max_tokens: int = Field(512, gt=0)  # per example; over it: classic keeps the response's end
+    # (reward_model.py), cot drops the example
     optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=10)  # ~1e-5 for a real model
-    threshold: float = Field(0.5, ge=0.0, le=1.0)  # P(correct) >= threshold counts as "correct"
+    threshold: float = Field(0.5, ge=0.0, le=1.0)  # classic: P(correct) >= threshold is "correct"
+    max_new_tokens: int = Field(256, gt=0)  # cot: the judge's generation budget on held-out rows
+    template: str = COT_TEMPLATE  # cot: the judge's prompt; another one must be given to the
+    # `cot_verifier` reward term too (summary.json `verifier_options`)
     log_every: int = Field(10, gt=0)
 
     @model_validator(mode="after")
     def _decay(self) -> RMTrainConfig:
         check_decay(self.optim)
+        try:
+            self.template.format(prompt="", answer="", response="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"template: only {{prompt}}, {{answer}} and {{response}} are filled in ({exc!r})"
+            ) from None
         return self
 
 
 def load_labelled(path: str | Path) -> list[Example]:
     """Validated (prompt, answer, response, label) rows; a bad row names file, row and field."""
+    return [row[:4] for row in load_rows(path)]
+
+
+def load_rows(path: str | Path) -> list[Labelled]:
+    """Validated (prompt, answer, response, label, reasoning) rows (reasoning "" when absent)."""
     examples = []
     for where, row in read_located(path):
         for name, kinds in (
@@ -69,13 +109,16 @@ def load_labelled(path: str | Path) -> list[Example]:
         label = row.get("label")
         if label not in (0, 1) or isinstance(label, float):
             raise OpenK1Error(f"{where}: field 'label' must be 0 or 1, got {label!r}")
-        examples.append((row["prompt"], str(row["answer"]), row["response"], int(label)))
+        reasoning = row.get("reasoning")
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise OpenK1Error(f"{where}: field 'reasoning' must be str, got {reasoning!r}")
+        examples.append(
+            (row["prompt"], str(row["answer"]), row["response"], int(label), reasoning or "")
+        )
     return examples
 
 
-def split(
-    examples: list[Example], fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
+def split(examples: list[R], fraction: float, seed: int) -> tuple[list[R], list[R]]:
     """(train, held-out): a seeded shuffle, round(fraction * n) rows held out.
 
     >>> [len(part) for part in split([("q", "a", "r", 1)] * 10, 0.2, seed=0)]
@@ -177,22 +220,125 @@ def _batches(data: list[Example], size: int, seed: int, epoch: int) -> list[list
     return [[data[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
 
 
+def train_classic(
+    data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, run_dir: RunDir
+) -> dict[str, Any]:
+    """The classifier: `train` above, then DIR/model."""
+    model, tokenizer = load_reward_model(model_dir(cfg.model))  # a run directory's model/ too
+    run_dir.write_config(cfg)
+    result = train(
+        model, tokenizer, [r[:4] for r in data], [r[:4] for r in held], cfg, run_dir
+    )
+    save_model(model, tokenizer, run_dir.path / "model")
+    return result
+
+
+def cot_target(label: int, reasoning: str) -> str:
+    """What the CoT judge learns to write after its prompt (EOS is added by `encode_row`).
+
+    >>> print(cot_target(1, "3*4+1 = 13; reference 13; equal"))
+    3*4+1 = 13; reference 13; equal
+    {"correct": true}
+    >>> cot_target(0, "")
+    '{"correct": false}'
+    """
+    verdict = json.dumps({"correct": bool(label)})
+    return f"{reasoning}\n{verdict}" if reasoning else verdict
+
+
+def cot_row(row: Labelled, tokenizer: Any, template: str = COT_TEMPLATE) -> dict[str, str]:
+    """A labelled row as an SFT row: the judge's prompt, rendered as `CoTVerifier` renders it
+    (chat template, response cut to its default `max_response_chars`) -> target."""
+    prompt, answer, response, label, reasoning = row
+    return {
+        "prompt": render_prompt(tokenizer, prompt, answer, response, template=template),
+        "response": cot_target(label, reasoning),
+    }
+
+
+def cot_sft_config(cfg: RMTrainConfig, data: Path, out: Path) -> SFTConfig:
+    """The shared LM trainer's settings: one unpacked stage, this run's epochs, batch and LR."""
+    lr = LRSchedule(
+        lr_max=cfg.optim.lr, lr_min=cfg.optim.lr_min, warmup_steps=cfg.optim.warmup_steps
+    )
+    stage = Stage.model_validate(
+        {"name": "cot_rm", "max_seq_len": cfg.max_tokens, "pack": False, "epochs": cfg.epochs,
+         "lr": lr}
+    )
+    return SFTConfig.model_validate(
+        {"model": cfg.model, "data": str(data), "out": str(out), "seed": cfg.seed,
+         "stages": [stage], "batch_size": cfg.batch_size, "max_response_tokens": cfg.max_tokens,
+         "overlong": "drop", "optim": cfg.optim, "log_every": cfg.log_every,
+         "keep_checkpoints": 1}
+    )
+
+
+def cot_accuracy(judge: CoTVerifier, held: list[Labelled]) -> tuple[float, int]:
+    """(fraction of rows whose verdict matches the label, malformed verdicts): greedy judging;
+    a malformed verdict matches neither label."""
+    scores = judge.score_batch(
+        [r[2] for r in held], [Problem(r[0], r[1], "freeform") for r in held]
+    )
+    hits = [s.verdict == ("cot_correct" if r[3] else "cot_wrong") for s, r in zip(scores, held)]
+    return sum(hits) / len(held), sum(s.verdict == "cot_malformed" for s in scores)
+
+
+def train_cot(
+    data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, run_dir: RunDir
+) -> dict[str, Any]:
+    """The generative judge: SFT rows in DIR/cot_sft.jsonl, `train_lm` logging in DIR/sft,
+    DIR/model, then held-out judging by `CoTVerifier` loaded from DIR/model."""
+    model, tokenizer = load_model(cfg.model)
+    run_dir.write_config(cfg)
+    rows_path = run_dir.path / "cot_sft.jsonl"
+    write_jsonl(rows_path, [cot_row(r, tokenizer, cfg.template) for r in data])
+    sft_cfg = cot_sft_config(cfg, rows_path, run_dir.path / "sft")
+    sft_dir = runtime.run_dir(sft_cfg)
+    encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_tokens)
+    trained = train_lm(model, tokenizer, sft_cfg, list(sft_cfg.stages), encode, sft_dir)
+    sft_dir.write_summary(trained)
+    sft_dir.close()
+    save_model(model, tokenizer, run_dir.path / "model")
+    result = {"loss": trained["final_loss"], "steps": trained["steps"], "heldout_malformed": None}
+    result["dropped"] = trained.get("dropped", 0)  # examples over max_tokens
+    result["verifier_options"] = verifier_options(cfg)
+    if held:
+        judge = CoTVerifier(
+            run_dir.path / "model",
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            template=cfg.template,
+        )
+        accuracy, malformed = cot_accuracy(judge, held)
+        result.update(heldout_accuracy=accuracy, heldout_malformed=malformed)
+        run_dir.log(trained["steps"], {"heldout_accuracy": accuracy, "heldout_malformed": malformed})
+    return result
+
+
+TRAINERS = {"classic": train_classic, "cot": train_cot}
+COT_FIGURES = ("heldout_malformed", "dropped", "verifier_options")  # in summary.json (cot only)
+
+
+def verifier_options(cfg: RMTrainConfig) -> dict[str, str]:
+    """The `options` a `cot_verifier` reward term needs to judge as the model was trained."""
+    return {} if cfg.template == COT_TEMPLATE else {"template": cfg.template}
+
+
 def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if not cfg.model or not cfg.data or not cfg.out:
         raise OpenK1Error("rm train: needs --model DIR --data labelled.jsonl --out DIR")
     run_dir = runtime.run_dir(cfg)  # the run-directory contract: a new or --overwrite'd DIR
-    examples = load_labelled(cfg.data)
-    data, held = split(examples, cfg.heldout_fraction, cfg.seed)
+    rows = load_rows(cfg.data)
+    data, held = split(rows, cfg.heldout_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_reward_model(cfg.model)
-    run_dir.write_config(cfg)
     start = time.perf_counter()
-    result = train(model, tokenizer, data, held, cfg, run_dir)
-    save_model(model, tokenizer, run_dir.path / "model")
+    result = TRAINERS[cfg.kind](data, held, cfg, run_dir)
     positives = sum(e[3] for e in held) / len(held) if held else None
     summary: dict[str, Any] = {
+        "kind": cfg.kind,
         "heldout_accuracy": result.get("heldout_accuracy"),  # None without held-out rows
         "heldout_majority_baseline": None if positives is None else max(positives, 1 - positives),
+        **{k: result[k] for k in COT_FIGURES if k in result},
         "final_loss": result.get("loss"),
         "steps": result["steps"],
         "train_rows": len(data),
