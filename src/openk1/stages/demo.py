@@ -42,18 +42,18 @@ PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
 class DemoConfig(StageConfig):
-    quick: bool = False
-    task: TaskConfig = TaskConfig()
-    model_size: TinyModelConfig = TinyModelConfig()
-    corpus: CorpusConfig = CorpusConfig()        # the pretraining corpus (stages/pretrain.py)
-    pretrain: PretrainConfig = PretrainConfig()
-    sft: SFTConfig = SFTConfig()                  # vanilla SFT: short `\boxed{}` answers
-    longcot_sft: SFTConfig = SFTConfig()          # long-CoT SFT: the synthetic traces
-    curate: CurateConfig = CurateConfig()
-    rl_candidates: int = Field(640, gt=0)   # training problems curated into the RL prompt set
-    rl: RLConfig = RLConfig()
-    long2short: Long2ShortConfig = Long2ShortConfig()
-    eval: EvalSettings = EvalSettings()
+    quick: bool = Field(False, description="CI's smoke test: demo_plain.yaml shortened by demo_quick.yaml")
+    task: TaskConfig = Field(TaskConfig(), description="the synthetic arithmetic task (data/synthetic.py)")
+    model_size: TinyModelConfig = Field(TinyModelConfig(), description="the tiny Llama init-model builds")
+    corpus: CorpusConfig = Field(CorpusConfig(), description="the pretraining corpus (stages/pretrain.py)")
+    pretrain: PretrainConfig = Field(PretrainConfig(), description="the pretraining stages")
+    sft: SFTConfig = Field(SFTConfig(), description="vanilla SFT: short `\\boxed{}` answers")
+    longcot_sft: SFTConfig = Field(SFTConfig(), description="long-CoT SFT: the synthetic traces")
+    curate: CurateConfig = Field(CurateConfig(), description="prompt-set curation with the long-CoT model")
+    rl_candidates: int = Field(640, gt=0, description="training problems curated into the RL prompt set")
+    rl: RLConfig = Field(RLConfig(), description="RL on the curated prompts")
+    long2short: Long2ShortConfig = Field(Long2ShortConfig(), description="long2short from the RL model")
+    eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation after every stage")
 
 
 def preset(quick: bool) -> dict[str, Any]:

@@ -37,15 +37,15 @@ from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from openk1.config import StageConfig
 from openk1.data.io import read_located, write_jsonl
 from openk1.data.packing import encode_row
 from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
+from openk1.loop import Loop
 from openk1.models.io import load_model, model_dir, save_model
-from openk1.optim import OptimConfig, check_decay, cosine_lr, guarded_step, make_optimizer, set_lr
+from openk1.optim import OptimConfig, check_decay, cosine_lr, make_optimizer
 from openk1.report.run_dir import RunDir
 from openk1.rewards.cot_verifier import COT_TEMPLATE, CoTVerifier, render_prompt
 from openk1.rewards.reward_model import correct_probability, encode_rm_inputs, load_reward_model
@@ -60,19 +60,25 @@ R = TypeVar("R", Example, Labelled)
 
 
 class RMTrainConfig(StageConfig):
-    action: Literal["train"] = "train"  # `openk1 rm train`: the one action for now
-    kind: Literal["classic", "cot"] = "classic"  # classification head, or a generative CoT judge
-    heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # of the rows, for held-out accuracy (0 = none)
-    epochs: int = Field(3, gt=0)
-    batch_size: int = Field(32, gt=0)
-    max_tokens: int = Field(512, gt=0)  # per example; over it: classic keeps the response's end
-    # (reward_model.py), cot drops the example
-    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=10)  # ~1e-5 for a real model
-    threshold: float = Field(0.5, ge=0.0, le=1.0)  # classic: P(correct) >= threshold is "correct"
-    max_new_tokens: int = Field(256, gt=0)  # cot: the judge's generation budget on held-out rows
-    template: str = COT_TEMPLATE  # cot: the judge's prompt; another one must be given to the
-    # `cot_verifier` reward term too (summary.json `verifier_options`)
-    log_every: int = Field(10, gt=0)
+    action: Literal["train"] = Field("train", description="`openk1 rm train`: the one action for now")
+    kind: Literal["classic", "cot"] = Field(
+        "classic", description="classic: a classification head; cot: a generative chain-of-thought judge")
+    heldout_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of the rows held out for accuracy (0 = none)")
+    epochs: int = Field(3, gt=0, description="passes over the training rows")
+    batch_size: int = Field(32, gt=0, description="rows per optimizer step")
+    max_tokens: int = Field(512, gt=0, description="tokens per example; over it classic keeps the "
+                            "response's end, cot drops the example")
+    optim: OptimConfig = Field(
+        OptimConfig(lr=1e-5, lr_min=1e-6, warmup_steps=10),
+        description="AdamW and the cosine schedule; defaults for a pretrained checkpoint (the tiny "
+                    "init-model recommends lr 1e-3)")
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description='classic: P(correct) >= threshold counts as "correct"')
+    max_new_tokens: int = Field(256, gt=0, description="cot: the judge's generation budget on held-out rows")
+    template: str = Field(COT_TEMPLATE, description="cot: the judge's prompt; another one must be given to "
+                          "the cot_verifier reward term too (summary.json verifier_options)")
+    log_every: int = Field(10, gt=0, description="steps between metrics rows")
 
     @model_validator(mode="after")
     def _decay(self) -> RMTrainConfig:
@@ -178,39 +184,33 @@ def train(
     cfg: RMTrainConfig,
     run_dir: RunDir,
 ) -> dict[str, float]:
-    """Shuffled mini-batches for `epochs`; held-out accuracy after every epoch."""
-    optimizer = make_optimizer(model, cfg.optim)
+    """Shuffled mini-batches for `epochs` on the shared step loop (loop.py); held-out accuracy
+    after every epoch (that step is always logged)."""
+    loop = Loop(run_dir, model, make_optimizer(model, cfg.optim), cfg.optim.grad_clip, cfg.log_every)
     per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = cfg.epochs * per_epoch
-    bar = tqdm(total=total, desc="rm", unit="step", dynamic_ncols=True, mininterval=1.0)
     result: dict[str, float] = {"steps": total}
-    for step in range(1, total + 1):
-        epoch, index = divmod(step - 1, per_epoch)
+    batches: list[list[Example]] = []
+
+    def step(s: int) -> dict[str, Any]:   # s: 0-based
+        epoch, index = divmod(s, per_epoch)
         if index == 0:
-            batches = _batches(data, cfg.batch_size, cfg.seed, epoch)
-        lr = cosine_lr(step - 1, total, cfg.optim.lr, cfg.optim.lr_min, cfg.optim.warmup_steps)
-        set_lr(optimizer, lr)
+            batches[:] = _batches(data, cfg.batch_size, cfg.seed, epoch)
         model.train()
         loss, acc = rm_loss(model, tokenizer, batches[index], cfg.max_tokens)
         loss.backward()
-        stats = guarded_step(model, optimizer, cfg.optim.grad_clip)
-        metrics = {
-            "loss": float(loss.detach()),
-            "train_batch_accuracy": acc,
-            "lr": lr,
-            "epoch": epoch,
-            **stats,
-        }
-        if index == per_epoch - 1 and held:
+        return {"loss": float(loss.detach()), "train_batch_accuracy": acc, "epoch": epoch}
+
+    def after(s: int, metrics: dict[str, Any]) -> bool:
+        if s % per_epoch == per_epoch - 1 and held:
             metrics["heldout_accuracy"] = accuracy(model, tokenizer, held, cfg)
-        if step % cfg.log_every == 0 or step == total or "heldout_accuracy" in metrics:
-            run_dir.log(step, metrics)
         result.update({k: metrics[k] for k in ("loss", "heldout_accuracy") if k in metrics})
-        bar.set_postfix(
-            loss=f"{metrics['loss']:.3f}", acc=f"{result.get('heldout_accuracy', math.nan):.3f}"
-        )
-        bar.update()
-    bar.close()
+        return "heldout_accuracy" in metrics
+
+    lr_at = partial(cosine_lr, total=total, lr_max=cfg.optim.lr, lr_min=cfg.optim.lr_min,
+                    warmup=cfg.optim.warmup_steps)
+    loop.run(0, total, lr_at, step, after=after, desc="rm",
+             postfix=lambda m: {"loss": f"{m['loss']:.3f}", "acc": f"{result.get('heldout_accuracy', math.nan):.3f}"})
     return result
 
 
