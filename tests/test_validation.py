@@ -56,7 +56,7 @@ BAD_VALUES = [
     (CurateConfig, ["balance.targets={math: -1}"], r"^config: balance\.targets\.math: "),
     (DPOConfig, ["beta=0"], r"^config: beta: "),
     (RMTrainConfig, ["heldout_fraction=1"], r"^config: heldout_fraction: .*less than 1"),
-    (RMTrainConfig, ["optim.lr=1e-5"], r"^config: optim\.lr_min \(0\.0001\) must be <= optim\.lr"),
+    (RMTrainConfig, ["optim.lr=1e-7"], r"^config: optim\.lr_min \(1e-06\) must be <= optim\.lr"),
     (CodeTestsStageConfig, ["min_agree=11"], r"^config: min_agree \(11\) must be <= max_solutions"),
     (MergeConfig, ["weights=[1, -1]"], r"^config: weights\.1: "),
     (Long2ShortConfig, ["samples.samples_per_prompt=0"], r"^config: samples\.samples_per_prompt: "),
