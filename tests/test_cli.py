@@ -16,7 +16,7 @@ COMMON = {"--config", "--out", "--set", "--overwrite", "--debug", "-h", "--help"
 EXPECTED_FLAGS = {
     "init-model": set(), "merge": set(), "demo": {"--quick"},
     "score": {"--data"}, "code-tests": {"--model", "--data"},
-    "eval": {"--model", "--data"}, "long2short": {"--model", "--data"}, "rm": {"--model", "--data"},
+    "eval": {"--model", "--data"}, "long2short": {"--model", "--data"}, "rm": {"--model", "--data", "--resume"},
     "pretrain": {"--model", "--data", "--resume"}, "sft": {"--model", "--data", "--resume"},
     "longcot": {"--model", "--data", "--resume"}, "curate": {"--model", "--data", "--resume"},
     "dpo": {"--model", "--data", "--resume"}, "rl": {"--model", "--data", "--resume", "--ray"},

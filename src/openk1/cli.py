@@ -68,7 +68,7 @@ COMMANDS: dict[str, Command] = {
                           "num_inputs=20 workers=4", flags=("model", "data"), required=("data",)),
     "rm": Command("rm", "RMTrainConfig",
                   "`rm train`: train a reward model on labelled responses (kind: classic | cot)",
-                  "kind=cot epochs=2", flags=("model", "data", "action"),
+                  "kind=cot epochs=2", flags=("model", "data", "action", "resume"),
                   required=("model", "data")),
     "merge": Command("merge", "MergeConfig",
                      "weighted average of checkpoints of one architecture (long2short)",

@@ -158,3 +158,28 @@ def test_split_is_seeded_and_disjoint() -> None:
     assert sorted(train + held) == sorted(rows)
     with pytest.raises(OpenK1Error, match="nothing to train"):
         rm.split(rows[:1], 0.9, seed=0)
+
+
+def test_rm_resume_is_exact(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A killed classic run resumed from its checkpoint ends with the uninterrupted run's weights
+    and metrics (same batch order mid-epoch, Adam's state restored)."""
+    import shutil
+
+    import torch
+
+    data, out = tmp_path / "labelled.jsonl", tmp_path / "run"
+    write_jsonl(data, arithmetic_rows(96))
+    args = ["rm", "train", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+            "--set", "epochs=2", "batch_size=16", "max_tokens=64", "optim.lr=3e-3", "log_every=1",
+            "checkpoint_every=3", "keep_checkpoints=0", "heldout_fraction=0.25"]
+    assert main(args) == 0   # 72 training rows: 5 steps per epoch, 10 in all; checkpoints 3, 6, 9, 10
+    full = dict(reward_model.load_reward_model(out / "model")[0].named_parameters())
+    metrics = (out / "metrics.jsonl").read_text()
+    for step in ("step_000010", "step_000009"):   # killed after step 7: the newest left is step 6
+        shutil.rmtree(out / "checkpoints" / step, ignore_errors=True)
+    shutil.rmtree(out / "model")
+    assert main(["rm", "train", "--out", str(out), "--resume"]) == 0
+    resumed = dict(reward_model.load_reward_model(out / "model")[0].named_parameters())
+    for name, value in full.items():
+        assert torch.equal(resumed[name], value), name
+    assert (out / "metrics.jsonl").read_text() == metrics

@@ -38,6 +38,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from pydantic import Field, model_validator
 
+from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
 from openk1.data.io import read_located, write_jsonl
 from openk1.data.packing import encode_row
@@ -79,6 +80,8 @@ class RMTrainConfig(StageConfig):
     template: str = Field(COT_TEMPLATE, description="cot: the judge's prompt; another one must be given to "
                           "the cot_verifier reward term too (summary.json verifier_options)")
     log_every: int = Field(10, gt=0, description="steps between metrics rows")
+    checkpoint_every: int = Field(0, ge=0, description="classic: steps between checkpoints (0 = only at the end)")
+    keep_checkpoints: int = Field(2, ge=0, description="newest checkpoints kept (0 = all)")
 
     @model_validator(mode="after")
     def _decay(self) -> RMTrainConfig:
@@ -186,7 +189,10 @@ def train(
 ) -> dict[str, float]:
     """Shuffled mini-batches for `epochs` on the shared step loop (loop.py); held-out accuracy
     after every epoch (that step is always logged)."""
-    loop = Loop(run_dir, model, make_optimizer(model, cfg.optim), cfg.optim.grad_clip, cfg.log_every)
+    loop = Loop(run_dir, model, make_optimizer(model, cfg.optim), cfg.optim.grad_clip, cfg.log_every,
+                model=model, tokenizer=tokenizer, checkpoint_every=cfg.checkpoint_every,
+                keep_checkpoints=cfg.keep_checkpoints)
+    first = loop.resume()["step"] if cfg.resume else 0   # the checkpoint's weights: train_classic
     per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = cfg.epochs * per_epoch
     result: dict[str, float] = {"steps": total}
@@ -194,7 +200,7 @@ def train(
 
     def step(s: int) -> dict[str, Any]:   # s: 0-based
         epoch, index = divmod(s, per_epoch)
-        if index == 0:
+        if index == 0 or not batches:   # an epoch's order; resumed mid-epoch: the same order
             batches[:] = _batches(data, cfg.batch_size, cfg.seed, epoch)
         model.train()
         loss, acc = rm_loss(model, tokenizer, batches[index], cfg.max_tokens)
@@ -209,7 +215,7 @@ def train(
 
     lr_at = partial(cosine_lr, total=total, lr_max=cfg.optim.lr, lr_min=cfg.optim.lr_min,
                     warmup=cfg.optim.warmup_steps)
-    loop.run(0, total, lr_at, step, after=after, desc="rm",
+    loop.run(first, total, lr_at, step, after=after, desc="rm",
              postfix=lambda m: {"loss": f"{m['loss']:.3f}", "acc": f"{result.get('heldout_accuracy', math.nan):.3f}"})
     return result
 
@@ -223,8 +229,13 @@ def _batches(data: list[Example], size: int, seed: int, epoch: int) -> list[list
 def train_classic(
     data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, run_dir: RunDir
 ) -> dict[str, Any]:
-    """The classifier: `train` above, then DIR/model."""
-    model, tokenizer = load_reward_model(model_dir(cfg.model))  # a run directory's model/ too
+    """The classifier: `train` above (from the newest checkpoint on --resume), then DIR/model."""
+    path = model_dir(cfg.model)   # a run directory's model/ too
+    if cfg.resume:
+        total = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+        check_resume_step(latest_checkpoint(run_dir.path), total, "steps")
+        path = latest_checkpoint(run_dir.path) / "model"
+    model, tokenizer = load_reward_model(path)
     run_dir.write_config(cfg)
     result = train(
         model, tokenizer, [r[:4] for r in data], [r[:4] for r in held], cfg, run_dir
@@ -288,6 +299,8 @@ def train_cot(
 ) -> dict[str, Any]:
     """The generative judge: SFT rows in DIR/cot_sft.jsonl, `train_lm` logging in DIR/sft,
     DIR/model, then held-out judging by `CoTVerifier` loaded from DIR/model."""
+    if cfg.resume:
+        raise OpenK1Error("rm train: --resume is supported for kind classic only (cot: run it again)")
     model, tokenizer = load_model(cfg.model)
     run_dir.write_config(cfg)
     rows_path = run_dir.path / "cot_sft.jsonl"
