@@ -280,12 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"openk1 {args.command}: interrupted", file=sys.stderr)
         return 130
-    if (notice := recommended_notice(args.command, taken)) and int(os.environ.get("RANK", "0")) == 0:
-        print(notice, file=sys.stderr)   # after the run: an error stays one line
-    if args.command != "demo" and int(os.environ.get("RANK", "0")) == 0:
-        from openk1.report.run_dir import to_json
+    if int(os.environ.get("RANK", "0")) == 0:
+        if notice := recommended_notice(args.command, taken):
+            print(notice, file=sys.stderr)   # after the run: an error stays one line
+        if args.command != "demo":
+            from openk1.report.run_dir import to_json
 
-        print(to_json(result, indent=2))
+            print(to_json(result, indent=2))
     return 0
 
 

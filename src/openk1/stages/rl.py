@@ -401,15 +401,17 @@ def current_logp(model: Any, rollout: Rollout, iteration: int, cfg: RLConfig) ->
     if len(rows) == 0:
         return rollout
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask, response_ids, action_mask = (
-        x[rows].to(device) for x in (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                     rollout.action_mask))
-    with torch.no_grad():
-        recomputed = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
-                                       dtype=PRECISIONS[cfg.precision], lean=cfg.lean,
-                                       temperature=cfg.sampling.temperature).float().cpu()   # [R, T]
     logp = rollout.logp.clone()
-    logp[rows] = torch.where(carried[rows], recomputed, logp[rows])
+    for chunk in rows.split(cfg.micro_batch_size or len(rows)):   # the update's memory bound
+        prompt_ids, prompt_mask, response_ids, action_mask = (x.to(device) for x in trim(
+            rollout.prompt_ids[chunk], rollout.prompt_mask[chunk],
+            rollout.response_ids[chunk], rollout.action_mask[chunk]))
+        with torch.no_grad():
+            recomputed = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
+                                           dtype=PRECISIONS[cfg.precision], lean=cfg.lean,
+                                           temperature=cfg.sampling.temperature).float().cpu()   # [c, t]
+        width = recomputed.shape[1]
+        logp[chunk, :width] = torch.where(carried[chunk, :width], recomputed, logp[chunk, :width])
     return dataclasses.replace(rollout, logp=logp)
 
 

@@ -194,7 +194,7 @@ def train(
                 keep_checkpoints=cfg.keep_checkpoints)
     first = loop.resume()["step"] if cfg.resume else 0   # the checkpoint's weights: train_classic
     per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total = cfg.epochs * per_epoch
+    total = classic_steps(cfg, len(data))
     result: dict[str, float] = {"steps": total}
     batches: list[list[Example]] = []
 
@@ -220,6 +220,11 @@ def train(
     return result
 
 
+def classic_steps(cfg: RMTrainConfig, rows: int) -> int:
+    """Optimizer steps of a classic run: epochs x ceil(rows / batch_size)."""
+    return cfg.epochs * math.ceil(rows / cfg.batch_size)
+
+
 def _batches(data: list[Example], size: int, seed: int, epoch: int) -> list[list[Example]]:
     order = list(range(len(data)))
     random.Random(f"{seed}-{epoch}").shuffle(order)
@@ -232,9 +237,9 @@ def train_classic(
     """The classifier: `train` above (from the newest checkpoint on --resume), then DIR/model."""
     path = model_dir(cfg.model)   # a run directory's model/ too
     if cfg.resume:
-        total = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
-        check_resume_step(latest_checkpoint(run_dir.path), total, "steps")
-        path = latest_checkpoint(run_dir.path) / "model"
+        checkpoint = latest_checkpoint(run_dir.path)
+        check_resume_step(checkpoint, classic_steps(cfg, len(data)), "steps")
+        path = checkpoint / "model"
     model, tokenizer = load_reward_model(path)
     run_dir.write_config(cfg)
     result = train(
