@@ -15,10 +15,11 @@ restarts), the RNG states and the stage's own checkpoint state, and drops the me
 the checkpoint; `run(start, ...)` then takes the remaining steps. A stage whose batch of step s
 is a function of s (or that skips what earlier steps consumed) resumes exactly.
 
-The RL update (stages/rl.py) keeps its own inner loop: its steps are counted per iteration (the
-LR warm-up restarts with the optimizer), a mini-batch without signal is skipped before its LR is
-set, a non-finite loss aborts the step on every rank before the guarded step, and it logs and
-checkpoints per iteration, not per step.
+The RL update (stages/rl.py) drives the same loop at two levels: `drive` over iterations (its
+body rolls out, scores and updates; the loop logs, evaluates through `after`, checkpoints every
+`checkpoint_every` iterations, shows the bar), and `step` for each of the iteration's optimizer
+steps (its own LR warm-up per iteration; a step function that finds a non-finite loss on any rank
+returns `skipped` = 1 and the loop drops the gradient without stepping).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Loop:
     tokenizer: Any = None
     checkpoint_every: int = 0     # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2     # newest kept (0 = all)
+    save_optimizer: bool = True   # Adam's state in checkpoints (never under FSDP: shards)
+    synced: bool = False          # the stage hands the weights to `model` itself (RL: each iteration)
 
     @classmethod
     def for_model(cls, model: Any, tokenizer: Any, optim: OptimConfig, run_dir: RunDir, *, log_every: int,
@@ -82,13 +85,21 @@ class Loop:
     def run(self, start: int, total: int, lr_at: Callable[[int], float], step_fn: StepFn, *,
             after: AfterFn | None = None, state: Callable[[], dict[str, Any]] = dict,
             postfix: Callable[[Metrics], dict[str, Any]] | None = None, desc: str = "") -> Metrics:
-        """Steps start..total-1 (module doc); `state()` is saved with each checkpoint. Returns the
-        last step's metrics ({} when there was none)."""
-        bar = tqdm(total=total, initial=start, desc=desc or self.run_dir.path.name, unit="step",
+        """Optimizer steps start..total-1 (module doc); `state()` is saved with each checkpoint.
+        Returns the last step's metrics ({} when there was none)."""
+        return self.drive(start, total, lambda step: self.step(step, lr_at(step), step_fn), after=after,
+                          state=state, postfix=postfix, desc=desc)
+
+    def drive(self, start: int, total: int, body: StepFn, *, after: AfterFn | None = None,
+              state: Callable[[], dict[str, Any]] = dict, postfix: Callable[[Metrics], dict[str, Any]] | None = None,
+              desc: str = "", unit: str = "step") -> Metrics:
+        """`body(i)` for i in start..total-1, each followed by `after`, logging, checkpointing
+        and the progress bar; `run` drives optimizer steps, the RL stage drives iterations."""
+        bar = tqdm(total=total, initial=start, desc=desc or self.run_dir.path.name, unit=unit,
                    dynamic_ncols=True, mininterval=1.0, disable=not runtime.is_main())
         metrics: Metrics = {}
         for step in range(start, total):
-            metrics = self.step(step, lr_at(step), step_fn)
+            metrics = body(step)
             marked = after(step, metrics) if after is not None else False
             if (step + 1) % self.log_every == 0 or step + 1 == total or marked:
                 self.run_dir.log(step + 1, metrics)
@@ -100,18 +111,24 @@ class Loop:
         return metrics
 
     def step(self, step: int, lr: float, step_fn: StepFn) -> Metrics:
-        """One optimizer step at `lr`: step_fn's backward, then clip and step (or skip)."""
+        """One optimizer step at `lr`: step_fn's backward, then clip and step (or skip). A step_fn
+        that returns `skipped` = 1 (a non-finite loss) has its gradient dropped, no step taken."""
         set_lr(self.optimizer, lr)
         metrics = step_fn(step)
+        if metrics.get("skipped"):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {**metrics, "grad_norm": float("nan"), "lr": lr}
         return {**metrics, **guarded_step(self.trainee, self.optimizer, self.grad_clip), "lr": lr}
 
     def save(self, step: int, state: dict[str, Any]) -> None:
         """Checkpoint `step`: every rank gathers the full weights into `model`, rank 0 writes
         (without Adam's state under FSDP: its shards are not saved)."""
-        fsdp.sync_weights(self.trainee, self.model)   # no-op in one process
+        if not self.synced:
+            fsdp.sync_weights(self.trainee, self.model)   # no-op in one process
         if runtime.is_main():
             save_checkpoint(self.run_dir.path, step, self.model, self.tokenizer,
-                            None if runtime.is_distributed() else self.optimizer, state, self.keep_checkpoints)
+                            self.optimizer if self.save_optimizer and not runtime.is_distributed() else None,
+                            state, self.keep_checkpoints)
 
     def _checkpoint_due(self, done: int, total: int) -> bool:
         if self.model is None:

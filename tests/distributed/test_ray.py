@@ -64,7 +64,9 @@ def test_rl_ray_equals_one_process(tiny_model_dir, tmp_path):
     assert len(steps) == 2 and steps[-1] == 4
     assert summary["ray"]["policy_version"] == sum(steps)
     assert summary["ray"]["weight_pushes"] == 1 + sum(1 for n in steps[:-1] if n > 0)
-    assert [r["step"] for r in m2] == [r["step"] for r in m1] == [0, 1, 2, 2]
+    # eval at 0 (eval_at_start), then one line per iteration, the evaluation's figures in it
+    assert [r["step"] for r in m2] == [r["step"] for r in m1] == [0, 1, 2]
+    assert "eval/accuracy" in m1[-1] and "update/steps" in m1[-1]
     assert all(r1.keys() == r2.keys() for r1, r2 in zip(m1, m2))
     # the trainer actor may run other kernels or thread counts than this process: metrics at
     # rounding level, the weights through their update (tests/distributed/compare.py)

@@ -48,6 +48,14 @@ def dpo_values(model, data, out):
             "optim": {"lr": 0.0005, "lr_min": 0.0002, "warmup_steps": 0, "grad_clip": 0.5}}
 
 
+def rm_values(model, data, out):
+    """10 training rows, 5 a step -> rank shares 3|2 in micro-batches of 2 (a padding pass on
+    rank 1); 2 epochs, held-out accuracy after each."""
+    return {"model": str(model), "data": str(data), "out": str(out), "epochs": 2, "batch_size": 5,
+            "micro_batch_size": 2, "log_every": 1, "heldout_fraction": 1 / 6, "max_tokens": 32,
+            "optim": {"lr": 0.003, "lr_min": 0.001, "warmup_steps": 1, "grad_clip": 0.5}}
+
+
 def rl_values(model, data, out):
     return {"model": str(model), "data": str(data), "eval_data": str(data), "out": str(out),
             "iterations": 2, "prompts_per_iter": 3, "samples_per_prompt": 4, "eval_every": 2,
@@ -70,9 +78,12 @@ def two_ranks(tiny_model_dir, fixed_batch, tmp_path_factory):
     write_jsonl(root / "rl.jsonl", rl_rows)
     write_jsonl(root / "dpo.jsonl", [{"prompt": f"{a}+1=", "chosen": f"\\boxed{{{a + 1}}}",
                                       "rejected": f"{a}+1 is \\boxed{{{a + 2}}}" + "!" * a} for a in range(7)])
+    write_jsonl(root / "rm.jsonl", [{"prompt": f"{a}+1=", "answer": str(a + 1), "response": str(a + 1 + a % 2),
+                                     "label": 1 - a % 2} for a in range(12)])
     calls = [("rl_update", (str(tiny_model_dir), str(fixed_batch), str(root / "update.pt"))),
              ("sft_run", (sft_values(tiny_model_dir, root / "sft.jsonl", root / "sft"),)),
              ("dpo_run", (dpo_values(tiny_model_dir, root / "dpo.jsonl", root / "dpo"),)),
+             ("rm_run", (rm_values(tiny_model_dir, root / "rm.jsonl", root / "rm"),)),
              ("rl_run", (rl_values(tiny_model_dir, root / "rl.jsonl", root / "rl"), str(root)))]
     run_ranks(workers.several, 2, calls)
     return root
@@ -176,6 +187,29 @@ def test_dpo_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path, m
     assert_trained_alike(tiny_model_dir, one, two, moved=1e-4)
 
 
+def test_rm_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
+    """The classifier on the shared loop under 2 ranks: the same losses, gradient norms and
+    held-out accuracy as one process, and the same update of the weights."""
+    from openk1.config import build
+    from openk1.rewards.reward_model import load_reward_model
+    from openk1.stages import rm
+
+    cfg = build(rm.RMTrainConfig, rm_values(tiny_model_dir, two_ranks / "rm.jsonl", tmp_path / "one"))
+    rm.run(cfg)
+    one, two = tmp_path / "one", two_ranks / "rm"
+    m1, m2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [r["step"] for r in m2] == [1, 2, 3, 4]            # rank 0 alone wrote the metrics
+    assert all(abs(r["loss"]) > 1e-3 for r in m1)
+    print(f"rm: metrics {assert_metrics_close(m1, m2, ('loss', 'grad_norm')):.1e} apart")
+    assert [r.get("heldout_accuracy") for r in m1] == [r.get("heldout_accuracy") for r in m2]
+    w1, w2 = (dict(load_reward_model(d / "model")[0].state_dict()) for d in (one, two))
+    torch.manual_seed(cfg.seed)                            # the head's initialisation, as rm.run draws it
+    start = dict(load_reward_model(tiny_model_dir)[0].state_dict())
+    assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-4
+    update = rel_diff(w2, w1, start)
+    assert update <= UPDATE_REL, f"rm: updates {update:.1e} apart"
+
+
 def test_rl_stage_on_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
     """`openk1 rl` under 2 ranks: each rank samples half the sequences (per-sequence random
     streams, so the same tokens), rank 0 alone writes, and the metrics and final weights are
@@ -200,7 +234,7 @@ def test_rl_stage_on_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp
     assert update <= UPDATE_REL, f"updates {update:.1e} apart"
     print(f"rl: updates {update:.1e} apart")
     m1, m2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
-    assert [r["step"] for r in m2] == [r["step"] for r in m1] == [0, 1, 2, 2]  # eval, 2 iters, eval
+    assert [r["step"] for r in m2] == [r["step"] for r in m1] == [0, 1, 2]  # eval, 2 iters (+ eval)
     train = [(r1, r2) for r1, r2 in zip(m1, m2) if "reward/mean" in r1]
     # the last iteration takes its 4 steps (an earlier one without signal, all advantages 0, may
     # skip its mini-batches: rl.update); 1 and 2 processes take the same (metrics below)

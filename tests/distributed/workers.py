@@ -37,7 +37,9 @@ def rl_update_results(model_dir: str, batch_path: str, dtype: torch.dtype = torc
     # each micro-batch's width (algo/opmd.py sums logp_old in its own dtype)
     rollout = dataclasses.replace(batch["rollout"], logp=batch["rollout"].logp.to(dtype))
     results: dict[str, Any] = {}
-    minibatch_step, guarded_step = rl._minibatch_step, rl.guarded_step
+    from openk1 import loop as step_loop
+
+    minibatch_step, guarded_step = rl.minibatch_step, step_loop.guarded_step
     for aggregation in AGGREGATIONS:
         model, _ = load_model(model_dir, dtype)
         trainee = fsdp.trainee(model)
@@ -48,12 +50,13 @@ def rl_update_results(model_dir: str, batch_path: str, dtype: torch.dtype = torc
         steps: list[dict[str, float]] = []
         grad: dict[str, torch.Tensor] = {}
         # spies on this process's rl module only
-        rl._minibatch_step, rl.guarded_step = _recording(minibatch_step, steps), _saving_first_grad(guarded_step, grad)
+        rl.minibatch_step = _recording(minibatch_step, steps)
+        step_loop.guarded_step = _saving_first_grad(guarded_step, grad)
         try:
-            metrics = rl.update(trainee, optimizer, rollout, batch["advantages"], cfg,
-                                torch.Generator().manual_seed(5))
+            metrics = rl.update(step_loop.Loop(None, trainee, optimizer, cfg.optim.grad_clip, 1), rollout,
+                                batch["advantages"], cfg, torch.Generator().manual_seed(5))
         finally:
-            rl._minibatch_step, rl.guarded_step = minibatch_step, guarded_step
+            rl.minibatch_step, step_loop.guarded_step = minibatch_step, guarded_step
         results[aggregation] = {"metrics": metrics, "steps": steps, "grad": grad,
                                 "weights": fsdp.full_state_dict(trainee)}
     return results
@@ -114,6 +117,14 @@ def dpo_run(rank: int, values: dict[str, Any]) -> None:
     from openk1.stages import dpo
 
     dpo.run(build(dpo.DPOConfig, values))
+    assert runtime.world_size() == 2
+
+
+def rm_run(rank: int, values: dict[str, Any]) -> None:
+    from openk1.config import build
+    from openk1.stages import rm
+
+    rm.run(build(rm.RMTrainConfig, values))
     assert runtime.world_size() == 2
 
 

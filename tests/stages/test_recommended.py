@@ -94,10 +94,11 @@ class Recorder:
     def __init__(self, inner) -> None:
         self.inner, self.seen = inner, []
 
-    def __call__(self, model, optimizer, *args, **kwargs):
+    def __call__(self, loop, *args, **kwargs):
+        optimizer = loop.optimizer
         steps = [int(s["step"]) for s in optimizer.state.values() if "step" in s]
         self.seen.append((id(optimizer), len(optimizer.state), max(steps, default=0)))
-        return self.inner(model, optimizer, *args, **kwargs)
+        return self.inner(loop, *args, **kwargs)
 
 
 def by_length(texts, problems, workers, rewards=None):

@@ -7,6 +7,7 @@ import pytest
 
 from openk1.config import build
 from openk1.data.io import write_jsonl
+from openk1.loop import Loop
 from openk1.report.run_dir import read_metrics
 from openk1.stages import rl
 
@@ -100,10 +101,11 @@ def test_non_finite_loss_skips_the_step(tmp_path, tiny):
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = make_optimizer(model, cfg.optim)
     advantages = torch.tensor([1.0, float("nan"), -1.0, 0.0])
-    stats = rl._minibatch_step(model, optimizer, rollout, advantages, torch.arange(4), cfg)
+    loop = Loop(None, model, optimizer, cfg.optim.grad_clip, 1)
+    stats = rl.minibatch_step(loop, rollout, advantages, torch.arange(4), cfg, cfg.optim.lr)
     assert stats["skipped"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    stats = rl._minibatch_step(model, optimizer, rollout, advantages.nan_to_num(0.0), torch.arange(4), cfg)
+    stats = rl.minibatch_step(loop, rollout, advantages.nan_to_num(0.0), torch.arange(4), cfg, cfg.optim.lr)
     assert stats["skipped"] == 0.0
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 

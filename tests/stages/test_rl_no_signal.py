@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from openk1.distributed import runtime
+from openk1.loop import Loop
 from openk1.models.io import load_model
 from openk1.optim import OptimConfig, make_optimizer
 from openk1.report.run_dir import read_metrics
@@ -53,17 +54,17 @@ def batch(tiny):
 def recorded_update(model, rollout, advantages, cfg, seed, monkeypatch):
     """rl.update's metrics and, per _minibatch_step call, (index, whether the weights changed)."""
     calls = []
-    step = rl._minibatch_step
+    step = rl.minibatch_step
 
-    def recording(model_, optimizer, rollout_, advantages_, index, cfg_):
-        before = [p.detach().clone() for p in model_.parameters()]
-        stats = step(model_, optimizer, rollout_, advantages_, index, cfg_)
-        calls.append((index.tolist(), not all(torch.equal(a, b) for a, b in zip(before, model_.parameters()))))
+    def recording(loop, rollout_, advantages_, index, cfg_, lr):
+        before = [p.detach().clone() for p in loop.trainee.parameters()]
+        stats = step(loop, rollout_, advantages_, index, cfg_, lr)
+        calls.append((index.tolist(), not all(torch.equal(a, b) for a, b in zip(before, loop.trainee.parameters()))))
         return stats
 
-    monkeypatch.setattr(rl, "_minibatch_step", recording)
-    optimizer = make_optimizer(model, cfg.optim)
-    metrics = rl.update(model, optimizer, rollout, advantages, cfg, torch.Generator().manual_seed(seed))
+    monkeypatch.setattr(rl, "minibatch_step", recording)
+    loop = Loop(None, model, make_optimizer(model, cfg.optim), cfg.optim.grad_clip, 1)
+    metrics = rl.update(loop, rollout, advantages, cfg, torch.Generator().manual_seed(seed))
     return metrics, calls
 
 

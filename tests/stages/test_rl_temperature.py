@@ -8,6 +8,7 @@ import torch
 
 from openk1.config import build, parse_overrides
 from openk1.errors import OpenK1Error
+from openk1.loop import Loop
 from openk1.models.forward import response_logprobs
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.rollout.vllm_engine import logprobs_mode_args
@@ -41,7 +42,8 @@ def test_first_step_log_ratio_is_zero_at_temperature_0_7(tiny):
     assert (tempered - untempered).abs().mean() > 100 * MAX_NEW * LOGP_ATOL   # not rounding
     cfg = rl.RLConfig(sampling=sampling, tau=0.5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats = rl._minibatch_step(model, optimizer, rollout, advantages, torch.arange(len(advantages)), cfg)
+    stats = rl.minibatch_step(Loop(None, model, optimizer, cfg.optim.grad_clip, 1), rollout, advantages,
+                              torch.arange(len(advantages)), cfg, 0.0)
     # measured: 4.4e-8 per token, 6.1e-7 per sequence
     assert stats["opmd/log_ratio_tok_abs"] < LOGP_ATOL            # mean_t |logp_t - logp_old_t|
     assert stats["opmd/log_ratio_seq_abs"] < MAX_NEW * LOGP_ATOL  # mean_j |l_j - l_old_j|

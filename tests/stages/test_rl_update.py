@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from openk1.loop import Loop
 from openk1.optim import OptimConfig
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.stages import rl
@@ -15,7 +16,7 @@ def step_deltas(model, rollout, advantages, index, micro_batch_size):
     cfg = rl.RLConfig(micro_batch_size=micro_batch_size, tau=0.5, optim=OptimConfig(grad_clip=0.0))
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats = rl._minibatch_step(model, optimizer, rollout, advantages, index, cfg)
+    stats = rl.minibatch_step(Loop(None, model, optimizer, 0.0, 1), rollout, advantages, index, cfg, 1.0)
     deltas = [p.detach() - b for p, b in zip(model.parameters(), before)]
     with torch.no_grad():
         for p, b in zip(model.parameters(), before):

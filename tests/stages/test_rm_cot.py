@@ -163,3 +163,33 @@ def test_bad_reasoning_names_file_row_field(tmp_path: Path, value: object) -> No
 def test_bad_settings_are_refused(values: dict, message: str) -> None:
     with pytest.raises(OpenK1Error, match=re.escape(message)):
         build(rm.RMTrainConfig, values)
+
+
+def test_cot_resume_is_exact(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A killed cot run resumed from its newest checkpoint (in DIR/sft) ends with the
+    uninterrupted run's weights and training metrics."""
+    import shutil
+
+    import torch
+
+    from openk1.cli import main
+    from openk1.models.io import load_model
+
+    data, out = tmp_path / "rows.jsonl", tmp_path / "run"
+    write_jsonl(data, [{"prompt": f"{i}+1=?", "answer": i + 1, "response": str(i + 1 + i % 2), "label": 1 - i % 2}
+                       for i in range(40)])
+    args = ["rm", "train", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+            "--set", "kind=cot", "epochs=2", "batch_size=8", "heldout_fraction=0", "log_every=1",
+            "checkpoint_every=4", "keep_checkpoints=0", "optim.lr=0.01", "optim.lr_min=0.001", "optim.warmup_steps=2"]
+    assert main(args) == 0   # 40 rows: 5 steps per epoch, 10 in all; checkpoints 4, 8, 10
+    full = dict(load_model(out / "model")[0].named_parameters())
+    metrics = (out / "sft" / "metrics.jsonl").read_text()
+    for step in ("step_000010", "step_000008"):   # killed after step 5: the newest left is step 4
+        shutil.rmtree(out / "sft" / "checkpoints" / step)
+    shutil.rmtree(out / "model")
+    assert main(["rm", "train", "--out", str(out), "--resume"]) == 0
+    resumed = dict(load_model(out / "model")[0].named_parameters())
+    assert any(not torch.equal(full[n], v) for n, v in load_model(tiny_model_dir)[0].named_parameters())
+    for name, value in full.items():
+        assert torch.equal(resumed[name], value), name
+    assert (out / "sft" / "metrics.jsonl").read_text() == metrics

@@ -25,7 +25,6 @@ fewer than `min_tests` inputs every input must be a valid test.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from pydantic import Field, model_validator
 from openk1.config import StageConfig
 from openk1.data.io import read_located, write_jsonl
 from openk1.errors import OpenK1Error
-from openk1.report.run_dir import open_run
+from openk1.frame import StageRun
 from openk1.rewards.code_tests import (
     CodeTestsConfig,
     Writer,
@@ -151,30 +150,26 @@ def model_writer(cfg: CodeTestsStageConfig) -> Writer:
 def run(cfg: CodeTestsStageConfig) -> dict[str, Any]:
     if not cfg.data or not cfg.out:
         raise OpenK1Error("code-tests: needs --data IN.jsonl --out DIR")
-    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
-    rows = load_code_rows(cfg.data, need_generator=not cfg.model)
-    run_dir.write_config(cfg)
-    start = time.perf_counter()
-    try:
-        kept, report = generate_tests_for_problems(
-            rows, recipe(cfg), model_writer(cfg) if cfg.model else None)
-    except SandboxUnavailable as exc:
-        raise OpenK1Error(f"code-tests: {exc}") from None
-    per_problem = [{**r, "row": r["row"] + 1} for r in report["per_problem"]]  # 1-based rows
-    for r in per_problem:
-        run_dir.log(r["row"], {k: v for k, v in r.items() if k != "row"})
-    write_jsonl(run_dir.path / "problems.jsonl", kept)
-    summary = {
-        "problems": report["problems"],
-        "kept": report["kept"],
-        "kept_fraction": report["kept"] / report["problems"],
-        "reasons": report["reasons"],
-        "generator_source": dict(Counter(str(r["generator_source"]) for r in per_problem)),
-        "tests_total": sum(len(row["tests"]) for row in kept),
-        "wall_seconds": time.perf_counter() - start,
-        "problems_file": str(run_dir.path / "problems.jsonl"),
-        "per_problem": per_problem,
-    }
-    run_dir.write_summary(summary)
-    run_dir.close()
-    return {k: v for k, v in summary.items() if k != "per_problem"}  # printed by the CLI
+    with StageRun(cfg, tensorboard=False) as frame:
+        rows = load_code_rows(cfg.data, need_generator=not cfg.model)
+        frame.begin()
+        try:
+            kept, report = generate_tests_for_problems(
+                rows, recipe(cfg), model_writer(cfg) if cfg.model else None)
+        except SandboxUnavailable as exc:
+            raise OpenK1Error(f"code-tests: {exc}") from None
+        per_problem = [{**r, "row": r["row"] + 1} for r in report["per_problem"]]  # 1-based rows
+        for r in per_problem:
+            frame.dir.log(r["row"], {k: v for k, v in r.items() if k != "row"})
+        write_jsonl(frame.path / "problems.jsonl", kept)
+        summary = frame.finish({
+            "problems": report["problems"],
+            "kept": report["kept"],
+            "kept_fraction": report["kept"] / report["problems"],
+            "reasons": report["reasons"],
+            "generator_source": dict(Counter(str(r["generator_source"]) for r in per_problem)),
+            "tests_total": sum(len(row["tests"]) for row in kept),
+            "problems_file": str(frame.path / "problems.jsonl"),
+            "per_problem": per_problem,
+        })
+        return {k: v for k, v in summary.items() if k != "per_problem"}  # printed by the CLI

@@ -48,7 +48,8 @@ from openk1.curate.tagging import TaggingSettings, tag
 from openk1.data.io import location, read_located, write_jsonl
 from openk1.data.prompt_cache import PromptCache, model_fingerprint
 from openk1.errors import OpenK1Error
-from openk1.report.run_dir import RunDir, atomic_file, open_run
+from openk1.frame import StageRun
+from openk1.report.run_dir import atomic_file
 from openk1.rewards.scoring import VERIFIERS
 from openk1.rollout.engine import RolloutEngine
 from openk1.rollout.hf import HFEngine, SamplingConfig
@@ -169,10 +170,10 @@ def _bar_png(path: Path, title: str, series: dict[str, dict[str, int]], xlabel: 
     return path
 
 
-def write_report(run_dir: RunDir, kept: list[dict[str, Any]], dropped: list[dict[str, Any]],
+def write_report(out: Path, kept: list[dict[str, Any]], dropped: list[dict[str, Any]],
                  summary: dict[str, Any]) -> dict[str, Any]:
-    """curated.jsonl, dropped.jsonl, the PNG plots and summary.json in the run directory."""
-    out = run_dir.begin()
+    """curated.jsonl, dropped.jsonl and the PNG plots in the run directory `out`; the summary
+    with their paths."""
     write_jsonl(out / "curated.jsonl", kept)
     write_jsonl(out / "dropped.jsonl", dropped)
     plots = [_bar_png(out / "filters.png", "rows removed by each filter",
@@ -181,23 +182,21 @@ def write_report(run_dir: RunDir, kept: list[dict[str, Any]], dropped: list[dict
     if "pass_rate_histogram" in summary:
         plots.append(_bar_png(out / "pass_rate.png", "pass rate per prompt (before dropping)",
                               {"prompts": summary["pass_rate_histogram"]}, xlabel="pass rate"))
-    summary = {**summary, "files": {name: str(out / name) for name in ("curated.jsonl", "dropped.jsonl")},
-               "plots": [str(p) for p in plots]}
-    run_dir.write_summary(summary)
-    return summary
+    return {**summary, "files": {name: str(out / name) for name in ("curated.jsonl", "dropped.jsonl")},
+            "plots": [str(p) for p in plots]}
 
 
 def run(cfg: CurateConfig) -> dict[str, Any]:
     if not cfg.data:
         raise OpenK1Error("curate: needs --data FILE (the candidate problems)")
-    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
-    located = read_located(cfg.data)
-    model, tokenizer = None, None
-    if cfg.model:
-        from openk1.models.io import load_model
+    with StageRun(cfg, tensorboard=False) as frame:
+        located = read_located(cfg.data)
+        model, tokenizer = None, None
+        if cfg.model:
+            from openk1.models.io import load_model
 
-        model, tokenizer = load_model(cfg.model)
-    run_dir.write_config(cfg)
-    kept, dropped, summary = curate([row for _, row in located], cfg, model, tokenizer,
-                                    where=[where for where, _ in located])
-    return write_report(run_dir, kept, dropped, summary)
+            model, tokenizer = load_model(cfg.model)
+        frame.begin()
+        kept, dropped, summary = curate([row for _, row in located], cfg, model, tokenizer,
+                                        where=[where for where, _ in located])
+        return frame.finish(write_report(frame.path, kept, dropped, summary))

@@ -17,7 +17,6 @@ section starts from `presets/long2short_demo.yaml`.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,9 @@ from pydantic import Field
 from openk1.config import StageConfig, build, merge, read_yaml
 from openk1.data.io import load_problems, write_jsonl
 from openk1.data.synthetic import TaskConfig, make_task, sft_rows
+from openk1.frame import StageRun
 from openk1.models.io import load_model
 from openk1.models.tiny import TinyModelConfig
-from openk1.report.run_dir import open_run
 from openk1.stages import curate, init_model, long2short, longcot, pretrain, rl, sft
 from openk1.stages.curate import CurateConfig
 from openk1.stages.eval import EvalSettings, evaluate
@@ -84,10 +83,14 @@ def stage_config(cls: type, section: Any, **fields: Any) -> Any:
 
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
-    start = time.perf_counter()
-    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
-    run_dir.write_config(cfg)
-    root = run_dir.path
+    with StageRun(cfg, tensorboard=False) as frame:
+        frame.begin()
+        return _run_stages(cfg, frame)
+
+
+def _run_stages(cfg: DemoConfig, frame: StageRun) -> dict[str, Any]:
+    """Every stage in turn, each in its own folder of the demo's run directory."""
+    root = frame.path
     paths = make_data(cfg, root)
     pre, plain, long = lm_stages(cfg, root, paths)
     dedup = merge(cfg.curate.dedup.model_dump(), {"decontaminate": [paths["heldout"]]})
@@ -104,9 +107,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                                         out=str(root / "long2short"), seed=cfg.seed))
     stages = [_entry("pretrain", pre), _entry("sft", plain), _entry("longcot_sft", long),
               _entry("rl", rl_summary)] + [_entry(e["name"], e) for e in short["stages"]]
-    summary = {"stages": stages, "curate": _curate_entry(curated),
-               "wall_seconds": time.perf_counter() - start}
-    run_dir.write_summary(summary)
+    summary = frame.finish({"stages": stages, "curate": _curate_entry(curated)})
     print(table(stages))
     return summary
 

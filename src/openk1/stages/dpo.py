@@ -15,7 +15,6 @@ The data order is a function of (seed, epoch), so resume needs no data state.
 from __future__ import annotations
 
 import math
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,10 @@ from openk1.config import StageConfig
 from openk1.data.batching import encode_pairs
 from openk1.data.io import _field, load_problems, read_located
 from openk1.distributed import runtime
+from openk1.frame import StageRun
 from openk1.loop import Loop, accumulate_micro
 from openk1.models.forward import eval_mode, response_logprobs, trim
-from openk1.models.io import load_model, save_model
+from openk1.models.io import load_model
 from openk1.optim import OptimConfig, check_decay, cosine_lr
 from openk1.report.run_dir import RunDir, atomic_file
 from openk1.rewards.scoring import RewardConfig
@@ -137,29 +137,23 @@ def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.T
 
 
 def run(cfg: DPOConfig) -> dict[str, Any]:
-    start = time.perf_counter()
-    run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes, the others do not
-    pairs = load_pairs(cfg.data)
-    held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
-    if cfg.resume:
-        check_resume_step(latest_checkpoint(run_dir.path), total_steps(cfg, len(pairs)), "steps")
-    model, tokenizer = load_model(str(latest_checkpoint(run_dir.path) / "model") if cfg.resume else cfg.model)
-    run_dir.write_config(cfg)   # the inputs are valid: the run starts writing
-    reference = _reference(cfg, run_dir, pairs)
-    loop = Loop.for_model(model, tokenizer, cfg.optim, run_dir, log_every=cfg.log_every,
-                          checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
-    first = loop.resume()["step"] if cfg.resume else 0
-    summary = train(loop, tokenizer, pairs, reference, cfg, first)
-    if runtime.is_main():
-        save_model(model, tokenizer, run_dir.path / "model")
-    if held_out and runtime.is_main():
-        result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
-        summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
-    summary.update(model=str(run_dir.path / "model"), pairs=len(pairs),
-                   wall_seconds=time.perf_counter() - start)
-    run_dir.write_summary(summary)
-    run_dir.close()
-    return summary
+    with StageRun(cfg) as frame:
+        pairs = load_pairs(cfg.data)
+        held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
+        if cfg.resume:
+            check_resume_step(latest_checkpoint(frame.path), total_steps(cfg, len(pairs)), "steps")
+        model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model)
+        frame.begin()   # the inputs are valid: the run starts writing
+        reference = _reference(cfg, frame.dir, pairs)
+        loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=cfg.log_every,
+                              checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+        first = loop.resume()["step"] if cfg.resume else 0
+        summary = train(loop, tokenizer, pairs, reference, cfg, first)
+        summary.update(model=frame.save_model(model, tokenizer), pairs=len(pairs))
+        if held_out and runtime.is_main():
+            result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
+            summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
+        return frame.finish(summary)
 
 
 def _reference(cfg: DPOConfig, run_dir: RunDir, pairs: list[Pair]) -> torch.Tensor:

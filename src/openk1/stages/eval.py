@@ -26,8 +26,9 @@ from tqdm import tqdm
 from openk1.config import Section, StageConfig
 from openk1.data.io import load_problems, write_jsonl
 from openk1.errors import OpenK1Error
+from openk1.frame import StageRun
 from openk1.models.io import load_model
-from openk1.report.run_dir import atomic_write_text, check_inputs_outside, open_run
+from openk1.report.run_dir import atomic_write_text, check_inputs_outside
 from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.types import Problem
@@ -151,33 +152,30 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     """DIR/config.yaml, DIR/samples.jsonl (every sample of every benchmark, its reward and
     verdict), one row of DIR/metrics.jsonl and TensorBoard scalars (step 0), DIR/summary.json
     (--data's numbers at the top level, every benchmark under `benchmarks`), DIR/results.md."""
-    run_dir = open_run(cfg)   # the run-directory contract
-    files = benchmark_files(cfg)
-    loaded = [(name, load_problems(path)) for name, path in files]   # all validate first
-    model, tokenizer = load_model(cfg.model)
-    run_dir.write_config(cfg)
-    start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    metrics: dict[str, Any] = {}
-    benchmarks: dict[str, dict[str, Any]] = {}
-    result: dict[str, Any] = {}
-    for i, (name, problems) in enumerate(loaded):
-        got = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=True, rewards=cfg.rewards)
-        rows += [{"benchmark": name, **row} for row in got.pop("rows")]
-        benchmarks[name] = benchmark_entry(got)
-        metrics.update({f"eval/{name}/{key}": v for key, v in got.items() if key in
-                        ("pass_at_1", "mean_tokens", "problems")})
-        metrics.update({f"eval/{name}/stop/{r}": v for r, v in got["stop"].items()})
-        if i == 0:
-            result = got
-    result["wall_seconds"] = time.perf_counter() - start
-    result["benchmarks"] = benchmarks
-    write_jsonl(run_dir.path / "samples.jsonl", rows)
-    run_dir.log(0, {**{f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))},
-                    **metrics})
-    table = results_table(benchmarks)
-    atomic_write_text(run_dir.path / "results.md", table)
-    print(table, file=sys.stderr, end="")
-    run_dir.write_summary(result)
-    run_dir.close()
-    return result
+    with StageRun(cfg) as frame:
+        files = benchmark_files(cfg)
+        loaded = [(name, load_problems(path)) for name, path in files]   # all validate first
+        model, tokenizer = load_model(cfg.model)
+        frame.begin()
+        rows: list[dict[str, Any]] = []
+        metrics: dict[str, Any] = {}
+        benchmarks: dict[str, dict[str, Any]] = {}
+        result: dict[str, Any] = {}
+        for i, (name, problems) in enumerate(loaded):
+            got = evaluate(model, tokenizer, problems, cfg.eval, keep_samples=True, rewards=cfg.rewards)
+            rows += [{"benchmark": name, **row} for row in got.pop("rows")]
+            benchmarks[name] = benchmark_entry(got)
+            metrics.update({f"eval/{name}/{key}": v for key, v in got.items() if key in
+                            ("pass_at_1", "mean_tokens", "problems")})
+            metrics.update({f"eval/{name}/stop/{r}": v for r, v in got["stop"].items()})
+            if i == 0:
+                result = got
+        result["wall_seconds"] = time.perf_counter() - frame.started
+        result["benchmarks"] = benchmarks
+        write_jsonl(frame.path / "samples.jsonl", rows)
+        frame.dir.log(0, {**{f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))},
+                          **metrics})
+        table = results_table(benchmarks)
+        atomic_write_text(frame.path / "results.md", table)
+        print(table, file=sys.stderr, end="")
+        return frame.finish(result)

@@ -33,9 +33,9 @@ from tqdm import tqdm
 from openk1.config import Section, StageConfig, build, merge, read_yaml
 from openk1.data.io import load_problems, write_jsonl
 from openk1.errors import OpenK1Error
+from openk1.frame import StageRun
 from openk1.models.io import load_model
 from openk1.report.plots import plot_tradeoff
-from openk1.report.run_dir import open_run
 from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.stages import dpo as dpo_stage
@@ -262,19 +262,23 @@ def table(entries: list[dict[str, Any]], long: dict[str, Any]) -> str:
 
 
 def run(cfg: Long2ShortConfig) -> dict[str, Any]:
-    start = time.perf_counter()
     if not (cfg.model and cfg.data and cfg.eval_data):
         raise OpenK1Error("long2short: needs --model (the long-CoT RL model), --data (training "
                           "problems) and eval_data (held-out problems)")
-    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
-    held_out = load_problems(cfg.eval_data)
-    load_problems(cfg.data)   # the training problems are checked before anything is written
-    run_dir.write_config(cfg)
+    with StageRun(cfg, tensorboard=False) as frame:
+        held_out = load_problems(cfg.eval_data)
+        load_problems(cfg.data)   # the training problems are checked before anything is written
+        frame.begin()
+        return _run_methods(cfg, frame, held_out)
+
+
+def _run_methods(cfg: Long2ShortConfig, frame: StageRun, held_out: list[Problem]) -> dict[str, Any]:
+    """The long model's figures, then each method trained and evaluated; the table and plot."""
     bar = tqdm(total=len(cfg.methods) + 1, desc="long2short", unit="method", dynamic_ncols=True)
     bar.set_postfix_str("evaluating the long model")
     long = reference_entry(cfg, held_out)
     bar.update()
-    ctx, entries = Context(cfg, run_dir.path), []
+    ctx, entries = Context(cfg, frame.path), []
     t0 = time.perf_counter()
     if {"shortest_rs", "dpo"} & set(cfg.methods):
         bar.set_postfix_str("sampling")
@@ -290,10 +294,8 @@ def run(cfg: Long2ShortConfig) -> dict[str, Any]:
         bar.update()
     bar.close()
     text = table(entries, long)
-    plot = plot_tradeoff(entries, long, run_dir.path / "tradeoff.png")
-    summary = {"reference": long, "stages": entries, **{e["name"]: e for e in entries},
-               "table": text, "plot": str(plot), "sample_seconds": sample_seconds,
-               "wall_seconds": time.perf_counter() - start}
-    run_dir.write_summary(summary)
+    plot = plot_tradeoff(entries, long, frame.path / "tradeoff.png")
+    summary = frame.finish({"reference": long, "stages": entries, **{e["name"]: e for e in entries},
+                            "table": text, "plot": str(plot), "sample_seconds": sample_seconds})
     print(text)
     return summary

@@ -23,8 +23,9 @@ from pydantic import Field
 from openk1.config import Section
 from openk1.data.io import load_problems, write_jsonl
 from openk1.errors import OpenK1Error
+from openk1.frame import StageRun
 from openk1.models.io import load_model
-from openk1.report.run_dir import RunDir, atomic_write_text, open_run, to_json
+from openk1.report.run_dir import atomic_write_text, to_json
 from openk1.rewards.scoring import score_many
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.stages import sft
@@ -115,17 +116,17 @@ def build(problems: list[Problem], model: Any, tokenizer: Any, settings: BuildSe
     return rows, acceptance(problems, correct, k)
 
 
-def run_build(cfg: LongCoTConfig, run_dir: RunDir) -> dict[str, Any]:
+def run_build(cfg: LongCoTConfig, frame: StageRun) -> dict[str, Any]:
     problems = load_problems(cfg.data)
     model, tokenizer = load_model(cfg.build.generator or cfg.model)
-    run_dir.write_config(cfg)   # the inputs are valid: the run starts writing
+    frame.begin()   # the inputs are valid: the run starts writing
     rows, stats = build(problems, model, tokenizer, cfg.build)
-    atomic_write_text(run_dir.path / "longcot_stats.json", to_json(stats, indent=2) + "\n")
+    atomic_write_text(frame.path / "longcot_stats.json", to_json(stats, indent=2) + "\n")
     if not rows:
         raise OpenK1Error(f"{cfg.data}: no verified trace was kept (acceptance 0, see "
-                          f"{run_dir.path / 'longcot_stats.json'}); check the generator, the "
+                          f"{frame.path / 'longcot_stats.json'}); check the generator, the "
                           "template or max_new_tokens")
-    path = cfg.dataset or str(run_dir.path / "longcot.jsonl")
+    path = cfg.dataset or str(frame.path / "longcot.jsonl")
     write_jsonl(path, rows)
     return {"dataset": path, "rows": len(rows), "acceptance": stats["all"]["sample_acceptance"],
             "prompt_acceptance": stats["all"]["prompt_acceptance"]}
@@ -135,21 +136,20 @@ def run(cfg: LongCoTConfig) -> dict[str, Any]:
     """build, train, or both; train reads `dataset` (or DIR/longcot.jsonl) and trains in DIR/sft.
 
     `--resume` of `all` does not build again once the dataset is there."""
-    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
-    dataset = cfg.dataset or str(run_dir.path / "longcot.jsonl")
-    if cfg.action == "train" and cfg.overwrite and Path(dataset).resolve().is_relative_to(run_dir.path.resolve()):
-        raise OpenK1Error(f"{run_dir.path}: --overwrite would delete the dataset {dataset}; "
-                          "`longcot train --out DIR` without it continues the build in DIR")
-    built = (run_dir.path / "summary.json").is_file() and Path(dataset).is_file()
-    summary: dict[str, Any] = json.loads((run_dir.path / "summary.json").read_text()) if built else {}
-    if cfg.action in ("build", "all") and not (cfg.resume and built):
-        summary = {"build": run_build(cfg, run_dir)}
-    if cfg.action in ("train", "all"):
-        if not Path(dataset).exists():
-            raise OpenK1Error(f"{dataset}: no long-CoT dataset; run `openk1 longcot build` first")
-        run_dir.write_config(cfg)
-        train_cfg = sft.SFTConfig(**{k: getattr(cfg, k) for k in sft.SFTConfig.model_fields},)
-        train_cfg = train_cfg.model_copy(update={"data": dataset, "out": str(run_dir.path / "sft")})
-        summary = {"build": summary.get("build", {}), **sft.run(train_cfg)}
-    run_dir.write_summary(summary)
-    return summary
+    with StageRun(cfg, tensorboard=False) as frame:
+        dataset = cfg.dataset or str(frame.path / "longcot.jsonl")
+        if cfg.action == "train" and cfg.overwrite and Path(dataset).resolve().is_relative_to(frame.path.resolve()):
+            raise OpenK1Error(f"{frame.path}: --overwrite would delete the dataset {dataset}; "
+                              "`longcot train --out DIR` without it continues the build in DIR")
+        built = (frame.path / "summary.json").is_file() and Path(dataset).is_file()
+        summary: dict[str, Any] = json.loads((frame.path / "summary.json").read_text()) if built else {}
+        if cfg.action in ("build", "all") and not (cfg.resume and built):
+            summary = {"build": run_build(cfg, frame)}
+        if cfg.action in ("train", "all"):
+            if not Path(dataset).exists():
+                raise OpenK1Error(f"{dataset}: no long-CoT dataset; run `openk1 longcot build` first")
+            frame.begin()
+            train_cfg = sft.SFTConfig(**{k: getattr(cfg, k) for k in sft.SFTConfig.model_fields},)
+            train_cfg = train_cfg.model_copy(update={"data": dataset, "out": str(frame.path / "sft")})
+            summary = {"build": summary.get("build", {}), **sft.run(train_cfg)}
+        return frame.finish(summary)

@@ -20,9 +20,9 @@ from pydantic import Field
 
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
+from openk1.frame import StageRun
 from openk1.models.io import load_model
 from openk1.models.merge import merge_checkpoints
-from openk1.report.run_dir import open_run
 from openk1.rewards.scoring import RewardConfig
 from openk1.stages.eval import EvalSettings, evaluate
 
@@ -37,20 +37,16 @@ class MergeConfig(StageConfig):
 
 
 def run(cfg: MergeConfig) -> dict[str, Any]:
-    start = time.perf_counter()
-    run_dir = open_run(cfg, tensorboard=False)   # the run-directory contract
-    held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
-    summary = merge_checkpoints(cfg.models, cfg.weights, run_dir.path / "model",
-                                checked=lambda: run_dir.write_config(cfg))
-    summary["weights_renormalised"] = renormalised(cfg.weights, summary["weights"])
-    summary["merge_seconds"] = time.perf_counter() - start
-    if held_out:
-        model, tokenizer = load_model(summary["model"])
-        result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
-        summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
-    summary["wall_seconds"] = time.perf_counter() - start
-    run_dir.write_summary(summary)
-    return summary
+    with StageRun(cfg, tensorboard=False) as frame:
+        held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
+        summary = merge_checkpoints(cfg.models, cfg.weights, frame.path / "model", checked=frame.begin)
+        summary["weights_renormalised"] = renormalised(cfg.weights, summary["weights"])
+        summary["merge_seconds"] = time.perf_counter() - frame.started
+        if held_out:
+            model, tokenizer = load_model(summary["model"])
+            result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
+            summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
+        return frame.finish(summary)
 
 
 def renormalised(given: list[float], used: list[float]) -> bool:

@@ -15,7 +15,6 @@ preset's budgets are ours.
 from __future__ import annotations
 
 import random
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from openk1.config import Section
 from openk1.data.io import write_jsonl
 from openk1.data.packing import OverlongRule, encode_row
 from openk1.data.synthetic import long_response, operands, prompt_text
-from openk1.distributed import runtime
-from openk1.models.io import load_model, save_model
+from openk1.frame import StageRun
+from openk1.models.io import load_model
 from openk1.schedules import Stage
 from openk1.trainer import LMConfig, model_path, train_lm
 
@@ -42,19 +41,13 @@ class PretrainConfig(LMConfig):
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
-    run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes
-    model, tokenizer = load_model(model_path(cfg, run_dir))
-    torch.manual_seed(cfg.seed)
-    start = time.perf_counter()
-    summary: dict[str, Any] = train_lm(model, tokenizer, cfg, list(cfg.stages),
-                                       partial(encode_row, tokenizer=tokenizer), run_dir)
-    if runtime.is_main():
-        save_model(model, tokenizer, run_dir.path / "model")
-    summary["wall_seconds"] = time.perf_counter() - start
-    summary["model"] = str(run_dir.path / "model")
-    run_dir.write_summary(summary)
-    run_dir.close()
-    return summary
+    with StageRun(cfg) as frame:
+        model, tokenizer = load_model(model_path(cfg, frame.dir))
+        torch.manual_seed(cfg.seed)
+        summary: dict[str, Any] = train_lm(model, tokenizer, cfg, list(cfg.stages),
+                                           partial(encode_row, tokenizer=tokenizer), frame.dir)
+        summary["model"] = frame.save_model(model, tokenizer)
+        return frame.finish(summary)
 
 
 class CorpusConfig(Section):

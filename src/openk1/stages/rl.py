@@ -28,27 +28,28 @@ keeps Adam's state across iterations (`reset_optimizer: false`): measured in doc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
-from tqdm import tqdm
 
 from openk1.algo.aggregate import global_normaliser
 from openk1.algo.opmd import compute_advantages, opmd_loss
-from openk1.checkpoint import check_resume_step, latest_checkpoint, load_state, save_checkpoint
+from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
 from openk1.distributed import fsdp, runtime
 from openk1.distributed.rollout import ShardedEngine
 from openk1.distributed.settings import RaySettings
+from openk1.frame import StageRun
+from openk1.loop import Loop
 from openk1.models.forward import PRECISIONS, response_logprobs, tokenize, trim
-from openk1.models.io import load_model, save_model
-from openk1.optim import OptimConfig, guarded_step, make_optimizer, set_lr
+from openk1.models.io import load_model
+from openk1.optim import OptimConfig, make_optimizer
 from openk1.report.plots import plot_curves
-from openk1.report.run_dir import RunDir
 from openk1.rewards.length import length_penalty_weight, length_rewards
 from openk1.rewards.scoring import RewardConfig, Scorer, score_many
 from openk1.rollout import partial
@@ -150,9 +151,9 @@ def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: in
     return rewards, correct, {"reward/length_weight": weight}
 
 
-def update(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
-           advantages: torch.Tensor, cfg: RLConfig, generator: torch.Generator) -> dict[str, float]:
-    """Up to M = minibatches x epochs optimizer steps on the OPMD surrogate; returns metrics.
+def update(loop: Loop, rollout: Rollout, advantages: torch.Tensor, cfg: RLConfig,
+           generator: torch.Generator) -> dict[str, float]:
+    """Up to M = minibatches x epochs optimizer steps of `loop` on the OPMD surrogate; returns metrics.
 
     A mini-batch whose advantages are all exactly 0 is skipped (no forward, no step) as long as
     no step has moved the weights in this iteration: at theta = theta_i its gradient is the tau
@@ -163,20 +164,20 @@ def update(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
 
     Metrics: `update/steps` (optimizer steps taken), `update/skipped` (mini-batches skipped for a
     non-finite loss or gradient), `update/skipped_no_signal` (mini-batches skipped for all-zero
-    advantages), and `update/{loss,grad_norm,opmd/*}`: means over the steps taken (absent when
-    none was).
+    advantages), and `update/{loss,grad_norm,lr,opmd/*}`: means over the steps taken (absent
+    when none was).
     """
     B = advantages.shape[0]
     totals: dict[str, float] = {}
     steps = skipped = no_signal = 0
-    model.train()
+    loop.trainee.train()
     for _ in range(cfg.epochs_per_iter):
         for minibatch in torch.randperm(B, generator=generator).chunk(cfg.minibatches_per_iter):
             if steps == 0 and not bool(advantages[minibatch].ne(0).any()):   # NaN != 0: not flat
                 no_signal += 1
                 continue
-            set_lr(optimizer, iteration_lr(steps, cfg.optim))
-            stats = _minibatch_step(model, optimizer, rollout, advantages, runtime.shard(minibatch), cfg)
+            stats = minibatch_step(loop, rollout, advantages, runtime.shard(minibatch), cfg,
+                                   iteration_lr(steps, cfg.optim))
             if stats.pop("skipped", 0.0):   # non-finite: the weights did not move
                 skipped += 1
                 continue
@@ -199,10 +200,17 @@ def iteration_lr(step: int, optim: OptimConfig) -> float:
     return optim.lr * min(1.0, (step + 1) / optim.warmup_steps) if optim.warmup_steps else optim.lr
 
 
-def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollout,
-                    advantages: torch.Tensor, index: torch.Tensor, cfg: RLConfig) -> dict[str, float]:
-    """One optimizer step over `index` (this rank's share of the mini-batch under torchrun),
-    accumulated over micro-batches with one normaliser counted over all ranks."""
+def minibatch_step(loop: Loop, rollout: Rollout, advantages: torch.Tensor, index: torch.Tensor,
+                   cfg: RLConfig, lr: float) -> dict[str, float]:
+    """One optimizer step of `loop` at `lr` over `index` (this rank's share of the mini-batch
+    under torchrun)."""
+    return loop.step(0, lr, functools.partial(_minibatch_backward, loop.trainee, rollout, advantages, index, cfg))
+
+
+def _minibatch_backward(model: Any, rollout: Rollout, advantages: torch.Tensor, index: torch.Tensor,
+                        cfg: RLConfig, _step: int) -> dict[str, float]:
+    """The backward of one mini-batch, accumulated over micro-batches with one normaliser
+    counted over all ranks; `skipped` = 1 when the loss is not finite on some rank."""
     normaliser = global_normaliser(cfg.aggregation, rollout.action_mask[index], all_reduce=True)
     device = next(model.parameters()).device
     loss_sum, finite, rows = 0.0, True, 0
@@ -233,10 +241,8 @@ def _minibatch_step(model: Any, optimizer: torch.optim.Optimizer, rollout: Rollo
             metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * len(micro)
         rows += len(micro)
     if not runtime.all_true(finite):
-        optimizer.zero_grad(set_to_none=True)
-        return {"loss": float("nan"), "skipped": 1.0, "grad_norm": float("nan")}
-    stats = guarded_step(model, optimizer, cfg.optim.grad_clip)
-    return {"loss": runtime.all_reduce_sum(loss_sum), **stats, **{k: v / max(rows, 1) for k, v in metric_sums.items()}}
+        return {"loss": float("nan"), "skipped": 1.0}
+    return {"loss": runtime.all_reduce_sum(loss_sum), **{k: v / max(rows, 1) for k, v in metric_sums.items()}}
 
 
 def by_length(index: torch.Tensor, rollout: Rollout) -> torch.Tensor:
@@ -288,80 +294,78 @@ def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer |
     """`make_engine(model, tokenizer)` and `score` replace the in-process rollout engine and
     verifier (stages/rl_ray.py passes Ray actors); by default HFEngine (split across torchrun
     ranks). The engine is closed when the loop ends."""
-    run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes, others do not
-    problems = load_problems(cfg.data)
-    held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
-    start_iteration, model_path = 0, cfg.model
-    if cfg.resume:
-        checkpoint = latest_checkpoint(run_dir.path)
-        model_path = str(checkpoint / "model")
-        check_resume_step(checkpoint, cfg.iterations, "iterations")
-    model, tokenizer = load_model(model_path)
-    trainee = fsdp.trainee(model)   # FSDP2 copy under torchrun (distributed/fsdp.py); else model
-    optimizer = make_optimizer(trainee, cfg.optim)
-    sampler = make_sampler(cfg.sampler, problems, cfg.seed)
-    buffer = ReplayBuffer()   # partial rollouts carried between iterations
-    if cfg.resume:
-        state = load_state(checkpoint, None if runtime.is_distributed() else optimizer)
-        sampler.load_state_dict(state["sampler"])
-        buffer.load_state_dict(state.get("partial", {"groups": []}))
-        start_iteration = state["step"]
-        run_dir.truncate_metrics(start_iteration)
-    run_dir.write_config(cfg)
-    engine = (make_engine(model, tokenizer) if make_engine else
-              ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision])))
-    try:
-        summary = train(model, tokenizer, optimizer, engine, sampler, buffer, problems, held_out, cfg,
-                        run_dir, start_iteration, trainee=trainee, score=score)
-    finally:
-        engine.close()
-    if runtime.is_main():
-        save_model(model, tokenizer, run_dir.path / "model")
-        plot_curves(run_dir.metrics_path, PLOTTED, run_dir.path / "curves.png", title="openk1 rl")
-    summary["model"] = str(run_dir.path / "model")
-    run_dir.write_summary(summary)
-    run_dir.close()
-    return summary
+    with StageRun(cfg) as frame:
+        problems = load_problems(cfg.data)
+        held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
+        if cfg.resume:
+            check_resume_step(latest_checkpoint(frame.path), cfg.iterations, "iterations")
+        model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model)
+        loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=1,
+                              checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+        loop.save_optimizer, loop.synced = not cfg.reset_optimizer, True   # body() syncs every iteration
+        sampler = make_sampler(cfg.sampler, problems, cfg.seed)
+        buffer = ReplayBuffer()   # partial rollouts carried between iterations
+        start_iteration = 0
+        if cfg.resume:
+            state = loop.resume()
+            sampler.load_state_dict(state["sampler"])
+            buffer.load_state_dict(state.get("partial", {"groups": []}))
+            start_iteration = state["step"]
+        frame.begin()
+        engine = (make_engine(model, tokenizer) if make_engine else
+                  ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision])))
+        try:
+            summary = train(loop, engine, sampler, buffer, problems, held_out, cfg, start_iteration, score)
+        finally:
+            engine.close()
+        summary["model"] = frame.save_model(model, tokenizer)
+        if runtime.is_main():
+            plot_curves(frame.dir.metrics_path, PLOTTED, frame.path / "curves.png", title="openk1 rl")
+        return frame.finish(summary)
 
 
-def train(model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, engine: RolloutEngine,
-          sampler: Sampler, buffer: ReplayBuffer, problems: list[Problem], held_out: list[Problem],
-          cfg: RLConfig, run_dir: RunDir, start_iteration: int, trainee: Any = None,
+def train(loop: Loop, engine: RolloutEngine, sampler: Sampler, buffer: ReplayBuffer, problems: list[Problem],
+          held_out: list[Problem], cfg: RLConfig, start_iteration: int,
           score: Scorer | None = None) -> dict[str, Any]:
-    """The iteration loop: rollout -> reward -> update -> (eval, checkpoint).
+    """The iteration loop: rollout -> reward -> update -> (eval, checkpoint), driven by `loop`.
 
-    `trainee` (default: model) takes the optimizer steps; under torchrun it is the FSDP2 copy
-    and `model`, which rolls out, evaluates and is saved, gets its weights after each update.
+    `loop.trainee` takes the optimizer steps; under torchrun it is the FSDP2 copy and
+    `loop.model`, which rolls out, evaluates and is saved, gets its weights after each update.
     """
-    trainee = model if trainee is None else trainee
+    model, tokenizer = loop.model, loop.tokenizer
     last_eval: dict[str, Any] = {}
     if held_out and cfg.eval_at_start and start_iteration == 0 and runtime.is_main():
-        last_eval = _evaluate(model, tokenizer, held_out, cfg, run_dir, 0)
-    bar = tqdm(range(start_iteration, cfg.iterations), desc="rl", unit="iter", dynamic_ncols=True, mininterval=1.0,
-               initial=start_iteration, total=cfg.iterations, disable=not runtime.is_main())
-    for iteration in bar:
+        last_eval = _evaluate(model, tokenizer, held_out, cfg)
+        loop.run_dir.log(0, _eval_metrics(last_eval))
+
+    def body(iteration: int) -> dict[str, Any]:
         if cfg.reset_optimizer:
-            optimizer = make_optimizer(trainee, cfg.optim)
-        metrics = _iteration(trainee, optimizer, engine, sampler, buffer, problems, cfg, iteration, score)
-        fsdp.sync_weights(trainee, model)   # no-op in one process
+            loop.optimizer = make_optimizer(loop.trainee, cfg.optim)
+        metrics = _iteration(loop, engine, sampler, buffer, problems, cfg, iteration, score)
+        fsdp.sync_weights(loop.trainee, model)   # no-op in one process
+        return metrics
+
+    def after(iteration: int, metrics: dict[str, Any]) -> bool:
         step = iteration + 1
-        run_dir.log(step, metrics)
         if held_out and runtime.is_main() and (step % cfg.eval_every == 0 or step == cfg.iterations):
-            last_eval = _evaluate(model, tokenizer, held_out, cfg, run_dir, step)
-        if runtime.is_main() and (step % cfg.checkpoint_every == 0 or step == cfg.iterations):
-            save_checkpoint(run_dir.path, step, model, tokenizer,   # FSDP: Adam shards not saved
-                            None if cfg.reset_optimizer or runtime.is_distributed() else optimizer,
-                            {"sampler": sampler.state_dict(), "partial": buffer.state_dict()},
-                            cfg.keep_checkpoints)
-        bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
-                        acc=f"{last_eval.get('accuracy', float('nan')):.3f}",
-                        tok_s=f"{metrics['throughput/generated_tokens_per_s']:.0f}")
+            last_eval.clear()
+            last_eval.update(_evaluate(model, tokenizer, held_out, cfg))
+            metrics.update(_eval_metrics(last_eval))
+        return False
+
+    def postfix(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"reward": f"{metrics.get('reward/mean', float('nan')):.3f}",
+                "acc": f"{last_eval.get('accuracy', float('nan')):.3f}",
+                "tok_s": f"{metrics['throughput/generated_tokens_per_s']:.0f}"}
+
+    loop.drive(start_iteration, cfg.iterations, body, after=after, postfix=postfix, desc="rl", unit="iter",
+               state=lambda: {"sampler": sampler.state_dict(), "partial": buffer.state_dict()})
     kept = ("accuracy", "mean_tokens", "accuracy_by_difficulty")
     return {"iterations": cfg.iterations, **{k: v for k, v in last_eval.items() if k in kept}}
 
 
-def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: RolloutEngine, sampler: Sampler,
-               buffer: ReplayBuffer, problems: list[Problem], cfg: RLConfig, iteration: int,
+def _iteration(loop: Loop, engine: RolloutEngine, sampler: Sampler, buffer: ReplayBuffer,
+               problems: list[Problem], cfg: RLConfig, iteration: int,
                score: Scorer | None = None) -> dict[str, Any]:
     k = cfg.samples_per_prompt
     indices = sampler.sample(iteration, cfg.prompts_per_iter)
@@ -382,8 +386,8 @@ def _iteration(model: Any, optimizer: torch.optim.Optimizer, engine: RolloutEngi
     generator = torch.Generator().manual_seed(cfg.seed * 7_919 + iteration)
     trained = partial.loss_view(rollout, cfg.partial.old_segments, engine.tokenizer.pad_token_id)
     if cfg.partial.old_logp == "current":
-        trained = current_logp(model, trained, iteration, cfg)
-    update_metrics = update(model, optimizer, trained, advantages, cfg, generator)
+        trained = current_logp(loop.trainee, trained, iteration, cfg)
+    update_metrics = update(loop, trained, advantages, cfg, generator)
     seconds = {"rollout": t1 - t0, "reward": t2 - t1, "update": time.perf_counter() - t2}
     return {**metrics, **response_metrics(rollout, rewards, correct, [p for p in batch for _ in range(k)]),
             **{f"time/{name}": v for name, v in seconds.items()}, **reward_metrics,
@@ -427,12 +431,14 @@ def rollout_phase(engine: RolloutEngine, buffer: ReplayBuffer, problems: list[Pr
     return finished, sampled
 
 
-def _evaluate(model: Any, tokenizer: Any, held_out: list[Problem], cfg: RLConfig,
-              run_dir: RunDir, step: int) -> dict[str, Any]:
+def _evaluate(model: Any, tokenizer: Any, held_out: list[Problem], cfg: RLConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
-    flat = {"eval/accuracy": result["accuracy"], "eval/mean_tokens": result["mean_tokens"],
-            "time/eval": time.perf_counter() - t0,
+    return result | {"seconds": time.perf_counter() - t0}
+
+
+def _eval_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's figures as metric keys (`eval/accuracy`, `eval/accuracy_d<difficulty>`)."""
+    return {"eval/accuracy": result["accuracy"], "eval/mean_tokens": result["mean_tokens"],
+            "time/eval": result["seconds"],
             **{f"eval/accuracy_d{d}": a for d, a in result["accuracy_by_difficulty"].items()}}
-    run_dir.log(step, flat)
-    return result

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -42,11 +41,12 @@ from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
 from openk1.data.io import read_located, write_jsonl
 from openk1.data.packing import encode_row
-from openk1.distributed import runtime
+from openk1.distributed import fsdp, runtime
 from openk1.errors import OpenK1Error
-from openk1.loop import Loop
-from openk1.models.io import load_model, model_dir, save_model
-from openk1.optim import OptimConfig, check_decay, cosine_lr, make_optimizer
+from openk1.frame import StageRun
+from openk1.loop import Loop, accumulate_micro
+from openk1.models.io import load_model, model_dir
+from openk1.optim import OptimConfig, check_decay, cosine_lr
 from openk1.report.run_dir import RunDir
 from openk1.rewards.cot_verifier import COT_TEMPLATE, CoTVerifier, render_prompt
 from openk1.rewards.reward_model import correct_probability, encode_rm_inputs, load_reward_model
@@ -68,6 +68,8 @@ class RMTrainConfig(StageConfig):
         0.2, ge=0.0, lt=1.0, description="share of the rows held out for accuracy (0 = none)")
     epochs: int = Field(3, gt=0, description="passes over the training rows")
     batch_size: int = Field(32, gt=0, description="rows per optimizer step")
+    micro_batch_size: int = Field(0, ge=0, description="classic: rows per forward/backward pass, gradients "
+                                  "accumulated (0 = the whole step's rows; under torchrun: each rank's share)")
     max_tokens: int = Field(512, gt=0, description="tokens per example; over it classic keeps the "
                             "response's end, cot drops the example")
     optim: OptimConfig = Field(
@@ -80,7 +82,7 @@ class RMTrainConfig(StageConfig):
     template: str = Field(COT_TEMPLATE, description="cot: the judge's prompt; another one must be given to "
                           "the cot_verifier reward term too (summary.json verifier_options)")
     log_every: int = Field(10, gt=0, description="steps between metrics rows")
-    checkpoint_every: int = Field(0, ge=0, description="classic: steps between checkpoints (0 = only at the end)")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = Field(2, ge=0, description="newest checkpoints kept (0 = all)")
 
     @model_validator(mode="after")
@@ -156,17 +158,18 @@ def columns(examples: list[Example]) -> tuple[list[str], list[str], list[str], l
 
 
 def rm_loss(
-    model: Any, tokenizer: Any, chunk: list[Example], max_tokens: int
+    model: Any, tokenizer: Any, chunk: list[Example], max_tokens: int, normaliser: int = 0
 ) -> tuple[torch.Tensor, float]:
-    """Cross-entropy of the 2-way head on one mini-batch, and its accuracy."""
+    """Cross-entropy of the 2-way head summed over `chunk` / `normaliser` (default: its size,
+    the mean), and the fraction of `chunk` it classifies right, over the same normaliser."""
     prompts, answers, responses, labels_list = columns(chunk)
+    device = next(model.parameters()).device
     ids, mask = encode_rm_inputs(tokenizer, prompts, answers, responses, max_tokens)  # [B, L]
-    labels = torch.tensor(labels_list, device=model.device)  # [B]
-    logits = model(
-        input_ids=ids.to(model.device), attention_mask=mask.to(model.device)
-    ).logits  # [B, 2]
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-    return loss, float((logits.argmax(-1) == labels).float().mean())
+    labels = torch.tensor(labels_list, device=device)  # [B]
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # [B, 2]
+    n = normaliser or len(chunk)
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / n
+    return loss, float((logits.argmax(-1) == labels).sum()) / n
 
 
 def accuracy(model: Any, tokenizer: Any, examples: list[Example], cfg: RMTrainConfig) -> float:
@@ -188,10 +191,10 @@ def train(
     run_dir: RunDir,
 ) -> dict[str, float]:
     """Shuffled mini-batches for `epochs` on the shared step loop (loop.py); held-out accuracy
-    after every epoch (that step is always logged)."""
-    loop = Loop(run_dir, model, make_optimizer(model, cfg.optim), cfg.optim.grad_clip, cfg.log_every,
-                model=model, tokenizer=tokenizer, checkpoint_every=cfg.checkpoint_every,
-                keep_checkpoints=cfg.keep_checkpoints)
+    after every epoch (that step is always logged). Under torchrun each rank takes its share of
+    a step's rows (an FSDP2 copy trains; `model` gets its weights before each evaluation)."""
+    loop = Loop.for_model(model, tokenizer, cfg.optim, run_dir, log_every=cfg.log_every,
+                          checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
     first = loop.resume()["step"] if cfg.resume else 0   # the checkpoint's weights: train_classic
     per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = classic_steps(cfg, len(data))
@@ -202,14 +205,20 @@ def train(
         epoch, index = divmod(s, per_epoch)
         if index == 0 or not batches:   # an epoch's order; resumed mid-epoch: the same order
             batches[:] = _batches(data, cfg.batch_size, cfg.seed, epoch)
-        model.train()
-        loss, acc = rm_loss(model, tokenizer, batches[index], cfg.max_tokens)
-        loss.backward()
-        return {"loss": float(loss.detach()), "train_batch_accuracy": acc, "epoch": epoch}
+        batch = batches[index]
+
+        def micro(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            loss, acc = rm_loss(loop.trainee, tokenizer, [batch[i] for i in rows.tolist()], cfg.max_tokens,
+                                normaliser=len(batch))
+            return loss, {"loss": float(loss.detach()), "train_batch_accuracy": acc}
+
+        return {**accumulate_micro(len(batch), cfg.micro_batch_size or len(batch), micro), "epoch": epoch}
 
     def after(s: int, metrics: dict[str, Any]) -> bool:
         if s % per_epoch == per_epoch - 1 and held:
-            metrics["heldout_accuracy"] = accuracy(model, tokenizer, held, cfg)
+            fsdp.sync_weights(loop.trainee, model)   # a collective under torchrun; no-op in one process
+            if runtime.is_main():
+                metrics["heldout_accuracy"] = accuracy(model, tokenizer, held, cfg)
         result.update({k: metrics[k] for k in ("loss", "heldout_accuracy") if k in metrics})
         return "heldout_accuracy" in metrics
 
@@ -231,21 +240,17 @@ def _batches(data: list[Example], size: int, seed: int, epoch: int) -> list[list
     return [[data[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
 
 
-def train_classic(
-    data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, run_dir: RunDir
-) -> dict[str, Any]:
+def train_classic(data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, frame: StageRun) -> dict[str, Any]:
     """The classifier: `train` above (from the newest checkpoint on --resume), then DIR/model."""
     path = model_dir(cfg.model)   # a run directory's model/ too
     if cfg.resume:
-        checkpoint = latest_checkpoint(run_dir.path)
+        checkpoint = latest_checkpoint(frame.path)
         check_resume_step(checkpoint, classic_steps(cfg, len(data)), "steps")
         path = checkpoint / "model"
     model, tokenizer = load_reward_model(path)
-    run_dir.write_config(cfg)
-    result = train(
-        model, tokenizer, [r[:4] for r in data], [r[:4] for r in held], cfg, run_dir
-    )
-    save_model(model, tokenizer, run_dir.path / "model")
+    frame.begin()
+    result = train(model, tokenizer, [r[:4] for r in data], [r[:4] for r in held], cfg, frame.dir)
+    frame.save_model(model, tokenizer)
     return result
 
 
@@ -273,7 +278,8 @@ def cot_row(row: Labelled, tokenizer: Any, template: str = COT_TEMPLATE) -> dict
 
 
 def cot_sft_config(cfg: RMTrainConfig, data: Path, out: Path) -> SFTConfig:
-    """The shared LM trainer's settings: one unpacked stage, this run's epochs, batch and LR."""
+    """The shared LM trainer's settings: one unpacked stage, this run's epochs, batch, LR,
+    checkpoints and --resume."""
     lr = LRSchedule(
         lr_max=cfg.optim.lr, lr_min=cfg.optim.lr_min, warmup_steps=cfg.optim.warmup_steps
     )
@@ -285,7 +291,8 @@ def cot_sft_config(cfg: RMTrainConfig, data: Path, out: Path) -> SFTConfig:
         {"model": cfg.model, "data": str(data), "out": str(out), "seed": cfg.seed,
          "stages": [stage], "batch_size": cfg.batch_size, "max_response_tokens": cfg.max_tokens,
          "overlong": "drop", "optim": cfg.optim, "log_every": cfg.log_every,
-         "keep_checkpoints": 1}
+         "checkpoint_every": cfg.checkpoint_every, "keep_checkpoints": cfg.keep_checkpoints,
+         "resume": cfg.resume}
     )
 
 
@@ -299,37 +306,33 @@ def cot_accuracy(judge: CoTVerifier, held: list[Labelled]) -> tuple[float, int]:
     return sum(hits) / len(held), sum(s.verdict == "cot_malformed" for s in scores)
 
 
-def train_cot(
-    data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, run_dir: RunDir
-) -> dict[str, Any]:
-    """The generative judge: SFT rows in DIR/cot_sft.jsonl, `train_lm` logging in DIR/sft,
-    DIR/model, then held-out judging by `CoTVerifier` loaded from DIR/model."""
-    if cfg.resume:
-        raise OpenK1Error("rm train: --resume is supported for kind classic only (cot: run it again)")
-    model, tokenizer = load_model(cfg.model)
-    run_dir.write_config(cfg)
-    rows_path = run_dir.path / "cot_sft.jsonl"
-    write_jsonl(rows_path, [cot_row(r, tokenizer, cfg.template) for r in data])
-    sft_cfg = cot_sft_config(cfg, rows_path, run_dir.path / "sft")
-    sft_dir = runtime.run_dir(sft_cfg)
-    encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_tokens)
-    trained = train_lm(model, tokenizer, sft_cfg, list(sft_cfg.stages), encode, sft_dir)
-    sft_dir.write_summary(trained)
-    sft_dir.close()
-    save_model(model, tokenizer, run_dir.path / "model")
+def train_cot(data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, frame: StageRun) -> dict[str, Any]:
+    """The generative judge: SFT rows in DIR/cot_sft.jsonl, `train_lm` (checkpoints and exact
+    --resume in DIR/sft), DIR/model, then held-out judging by `CoTVerifier` from DIR/model."""
+    rows_path = frame.path / "cot_sft.jsonl"
+    sft_cfg = cot_sft_config(cfg, rows_path, frame.path / "sft")
+    model, tokenizer = load_model(str(latest_checkpoint(Path(sft_cfg.out)) / "model") if cfg.resume else cfg.model)
+    frame.begin()   # with --overwrite: the old run is gone before DIR/sft opens
+    if not cfg.resume:
+        write_jsonl(rows_path, [cot_row(r, tokenizer, cfg.template) for r in data])
+    with StageRun(sft_cfg) as sft_run:
+        sft_run.begin()
+        encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_tokens)
+        trained = sft_run.finish(train_lm(model, tokenizer, sft_cfg, list(sft_cfg.stages), encode, sft_run.dir))
+    frame.save_model(model, tokenizer)
     result = {"loss": trained["final_loss"], "steps": trained["steps"], "heldout_malformed": None}
     result["dropped"] = trained.get("dropped", 0)  # examples over max_tokens
     result["verifier_options"] = verifier_options(cfg)
     if held:
         judge = CoTVerifier(
-            run_dir.path / "model",
+            frame.path / "model",
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
             template=cfg.template,
         )
         accuracy, malformed = cot_accuracy(judge, held)
         result.update(heldout_accuracy=accuracy, heldout_malformed=malformed)
-        run_dir.log(trained["steps"], {"heldout_accuracy": accuracy, "heldout_malformed": malformed})
+        frame.dir.log(trained["steps"], {"heldout_accuracy": accuracy, "heldout_malformed": malformed})
     return result
 
 
@@ -345,25 +348,20 @@ def verifier_options(cfg: RMTrainConfig) -> dict[str, str]:
 def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if not cfg.model or not cfg.data or not cfg.out:
         raise OpenK1Error("rm train: needs --model DIR --data labelled.jsonl --out DIR")
-    run_dir = runtime.run_dir(cfg)  # the run-directory contract: a new or --overwrite'd DIR
-    rows = load_rows(cfg.data)
-    data, held = split(rows, cfg.heldout_fraction, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    start = time.perf_counter()
-    result = TRAINERS[cfg.kind](data, held, cfg, run_dir)
-    positives = sum(e[3] for e in held) / len(held) if held else None
-    summary: dict[str, Any] = {
-        "kind": cfg.kind,
-        "heldout_accuracy": result.get("heldout_accuracy"),  # None without held-out rows
-        "heldout_majority_baseline": None if positives is None else max(positives, 1 - positives),
-        **{k: result[k] for k in COT_FIGURES if k in result},
-        "final_loss": result.get("loss"),
-        "steps": result["steps"],
-        "train_rows": len(data),
-        "heldout_rows": len(held),
-        "wall_seconds": time.perf_counter() - start,
-        "model": str(run_dir.path / "model"),
-    }
-    run_dir.write_summary(summary)
-    run_dir.close()
-    return summary
+    with StageRun(cfg) as frame:   # the run-directory contract: a new, --overwrite'd or --resume'd DIR
+        rows = load_rows(cfg.data)
+        data, held = split(rows, cfg.heldout_fraction, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        result = TRAINERS[cfg.kind](data, held, cfg, frame)
+        positives = sum(e[3] for e in held) / len(held) if held else None
+        return frame.finish({
+            "kind": cfg.kind,
+            "heldout_accuracy": result.get("heldout_accuracy"),  # None without held-out rows
+            "heldout_majority_baseline": None if positives is None else max(positives, 1 - positives),
+            **{k: result[k] for k in COT_FIGURES if k in result},
+            "final_loss": result.get("loss"),
+            "steps": result["steps"],
+            "train_rows": len(data),
+            "heldout_rows": len(held),
+            "model": str(frame.path / "model"),
+        })

@@ -12,7 +12,6 @@ optim.warmup_steps, cosine), unpacked (one example per row) unless `max_seq_len`
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from typing import Any
 
@@ -22,8 +21,9 @@ from pydantic import Field, model_validator
 from openk1.data.io import load_problems
 from openk1.data.packing import encode_row
 from openk1.distributed import runtime
+from openk1.frame import StageRun
 from openk1.models.forward import response_logprobs, trim
-from openk1.models.io import load_model, save_model
+from openk1.models.io import load_model
 from openk1.optim import OptimConfig, check_decay
 from openk1.schedules import LRSchedule, Stage
 from openk1.stages.eval import EvalSettings, evaluate
@@ -72,20 +72,14 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 
 
 def run(cfg: SFTConfig) -> dict[str, Any]:
-    run_dir = runtime.run_dir(cfg)   # the run-directory contract; rank 0 writes
-    model, tokenizer = load_model(model_path(cfg, run_dir))
-    held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
-    torch.manual_seed(cfg.seed)
-    start = time.perf_counter()
-    encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_response_tokens)
-    summary: dict[str, Any] = train_lm(model, tokenizer, cfg, sft_stages(cfg), encode, run_dir)
-    summary.setdefault("truncated", 0)
-    if runtime.is_main():
-        save_model(model, tokenizer, run_dir.path / "model")
-    if held_out and runtime.is_main():
-        summary.update(evaluate(model, tokenizer, held_out, cfg.eval))
-    summary["wall_seconds"] = time.perf_counter() - start
-    summary["model"] = str(run_dir.path / "model")
-    run_dir.write_summary(summary)
-    run_dir.close()
-    return summary
+    with StageRun(cfg) as frame:
+        model, tokenizer = load_model(model_path(cfg, frame.dir))
+        held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
+        torch.manual_seed(cfg.seed)
+        encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_response_tokens)
+        summary: dict[str, Any] = train_lm(model, tokenizer, cfg, sft_stages(cfg), encode, frame.dir)
+        summary.setdefault("truncated", 0)
+        summary["model"] = frame.save_model(model, tokenizer)
+        if held_out and runtime.is_main():
+            summary.update(evaluate(model, tokenizer, held_out, cfg.eval))
+        return frame.finish(summary)
