@@ -83,6 +83,7 @@ def test_labelled_cases_are_many_and_balanced() -> None:
         (r"roots $\boxed{-2}$ and $\boxed{1}$", "-2, 1"),  # adjacent boxes read as one list
         (r"\boxed{3} or \boxed{4}", "3, 4"),
         (r"\boxed{5} then a long detour of words before \boxed{6}", "6"),
+        (r"\boxed{3} for part (a) and \boxed{1}", "1"),  # text between: joined only for several parts
         (r"\boxed{12", None),  # unclosed box, no answer line
         ("Answer: 12", "12"),
         ("answer: 12", "12"),
@@ -99,10 +100,27 @@ def test_labelled_cases_are_many_and_balanced() -> None:
         ("So 12 is what we get.", None),  # only in the reasoning
         ("", None),
         ("Answer:", None),
+        (r'Final Answer: The final answer is \"$5$\". I hope it is correct.', "5"),  # quotes dropped
+        ('The answer is "12".', "12"),
+        ('Final answer: "5" and "6"', '"5" and "6"'),  # not one quoted answer
     ],
 )
 def test_extract_answer(response: str, expected: str | None) -> None:
     assert extract_answer(response) == expected
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        (r"$\boxed{(3,3)}$ for part (a) and $\boxed{(1,1)}$ for part (b)", "(3,3), (1,1)"),
+        (r"\boxed{1} hmm \boxed{2}", "1, 2"),  # under 10 characters apart
+        (r"\boxed{1} no no no no no \boxed{2}", "2"),  # 10+ characters apart, no separator
+        (r"\boxed{1} and then, " + "x" * 70 + r" \boxed{2}", "2"),  # 70+ characters apart
+        (r"\boxed{4}, and again \boxed{4}", "4"),  # a repeated box counts once
+    ],
+)
+def test_extract_answer_several_parts(response: str, expected: str) -> None:
+    assert extract_answer(response, several_parts=True) == expected
 
 
 # ---- verdicts ------------------------------------------------------------------------------
@@ -125,6 +143,9 @@ def test_extract_answer(response: str, expected: str | None) -> None:
         (r"\boxed{\mathbb{R}}", r"(-\infty, \infty)", "correct"),
         (r"\boxed{ }", "42", "rejected_empty"),
         (r"\boxed{1,234}", "1234", "correct"),  # thousands separator, not a list
+        (r"\boxed{1000,99}", "1000.99", "correct"),  # decimal comma: the reference is one number
+        (r"\boxed{0,111}", "111", "wrong"),  # a 0 first group is no thousands separator
+        (r"\boxed{-2.1}", "-2,1", "wrong"),  # the reference's comma separates two roots
     ],
 )
 def test_verdicts(response: str, answer: str, verdict: str) -> None:

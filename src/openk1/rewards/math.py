@@ -10,7 +10,13 @@ Rules (docs/rewards.md repeats them):
   together as one list ("\boxed{3} or \boxed{4}" -> "3, 4"). A "Final answer: ..." line written
   AFTER the last box overrides it (the Minerva format "Final Answer: The final answer is $X$.").
   Without a box, the last "Answer:" / "The answer is" / "Final answer:" line (case-insensitive)
-  is read up to the end of its sentence. An answer that only appears in the reasoning is no answer.
+  is read up to the end of its sentence, without quotes around it (`\"$5$\"`, `"5"`, `“5”`).
+  An answer that only appears in the reasoning is no answer.
+- Several parts: when the reference holds several parts (a list, "a and b", `\pm`), and always
+  for a reference's own boxes, boxes separated by a little text are read together, as Math-Verify
+  does: a gap under 10 characters, or under 70 holding "and", "or", "," or ";" between boxes of
+  different content ("\boxed{(3,3)} for part (a) and \boxed{(1,1)}" -> "(3,3), (1,1)"); an
+  identical box repeated nearby counts once. Otherwise the last box (or list of boxes) alone counts.
 - Rejections (reward 0), each judged against the reference so that a reference of the same kind
   still matches: several candidates when the reference is a single value ("3 or 4", "3, 4",
   `3 \pm 1`, "3 4"); vacuous answers (a bare variable, "any real number", `\mathbb{R}`); an empty
@@ -19,6 +25,13 @@ Rules (docs/rewards.md repeats them):
   the reference holds one too.
 - `x = 3` is read as `3` (and `a \approx b` as `b`) unless the reference is itself a relation;
   a chain between different numbers (`4 = 3`, `3 \approx 4`) counts as several candidates.
+- Commas in numbers: "1,234" is a thousands separator (a 1-9 first group of 1-3 digits, then
+  groups of 3, as in Math-Verify; "0,111" is not one); any other comma separates list items
+  ("-2,1" are two roots). One exception, Math-Verify's plain-number rule: when the reference is a
+  single plain number, a response number with one comma between digits and no space ("1000,99",
+  "2,74", `1{,}5`, "0,111") reads as a decimal comma; "1, 2" (a space) stays a list. A
+  reference's comma is left to Math-Verify, which reads it as a list ("-2.1" does not match the
+  roots "-2,1"), except a thousands-shaped one after a lone 0 ("0,111" = 0.111; "0,5" is a list).
 - Fast path: when both sides are plain numbers (integers, "1,234", decimals, a/b, `\frac{a}{b}`,
   `1.5 \times 10^{3}`, with `$`, `^\circ`, `%` decorations) they are compared exactly with
   Fraction, so 0.33 != 1/3. A percentage p% also matches p and p/100.
@@ -60,6 +73,9 @@ _BOX_GAP_RE = re.compile(
     r"(?:[\s$,;.&]|\\[()\[\]]|\\q?quad|\bor\b|\band\b|\\text\{\s*(?:or|and|,)?\s*\})*",
     re.IGNORECASE,
 )
+_PART_SEPARATOR_RE = re.compile(r"\b(?:and|or)\b|[,;]")  # Math-Verify's separators between boxes
+_NEAR_GAP, _FAR_GAP = 10, 70  # Math-Verify: boxes under 10 characters apart, or under 70 with a separator
+_QUOTED_RE = re.compile(r'(?:\\?"|\u201c)\s*([^"\u201c\u201d]*?)\s*(?:\\?"|\u201d)')
 _ANSWER_RE = re.compile(r"(?:final\s+answer|answer)\**\s*(?:is\b|:)", re.IGNORECASE)
 _FINAL_ANSWER_RE = re.compile(r"final\s+answer\**\s*(?:is\b|:)", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|,\s+(?!or\b|and\b)(?=[a-z]{2,})|\s+(?:because|since)\b")
@@ -71,7 +87,8 @@ _THOUSANDS_COMMA_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER_NOISE_RE = re.compile(r"\\!\s*|\\[,;:]|\\?\$|\^\s*\{?\\circ\}?|°|\\displaystyle")
 _SCI_RE = re.compile(r"\s*(?:\\times|\\cdot|\*)\s*10\s*\^\s*\{?\s*([-+]?\d{1,3})\s*\}?$")
 _FRAC_RE = re.compile(r"([-+]?)\\[dt]?frac\{\s*([-+]?[\d.]+)\s*\}\{\s*([-+]?[\d.]+)\s*\}")
-_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d{1,3}(?: \d{3})+")
+_THOUSANDS_RE = re.compile(r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|[-+]?[1-9]\d{0,2}(?: \d{3})+")
+_DIGIT_COMMA_RE = re.compile(r"(?<=\d)(?:\{,\}|,)(?=\d)")  # a comma between digits, "1,5" / "1{,}5"
 _DECIMAL_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d{1,3})?", re.IGNORECASE)
 _SLASH_RE = re.compile(r"([-+]?\d+)\s*/\s*(\d+)")
 
@@ -96,15 +113,19 @@ _PLAIN_EXPR_RE = re.compile(
 _SYMPY_TRANSFORMS = standard_transformations + (implicit_multiplication_application, convert_xor)
 
 
-def extract_answer(response: str) -> str | None:
+def extract_answer(response: str, several_parts: bool = False) -> str | None:
     r"""The final answer of a response: last `\boxed{}`, else last answer line, else None.
+
+    `several_parts` (the reference has several): boxes a little text apart are read together.
 
     >>> extract_answer("First \\boxed{1}, then \\boxed{\\frac{a}{b+\\{c\\}}}.")
     '\\frac{a}{b+\\{c\\}}'
     >>> extract_answer("So x = 2. The answer is 2."), extract_answer("We get 2.")
     ('2', None)
+    >>> extract_answer("\\boxed{3} for (a) and \\boxed{1} for (b)", several_parts=True)
+    '3, 1'
     """
-    box = _last_boxes(response)
+    box = _last_boxes(response, several_parts)
     marker = _FINAL_ANSWER_RE if box is not None else _ANSWER_RE
     line = _last_answer_line(response, marker, box[0] if box is not None else 0)
     if line is not None:
@@ -155,18 +176,35 @@ def _unbox(text: str, begin: int, end: int, pairs: dict[int, int]) -> str:
     return text[begin:end].strip()
 
 
-def _last_boxes(text: str) -> tuple[int, str] | None:
-    """(end, content) of the last box; boxes joined only by separators are read as one list."""
+def _last_boxes(text: str, loose: bool = False) -> tuple[int, str] | None:
+    """(end, content) of the last box; boxes joined only by separators are read as one list.
+
+    `loose`: boxes a little text apart are joined too, as Math-Verify joins them (module doc).
+    """
     boxes, pairs = _boxes(text) if "box" in text else ([], {})
     if not boxes:
         return None
-    group = [boxes[-1]]
+    contents = [_unbox(text, boxes[-1][1] + 1, boxes[-1][2], pairs)]
+    start = boxes[-1][0]
     for prev in reversed(boxes[:-1]):
-        if not _BOX_GAP_RE.fullmatch(text, prev[2] + 1, group[-1][0]):
+        content = _unbox(text, prev[1] + 1, prev[2], pairs)
+        if not _boxes_joined(text[prev[2] + 1 : start], content, contents[-1], loose):
             break
-        group.append(prev)
-    contents = (_unbox(text, b[1] + 1, b[2], pairs) for b in reversed(group))
-    return boxes[-1][2] + 1, ", ".join(c for c in contents if c)
+        if not (loose and content == contents[-1]):  # Math-Verify counts a repeated box once
+            contents.append(content)
+        start = prev[0]
+    return boxes[-1][2] + 1, ", ".join(c for c in reversed(contents) if c)
+
+
+def _boxes_joined(gap: str, content: str, next_content: str, loose: bool) -> bool:
+    """Whether two boxes with `gap` between them belong to one answer (the rules: module doc)."""
+    if _BOX_GAP_RE.fullmatch(gap):
+        return True
+    if not loose:
+        return False
+    if len(gap) < _NEAR_GAP:
+        return True
+    return len(gap) < _FAR_GAP and content != next_content and bool(_PART_SEPARATOR_RE.search(gap))
 
 
 def _last_answer_line(text: str, marker: re.Pattern[str], start: int) -> str | None:
@@ -183,10 +221,16 @@ def _last_answer_line(text: str, marker: re.Pattern[str], start: int) -> str | N
         if closer > 0:
             head, rest = rest[: closer + 2], rest[closer + 2 :]
     line = _SENTENCE_END_RE.split(head + rest.split("\n", 1)[0], maxsplit=1)[0]
-    content = _MATH_DELIM_RE.sub("", line).strip().rstrip(".*, ").strip()
+    content = _unquote(_MATH_DELIM_RE.sub("", line).strip().rstrip(".*, ").strip())
     if _BOX_RE.search(content):  # an unclosed box: a truncated answer
         return None
     return content or None
+
+
+def _unquote(text: str) -> str:
+    r"""`\"5\"`, `"5"` or `“5”` -> `5`: quotes around a whole answer are not part of it."""
+    m = _QUOTED_RE.fullmatch(text)
+    return m[1] if m and m[1] else text
 
 
 def verify_math(response: str, problem: Problem) -> Score:
@@ -201,22 +245,25 @@ def verify_math(response: str, problem: Problem) -> Score:
     >>> verify_math("It is 42 or 43: \\boxed{42 \\text{ or } 43}", p).verdict
     'rejected_multiple'
     """
-    answer = extract_answer(response)
+    ref = _reference_text(problem.answer)
+    answer = extract_answer(response, several_parts=_is_multiple(ref))
     details: dict[str, Any] = {"extracted": answer}
     if answer is None:
         return Score(0.0, "no_answer", details)
     try:
-        verdict = _judge(answer, problem.answer, details)
+        verdict = _judge(answer, problem.answer, ref, details)
     except (Exception, TimeoutException) as exc:  # noqa: BLE001 - a verifier never crashes RL
         # (math-verify's TimeoutException is a BaseException, hence listed)
         return Score(0.0, "error", {**details, "error": repr(exc)})
     return Score(1.0 if verdict == "correct" else 0.0, verdict, details)
 
 
-def _judge(answer: str, reference: str, details: dict[str, Any]) -> str:
-    """The verdict for an extracted answer; records the deciding path in `details`."""
-    ref = _reference_text(reference)
-    answer = _normalise(answer)
+def _judge(answer: str, reference: str, ref: str, details: dict[str, Any]) -> str:
+    """The verdict for an extracted answer against `reference` (`ref`: its bare answer text).
+
+    Records the deciding path in `details`.
+    """
+    answer = _decimal_comma(_normalise(answer), ref)
     rejection = _rejection(answer, ref, len(reference))
     if rejection is not None:
         return rejection
@@ -225,7 +272,7 @@ def _judge(answer: str, reference: str, details: dict[str, Any]) -> str:
     details["path"] = "fast"
     if same is None:
         details["path"] = "math_verify"
-        same = _symbolic_equal(answer, _normalise(reference), details)
+        same = _symbolic_equal(answer, _gold_text(reference, ref), details)
     return "correct" if same else "wrong"
 
 
@@ -238,8 +285,18 @@ def _reference_text(reference: str) -> str:
     """The reference as a bare answer: its box content if it has one, math delimiters removed."""
     ref = _normalise(reference)
     if _BOX_RE.search(ref):
-        ref = extract_answer(ref) or ref
+        ref = extract_answer(ref, several_parts=True) or ref
     return _MATH_DELIM_RE.sub("", ref).strip().rstrip(".").strip()
+
+
+def _gold_text(reference: str, ref: str) -> str:
+    r"""The reference for math-verify: as written, or, with a closed box, `ref` as read here.
+
+    Its boxes are then read by the same rules as the response's: math-verify's own reading of
+    `$x = \boxed{2}$ if $a = 1$, and $x = \boxed{5}$ otherwise` keeps only `5`.
+    """
+    gold = _normalise(reference)
+    return f"\\boxed{{{ref}}}" if _last_boxes(gold) is not None else gold
 
 
 def _rejection(answer: str, ref: str, ref_len: int) -> str | None:
@@ -259,6 +316,18 @@ def _rejection(answer: str, ref: str, ref_len: int) -> str | None:
     if _claims_several_values(answer) and not _FINAL_VALUE_RE.search(ref):
         return "rejected_multiple"
     return None
+
+
+def _decimal_comma(answer: str, ref: str) -> str:
+    """The answer with its decimal comma read as a point ("1000,99" -> "1000.99"), else unchanged.
+
+    Only when the reference is one plain number and the answer one number with a single comma
+    between digits that is no thousands separator (Math-Verify's plain-number rule).
+    """
+    if len(_DIGIT_COMMA_RE.findall(answer)) != 1 or _to_number(ref) is None or _to_number(answer) is not None:
+        return answer
+    decimal = _DIGIT_COMMA_RE.sub(".", answer)
+    return decimal if _to_number(decimal) is not None else answer
 
 
 def _no_thousands(text: str) -> str:
