@@ -158,7 +158,10 @@ def config_values(args: argparse.Namespace, config_cls: type[StageConfig] | None
         values = merge(values, read_yaml(args.config))
     values = merge(values, parse_overrides(args.overrides))
     flags = {"model": getattr(args, "model", None), "data": getattr(args, "data", None), "out": args.out}
-    values.update({k: v for k, v in flags.items() if v})
+    values.update({k: v for k, v in flags.items() if v and k != "data"})
+    if flags["data"]:   # --data FILE is data.path: a preset or column keys set with --set stay
+        values = merge(values, {"data": {"path": flags["data"]}}) if isinstance(values.get("data"), dict) \
+            else {**values, "data": flags["data"]}
     values.update({k: True for k in ("resume", "overwrite") if getattr(args, k, False)})
     if getattr(args, "action", None):
         values["action"] = args.action
@@ -173,6 +176,8 @@ def config_values(args: argparse.Namespace, config_cls: type[StageConfig] | None
         base = recommended_base(args.command, values)
         if taken is not None:
             taken.update(base)
+    if isinstance(base.get("data"), dict) and isinstance(values.get("data"), str):
+        values = {**values, "data": {"path": values["data"]}}   # --resume --data FILE: the saved preset stays
     return merge(base, values)
 
 

@@ -7,11 +7,12 @@ stage writes to `DIR/config.yaml`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from openk1.data.sources import DataSource
 from openk1.errors import OpenK1Error
 
 C = TypeVar("C", bound="StageConfig")
@@ -52,7 +53,14 @@ class StageConfig(Section):
         "score_workers", "eval.score_workers", "workers")
 
     model: str = Field("", description="model: a save_pretrained folder or a run directory with model/ (--model)")
-    data: str = Field("", description="dataset: JSONL, Parquet or a Hugging Face dataset folder (--data)")
+    prompt_format: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="how prompts become tokens: chat (the tokenizer's chat template), plain (the text), "
+                            "auto (the model's recorded format, else chat when it has a template; "
+                            "models/prompting.py)")
+    system_prompt: str = Field("", description="system prompt (chat: a system turn; plain: text and a blank line "
+                                               "before the prompt); '' = the model's recorded one, or none")
+    data: DataSource = Field(DataSource(), description="dataset: JSONL, Parquet or a Hugging Face dataset folder, "
+                             "with a preset and column mapping where the stage reads problems (docs/data.md) (--data)")
     out: str = Field("", description="run directory (--out; default: a new runs/<command>-<time>)")
     seed: int = Field(0, description="seed of the run's random streams")
     resume: bool = Field(False, description="continue the run in `out` from its newest checkpoint")

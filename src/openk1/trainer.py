@@ -27,6 +27,7 @@ from openk1.checkpoint import latest_checkpoint
 from openk1.config import StageConfig
 from openk1.data.mixture import Encoder, Mixture, PackedStream, source_name
 from openk1.data.packing import Example, OverlongRule, block_causal_mask, collate
+from openk1.data.sources import as_source
 from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
 from openk1.loop import Loop, accumulate_micro
@@ -41,6 +42,7 @@ class LMConfig(StageConfig):
 
     # --resume may also move the run to another device and change when the loss is evaluated
     resume_may_change = (*StageConfig.resume_may_change, "device", "eval_loss_every")
+
 
     stages: list[Stage] = Field(
         default_factory=list, description="the staged schedule (report §2.5): budget, length, mixture and LR per stage")
@@ -83,10 +85,13 @@ def apply_stage(model: Any, stage: Stage) -> None:
 
 def make_mixture(stage: Stage, cfg: LMConfig, encode: Encoder) -> Mixture:
     """The stage's sources (or the run's --data) as one weighted mixture."""
-    sources = stage.sources or [Source(path=cfg.data)]
+    data = as_source(cfg.data)
+    sources = stage.sources or [Source(path=data.path)]
     paths = [str(Path(cfg.data_root) / s.path) if cfg.data_root else s.path for s in sources]
-    streams = [PackedStream(path, encode, stage.max_seq_len, stage.pack, cfg.overlong, cfg.seed,
-                            cfg.shuffle_buffer, salt=f"-{i}" if i else "") for i, path in enumerate(paths)]
+    # --data keeps its preset and column mapping; a stage's own sources are openk1 rows
+    inputs = [path if stage.sources else data.model_copy(update={"path": path}) for path in paths]
+    streams = [PackedStream(source, encode, stage.max_seq_len, stage.pack, cfg.overlong, cfg.seed,
+                            cfg.shuffle_buffer, salt=f"-{i}" if i else "") for i, source in enumerate(inputs)]
     return Mixture(streams, [s.weight for s in sources],
                    [source_name(s.path, s.name) for s in sources])
 
@@ -102,15 +107,43 @@ def plan(stages: list[Stage], cfg: LMConfig, encode: Encoder) -> list[int]:
     return steps
 
 
+def sliding_layers(model: Any) -> bool:
+    """Whether some attention layer of `model` has a sliding window (Mistral, Phi-3, Gemma 2/3,
+    Qwen2 with use_sliding_window)."""
+    config = model.config
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        return True
+    return bool(getattr(config, "sliding_window", None)) and bool(getattr(config, "use_sliding_window", True))
+
+
+def packed_mask(model: Any, segment_ids: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask of packed rows: each token sees the earlier tokens of its own example.
+
+    A block-causal mask [B, 1, L, L] (data/packing.py), or None for models with sliding-window
+    layers: one 4D mask cannot carry a window per layer type, so HF builds each layer type's
+    mask itself from the position ids, which restart at 0 in every example (transformers'
+    packed-sequence detection; the windows counted within each example)."""
+    if sliding_layers(model):
+        return None
+    eager = getattr(model.config, "_attn_implementation", "") == "eager"
+    kind: Literal["bool", "float"] = "float" if eager else "bool"
+    return block_causal_mask(segment_ids, kind)
+
+
+def packed_forward(model: Any) -> str:
+    """How the LM trainer runs `model` (for the run's summary: frame.py `note_forward`)."""
+    if sliding_layers(model):
+        return "hf (packed rows; per-layer masks from position ids: sliding-window layers)"
+    return "hf (packed rows; block-causal mask)"
+
+
 def batch_nll(model: Any, rows: list[list[Example]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, int]:
     """Summed NLL of the trained tokens of packed rows, and their number.
 
     input_ids [B, L]; logits [B, L, V]; logits[:, t] score token t + 1 where action_mask is 1.
     """
     batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
-    eager = getattr(model.config, "_attn_implementation", "") == "eager"
-    kind: Literal["bool", "float"] = "float" if eager else "bool"
-    mask = block_causal_mask(batch["segment_ids"], kind)                 # [B, 1, L, L]
+    mask = packed_mask(model, batch["segment_ids"])                      # [B, 1, L, L] or None
     logits = model(input_ids=batch["input_ids"], attention_mask=mask,
                    position_ids=batch["position_ids"], use_cache=False).logits
     targets = batch["action_mask"][:, 1:]                                # [B, L-1]

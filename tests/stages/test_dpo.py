@@ -54,7 +54,7 @@ def test_reference_is_the_starting_model(tmp_path, tiny_model_dir):
     dpo.run(cfg)
     saved = torch.load(tmp_path / "run" / dpo.REFERENCE_FILE)
     model, tokenizer = load_model(tiny_model_dir)
-    pairs = dpo.load_pairs(cfg.data)
+    pairs = dpo.load_pairs(cfg.data.path)
     with torch.no_grad():
         chosen, rejected, tokens = dpo.sequence_logps(model, tokenizer, pairs, 256)
     # log-prob sums up to ~120: 8 eps x the largest (measured: equal, the same batch shapes)
@@ -66,7 +66,7 @@ def test_reference_is_the_starting_model(tmp_path, tiny_model_dir):
 def test_micro_batches_give_the_same_gradient(tmp_path, tiny_model_dir):
     cfg = config(tmp_path, tiny_model_dir, nll_weight=0.1)
     model, tokenizer = load_model(tiny_model_dir)
-    pairs = dpo.load_pairs(cfg.data)
+    pairs = dpo.load_pairs(cfg.data.path)
     reference = dpo.reference_logps(model, tokenizer, pairs, cfg) - 0.3   # a margin != 0
     grads, losses = [], []
     for micro in (0, 4, 1):

@@ -2,7 +2,9 @@
 
 A bad row is an `OpenK1Error` naming the file, where the row is and the field: `FILE: line N`
 in a JSONL file (the physical line, blank lines counted), `FILE: row N` in a Parquet file or a
-dataset folder (1-based). `iter_located` / `read_located` give each row with that location.
+dataset folder (1-based; `FOLDER[split]: row N` for a split of a DatasetDict folder).
+`iter_located` / `read_located` give each row with that location. A DataSource (preset, column
+mapping, split, limit: data/sources.py) is read by `load_problems` / `load_sft_rows`.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openk1.errors import OpenK1Error
 from openk1.report.run_dir import atomic_write_text
 from openk1.types import PROBLEM_TYPES, Problem
+
+if TYPE_CHECKING:
+    from openk1.data.sources import DataSource
 
 PROBLEM_FIELDS = ("prompt", "answer", "type", "id", "domain", "tags", "difficulty", "tests",
                   "solutions")
@@ -28,13 +33,19 @@ def location(path: str | Path, n: int, unit: str = "row") -> str:
     return f"{path}: {unit} {n}"
 
 
-def iter_located(path: str | Path) -> Iterator[Located]:
-    """Stream (where, row) pairs; the format is taken from the path (file suffix or dataset dir)."""
+def iter_located(path: str | Path, split: str = "") -> Iterator[Located]:
+    """Stream (where, row) pairs; the format is taken from the path (file suffix or dataset dir).
+    `split` picks a split of a dataset folder saved from a DatasetDict (`_hf_split`)."""
     name, path = path, Path(path)
+    if split and not path.is_dir():
+        raise OpenK1Error(f"{name}: split {split!r} given, but only a dataset folder has splits")
     if path.is_dir():
-        rows: Iterator[dict[str, Any]] = _iter_hf_dataset(path)
+        rows, chosen = _iter_hf_dataset(path, split)
+        name = f"{name}[{chosen}]" if chosen else name
     elif not path.is_file():
-        raise OpenK1Error(f"{path}: file not found")
+        from openk1.data.sources import missing_message
+
+        raise OpenK1Error(missing_message(name))
     elif path.suffix == ".parquet":
         rows = _iter_parquet(path)
     else:
@@ -81,12 +92,32 @@ def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
-def _iter_hf_dataset(path: Path) -> Iterator[dict[str, Any]]:
+def _iter_hf_dataset(path: Path, split: str = "") -> tuple[Iterator[dict[str, Any]], str]:
+    """The rows of a `save_to_disk` folder and the split read ("" for a plain Dataset)."""
     try:
-        from datasets import load_from_disk
+        from datasets import DatasetDict, load_from_disk
     except ImportError:
         raise OpenK1Error(f"{path}: a dataset folder needs `datasets` (pip install datasets)") from None
-    yield from load_from_disk(str(path))
+    if not any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
+        files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.suffix in (".parquet", ".jsonl"))
+        hint = f"; point the path at one of its files: {', '.join(files[:5])}" if files else ""
+        raise OpenK1Error(f"{path}: not a dataset folder written by save_to_disk{hint}")
+    data = load_from_disk(str(path))
+    if not isinstance(data, DatasetDict):
+        if split:
+            raise OpenK1Error(f"{path}: split {split!r} given, but the folder holds one dataset without splits")
+        return iter(data), ""
+    chosen = _hf_split(path, list(data), split)
+    return iter(data[chosen]), chosen
+
+
+def _hf_split(path: Path, splits: list[str], split: str) -> str:
+    """The split to read: `split`, else "train", else the only one; otherwise an error listing them."""
+    chosen = split or ("train" if "train" in splits else splits[0] if len(splits) == 1 else "")
+    if chosen not in splits:
+        what = f"has no split {split!r}" if split else "holds several splits and none is 'train'"
+        raise OpenK1Error(f"{path}: {what}; its splits: {', '.join(splits)} (set `split`)")
+    return chosen
 
 
 def read_located(path: str | Path) -> list[Located]:
@@ -155,10 +186,13 @@ def _check_tests(tests: Any, where: str) -> None:
             raise OpenK1Error(f"{where}: tests[{i}]: {reason}")
 
 
-def load_problems(path: str | Path) -> list[Problem]:
-    """All rows of a problem dataset, validated; ids default to the row number (1-based)."""
+def load_problems(source: str | Path | DataSource) -> list[Problem]:
+    """All rows of a problem dataset (a path, or a DataSource with a preset / column mapping:
+    data/sources.py), validated; ids default to the row number (1-based)."""
+    from openk1.data.sources import read_source
+
     problems = []
-    for n, (where, row) in enumerate(read_located(path), start=1):
+    for n, (where, row) in enumerate(read_source(source), start=1):
         problem = to_problem(row, where)
         problems.append(problem if problem.id else _with_id(problem, str(n)))
     return problems
@@ -170,10 +204,15 @@ def _with_id(problem: Problem, pid: str) -> Problem:
     return replace(problem, id=pid)
 
 
-def load_sft_rows(path: str | Path) -> list[tuple[str, str]]:
-    """(prompt, response) pairs; `messages` rows are handled by the SFT stage's chat template."""
+def load_sft_rows(source: str | Path | DataSource) -> list[tuple[str, str]]:
+    """(prompt, response) pairs (the gsm8k and math presets give the worked solution as the
+    response); `messages` rows are no pairs: `sources.read_sft_rows` gives them as they are."""
+    from openk1.data.sources import read_source
+
     pairs = []
-    for where, row in read_located(path):
+    for where, row in read_source(source, "sft"):
+        if "messages" in row and "response" not in row:
+            raise OpenK1Error(f"{where}: a `messages` row is no (prompt, response) pair (read it with read_sft_rows)")
         pairs.append((_field(row, "prompt", str, where), _field(row, "response", str, where)))
     return pairs
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from openk1.data.io import iter_located
 from openk1.data.packing import Example, OverlongRule, fit_length, pack
+from openk1.data.sources import DataSource, iter_source
 from openk1.errors import OpenK1Error
 
 Encoder = Callable[[dict[str, Any]], Example]
@@ -40,7 +40,7 @@ def shuffled(rows: Iterator[T], buffer: int, rng: random.Random) -> Iterator[T]:
 class PackedStream:
     """Endless packed rows (lists of Examples) from one dataset file."""
 
-    def __init__(self, path: str, encode: Encoder, max_len: int, pack_rows: bool,
+    def __init__(self, path: str | DataSource, encode: Encoder, max_len: int, pack_rows: bool,
                  rule: OverlongRule, seed: int, shuffle_buffer: int, salt: str = "") -> None:
         self.path, self.encode, self.max_len, self.pack_rows = path, encode, max_len, pack_rows
         self.rule, self.seed, self.shuffle_buffer, self.salt = rule, seed, shuffle_buffer, salt
@@ -52,7 +52,7 @@ class PackedStream:
         """Packed rows of pass `index`, packed `chunk` examples at a time. The shuffle is seeded by
         (seed, salt, pass), never by the path, so a run is reproducible in any folder."""
         rng = random.Random(f"{self.seed}{self.salt}-{index}")
-        located = iter_located(self.path)   # (where, row): an error names the row's line
+        located = iter_source(self.path, "sft")   # (where, row): an error names the row's line
         rows = shuffled(located, self.shuffle_buffer, rng) if self.shuffle_buffer else located
         pending: list[Example] = []
         for where, row in rows:

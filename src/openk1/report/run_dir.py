@@ -212,6 +212,7 @@ def check_inputs_outside(path: Path, inputs: list[tuple[str, Any]]) -> None:
     run's feet."""
     root = path.resolve()
     for key, value in inputs:
+        value = getattr(value, "path", value)   # a data source (data/sources.py): its file
         if isinstance(value, str) and value and Path(value).resolve().is_relative_to(root):
             raise OpenK1Error(f"{path}: --overwrite would delete {key} {value}, which lies inside "
                               "it; copy it elsewhere or choose another --out")
@@ -230,7 +231,7 @@ def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _same(key: str, a: Any, b: Any) -> bool:
-    if key in PATH_KEYS and isinstance(a, str) and isinstance(b, str) and a and b:
+    if key.removesuffix(".path") in PATH_KEYS and isinstance(a, str) and isinstance(b, str) and a and b:
         return os.path.realpath(a) == os.path.realpath(b)
     return bool(a == b)
 
@@ -276,6 +277,21 @@ def check_resume_config(cfg: Any, path: Path, continuation: bool = False) -> Non
 # ---------------------------------------------------------------- the writer
 
 
+def _after_existing_events(folder: Path) -> None:
+    """Wait (at most a second) until a new TensorBoard event file sorts after the folder's.
+
+    Event files are named `events.out.tfevents.<second>.<host>.<pid>.<counter>` and read in
+    name order; a resumed run's file whose second equals the old file's could sort before it
+    (counter 10 < 9 as text), and its purge of the steps after the checkpoint would then come
+    first and drop nothing."""
+    import time
+
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()] if folder.is_dir() else []
+    while seconds and int(time.time()) <= max(seconds):
+        time.sleep(0.05)
+
+
 class RunDir:
     """Metrics sink for one stage: JSONL + TensorBoard (+ summary/config files).
 
@@ -306,7 +322,10 @@ class RunDir:
         if self._tb is None and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.begin() / "tb"), purge_step=self._purge_step)
+            tb = self.begin() / "tb"
+            if self._purge_step is not None:
+                _after_existing_events(tb)
+            self._tb = SummaryWriter(str(tb), purge_step=self._purge_step)
         return self._tb
 
     def write_config(self, cfg: BaseModel) -> None:

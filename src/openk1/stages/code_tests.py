@@ -39,6 +39,7 @@ from openk1.rewards.code_tests import (
     CodeTestsConfig,
     Writer,
     generate_tests_for_problems,
+    has_program_tests,
     needs_special_judge,
     row_generator,
 )
@@ -97,7 +98,8 @@ def load_code_rows(path: str | Path, need_generator: bool = True) -> list[dict[s
     """Rows with prompt (str), solutions (list of str), generator (str; may be missing or empty
     when a model writes it: `need_generator` False, or when the row needs a special judge),
     special_judge (bool), checker (str), type "code" if given; a bad row is an error naming the
-    file, the row (data/io.py `location`) and the field."""
+    file, the row (data/io.py `location`) and the field. Rows with program tests (HumanEval,
+    MBPP) need no generator: they are kept out of generation (rewards/code_tests.py)."""
     located = read_located(path)
     for where, row in located:
         for name in ("prompt", "solutions"):
@@ -113,22 +115,12 @@ def load_code_rows(path: str | Path, need_generator: bool = True) -> list[dict[s
             raise OpenK1Error(f"{where}: field 'solutions' must be a list of strings (programs)")
         if row.get("type", "code") != "code":
             raise OpenK1Error(f"{where}: field 'type' must be 'code', got {row['type']!r}")
-        if need_generator and not needs_special_judge(row) and not row_generator(row).strip():
+        if (need_generator and not needs_special_judge(row) and not has_program_tests(row)
+                and not row_generator(row).strip()):
             state = "missing field" if row.get("generator") is None else "empty field"
             raise OpenK1Error(f"{where}: {state} 'generator' (give --model DIR to have a model "
                               "write one)")
     return [row for _, row in located]
-
-
-def chat_prompt(tokenizer: Any, text: str) -> str:
-    """`text` as one user turn in the tokenizer's chat template (assistant header added), or as
-    is when it has none; a leading BOS is cut (the engine adds it)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return text
-    chat = str(tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True))
-    bos = tokenizer.bos_token or ""
-    return chat[len(bos):] if bos and chat.startswith(bos) else chat
 
 
 def model_writer(cfg: CodeTestsStageConfig) -> Writer:
@@ -139,10 +131,9 @@ def model_writer(cfg: CodeTestsStageConfig) -> Writer:
         from openk1.models.io import load_model
         from openk1.rollout.hf import HFEngine
 
-        model, tokenizer = load_model(cfg.model)
+        model, tokenizer = load_model(cfg.model, prompts=cfg)   # its prompt format (models/prompting.py)
         engine = HFEngine(model, tokenizer, cfg.generator_sampling)
-        prompts = [chat_prompt(tokenizer, r) for r in requests]
-        return engine.generate(prompts, k, cfg.seed).texts
+        return engine.generate(requests, k, cfg.seed).texts
 
     return write
 
@@ -151,7 +142,7 @@ def run(cfg: CodeTestsStageConfig) -> dict[str, Any]:
     if not cfg.data or not cfg.out:
         raise OpenK1Error("code-tests: needs --data IN.jsonl --out DIR")
     with StageRun(cfg, tensorboard=False) as frame:
-        rows = load_code_rows(cfg.data, need_generator=not cfg.model)
+        rows = load_code_rows(cfg.data.plain_path("code-tests"), need_generator=not cfg.model)
         frame.begin()
         try:
             kept, report = generate_tests_for_problems(

@@ -45,8 +45,9 @@ from openk1.curate.hack import HackSettings, hack_filter
 from openk1.curate.rows import Row, alive
 from openk1.curate.sampler import Sampler
 from openk1.curate.tagging import TaggingSettings, tag
-from openk1.data.io import location, read_located, write_jsonl
+from openk1.data.io import location, write_jsonl
 from openk1.data.prompt_cache import PromptCache, model_fingerprint
+from openk1.data.sources import read_source
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.report.run_dir import atomic_file
@@ -65,6 +66,7 @@ class CurateConfig(StageConfig):
     # prompt, model and sampling settings): any filter setting may change, the model and data not
     resume_may_change = (*StageConfig.resume_may_change, "format", "dedup", "hack", "difficulty",
                          "tagging", "balance", "prompts_per_batch", "cache", "progress")
+
 
     format: FormatSettings = Field(FormatSettings(),
                                    description="format filter: a checkable reference answer (report §2.1)")
@@ -95,7 +97,7 @@ def curate(problems_rows: Iterable[dict[str, Any]], cfg: CurateConfig, model: An
     `cfg.out/cache.jsonl`. `where[i]` names row i in errors (`read_located`; by default
     `cfg.data: row i+1`).
     """
-    rows = [Row(n, dict(r), where[n - 1] if where else location(cfg.data or "rows", n))
+    rows = [Row(n, dict(r), where[n - 1] if where else location(cfg.data.path or "rows", n))
             for n, r in enumerate(problems_rows, start=1)]
     counts: Counter[str] = Counter({r: 0 for r in REASONS})
     flagged: Counter[str] = Counter({"trivial": 0, "unreachable": 0})
@@ -190,12 +192,12 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     if not cfg.data:
         raise OpenK1Error("curate: needs --data FILE (the candidate problems)")
     with StageRun(cfg, tensorboard=False) as frame:
-        located = read_located(cfg.data)
+        located = read_source(cfg.data)   # a preset's rows become openk1's (docs/data.md)
         model, tokenizer = None, None
         if cfg.model:
             from openk1.models.io import load_model
 
-            model, tokenizer = load_model(cfg.model)
+            model, tokenizer = load_model(cfg.model, prompts=cfg)
         frame.begin()
         kept, dropped, summary = curate([row for _, row in located], cfg, model, tokenizer,
                                         where=[where for where, _ in located])

@@ -27,10 +27,11 @@ from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
 from openk1.data.batching import encode_pairs
 from openk1.data.io import _field, load_problems, read_located
+from openk1.data.sources import DataSource
 from openk1.distributed import runtime
 from openk1.frame import StageRun
 from openk1.loop import Loop, accumulate_micro
-from openk1.models.forward import eval_mode, response_logprobs, trim
+from openk1.models.forward import eval_mode, forward_path, response_logprobs, trim
 from openk1.models.io import load_model
 from openk1.optim import OptimConfig, check_decay, cosine_lr
 from openk1.report.run_dir import RunDir, atomic_file
@@ -54,7 +55,7 @@ class DPOConfig(StageConfig):
     log_every: int = Field(10, gt=0, description="steps between metric lines")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = Field(2, ge=0, description="newest checkpoints kept (0 = all)")
-    eval_data: str = Field("", description="held-out problems evaluated at the end")
+    eval_data: DataSource = Field(DataSource(), description="held-out problems evaluated at the end (path or source)")
     eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings")
     rewards: RewardConfig = Field(RewardConfig(), description="reward terms of the held-out evaluation")
 
@@ -138,12 +139,14 @@ def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.T
 
 def run(cfg: DPOConfig) -> dict[str, Any]:
     with StageRun(cfg) as frame:
-        pairs = load_pairs(cfg.data)
+        pairs = load_pairs(cfg.data.plain_path("dpo"))
         held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
         if cfg.resume:
             check_resume_step(latest_checkpoint(frame.path), total_steps(cfg, len(pairs)), "steps")
-        model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model)
+        model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model,
+                                      prompts=cfg)
         frame.begin()   # the inputs are valid: the run starts writing
+        frame.note_forward("update", forward_path(model))
         reference = _reference(cfg, frame.dir, pairs)
         loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=cfg.log_every,
                               checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
@@ -162,7 +165,7 @@ def _reference(cfg: DPOConfig, run_dir: RunDir, pairs: list[Pair]) -> torch.Tens
     if cfg.resume and path.is_file():
         saved: torch.Tensor = torch.load(path)   # [pairs, 2]: chosen, rejected
         return saved
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, prompts=cfg)
     reference = reference_logps(model, tokenizer, pairs, cfg)   # every rank: same numbers
     if runtime.is_main():
         with atomic_file(path) as tmp:

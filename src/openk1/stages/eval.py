@@ -25,8 +25,10 @@ from tqdm import tqdm
 
 from openk1.config import Section, StageConfig
 from openk1.data.io import load_problems, write_jsonl
+from openk1.data.sources import DataSource
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
+from openk1.models.forward import forward_path
 from openk1.models.io import load_model
 from openk1.report.run_dir import atomic_write_text, check_inputs_outside
 from openk1.rewards.scoring import RewardConfig, score_many
@@ -104,9 +106,9 @@ def stop_fractions(reasons: list[str]) -> dict[str, float]:
     return {r: counts.get(r, 0) / n for r in (*STOP_REASONS, *sorted(set(counts) - set(STOP_REASONS)))}
 
 
-def benchmark_files(cfg: EvalConfig) -> list[tuple[str, str]]:
-    """(name, file) of --data and of each `benchmarks` entry; names must differ."""
-    files = [(Path(cfg.data).stem, cfg.data)]
+def benchmark_files(cfg: EvalConfig) -> list[tuple[str, str | DataSource]]:
+    """(name, source) of --data and of each `benchmarks` entry (a file); names must differ."""
+    files: list[tuple[str, str | DataSource]] = [(Path(cfg.data.path).stem, cfg.data)]
     for entry in cfg.benchmarks:
         name, sep, path = entry.partition("=")
         if not sep or not name or "/" in name:
@@ -119,7 +121,7 @@ def benchmark_files(cfg: EvalConfig) -> list[tuple[str, str]]:
     if twice:
         raise OpenK1Error(f"eval: benchmark name {twice[0]!r} given twice; name one with NAME=FILE")
     if cfg.overwrite and not cfg.resume:   # --overwrite deletes DIR first
-        check_inputs_outside(Path(cfg.out), [("benchmark", path) for _, path in files[1:]])
+        check_inputs_outside(Path(cfg.out), [("benchmark", str(path)) for _, path in files[1:]])
     return files
 
 
@@ -155,8 +157,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     with StageRun(cfg) as frame:
         files = benchmark_files(cfg)
         loaded = [(name, load_problems(path)) for name, path in files]   # all validate first
-        model, tokenizer = load_model(cfg.model)
+        model, tokenizer = load_model(cfg.model, prompts=cfg)
         frame.begin()
+        frame.note_forward("eval", forward_path(model, cfg.eval.sampling.lean))
         rows: list[dict[str, Any]] = []
         metrics: dict[str, Any] = {}
         benchmarks: dict[str, dict[str, Any]] = {}

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from openk1.config import Section, StageConfig, build, merge, read_yaml
 from openk1.data.io import load_problems, write_jsonl
+from openk1.data.sources import DataSource
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.models.io import load_model
@@ -80,7 +81,7 @@ class PairSettings(Section):
 class Long2ShortConfig(StageConfig):
     methods: list[Method] = Field(default_factory=lambda: list(get_args(Method)),
                                   description="the methods to run, each making a model in DIR/<method> (report §2.4)")
-    eval_data: str = Field("", description="held-out problems (required)")
+    eval_data: DataSource = Field(DataSource(), description="held-out problems (required) (a path or a data source)")
     eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings, the same for every method")
     rewards: RewardConfig = Field(RewardConfig(), description="reward terms of sampling and evaluation")
     reference: str = Field("", description="summary.json of the long model under the same eval settings")
@@ -146,7 +147,7 @@ def draw_samples(cfg: Long2ShortConfig, root: Path, model_dir: str = "",
     `round_` of shortest rejection sampling); also DIR/samples.jsonl (samples_round<r>.jsonl)."""
     problems = load_problems(cfg.data)
     problems = problems[:cfg.samples.problems] if cfg.samples.problems else problems
-    model, tokenizer = load_model(model_dir or cfg.model)
+    model, tokenizer = load_model(model_dir or cfg.model, prompts=cfg)
     k = cfg.samples.samples_per_prompt
     rollout = HFEngine(model, tokenizer, cfg.samples.sampling).generate([p.prompt for p in problems], k,
                                                                         cfg.seed + round_ - 1)
@@ -229,7 +230,7 @@ METHODS: dict[str, Callable[[Context], dict[str, Any]]] = {
 
 def evaluate_model(path: str, held_out: list[Problem], cfg: Long2ShortConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    model, tokenizer = load_model(path)
+    model, tokenizer = load_model(path, prompts=cfg)
     result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
     return {"accuracy": result["accuracy"], "mean_tokens": result["mean_tokens"],
             "accuracy_by_difficulty": result["accuracy_by_difficulty"], "model": path,

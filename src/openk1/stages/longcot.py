@@ -118,12 +118,12 @@ def build(problems: list[Problem], model: Any, tokenizer: Any, settings: BuildSe
 
 def run_build(cfg: LongCoTConfig, frame: StageRun) -> dict[str, Any]:
     problems = load_problems(cfg.data)
-    model, tokenizer = load_model(cfg.build.generator or cfg.model)
+    model, tokenizer = load_model(cfg.build.generator or cfg.model, prompts=cfg)
     frame.begin()   # the inputs are valid: the run starts writing
     rows, stats = build(problems, model, tokenizer, cfg.build)
     atomic_write_text(frame.path / "longcot_stats.json", to_json(stats, indent=2) + "\n")
     if not rows:
-        raise OpenK1Error(f"{cfg.data}: no verified trace was kept (acceptance 0, see "
+        raise OpenK1Error(f"{cfg.data.path}: no verified trace was kept (acceptance 0, see "
                           f"{frame.path / 'longcot_stats.json'}); check the generator, the "
                           "template or max_new_tokens")
     path = cfg.dataset or str(frame.path / "longcot.jsonl")
@@ -149,7 +149,7 @@ def run(cfg: LongCoTConfig) -> dict[str, Any]:
             if not Path(dataset).exists():
                 raise OpenK1Error(f"{dataset}: no long-CoT dataset; run `openk1 longcot build` first")
             frame.begin()
-            train_cfg = sft.SFTConfig(**{k: getattr(cfg, k) for k in sft.SFTConfig.model_fields},)
-            train_cfg = train_cfg.model_copy(update={"data": dataset, "out": str(frame.path / "sft")})
+            train_cfg = sft.SFTConfig(**{**{k: getattr(cfg, k) for k in sft.SFTConfig.model_fields},
+                                         "data": dataset, "out": str(frame.path / "sft")})
             summary = {"build": summary.get("build", {}), **sft.run(train_cfg)}
         return frame.finish(summary)

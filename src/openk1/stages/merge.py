@@ -20,6 +20,7 @@ from pydantic import Field
 
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
+from openk1.data.sources import DataSource
 from openk1.frame import StageRun
 from openk1.models.io import load_model
 from openk1.models.merge import merge_checkpoints
@@ -31,7 +32,7 @@ class MergeConfig(StageConfig):
     models: list[str] = Field(default_factory=list, description="two or more save_pretrained folders")
     weights: list[Annotated[float, Field(ge=0.0)]] = Field(default_factory=list,
                                                            description="one per model, normalised; [] = equal")
-    eval_data: str = Field("", description="held-out problems to evaluate on")
+    eval_data: DataSource = Field(DataSource(), description="held-out problems to evaluate on (path or source)")
     eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings")
     rewards: RewardConfig = Field(RewardConfig(), description="reward terms of the evaluation")
 
@@ -43,7 +44,7 @@ def run(cfg: MergeConfig) -> dict[str, Any]:
         summary["weights_renormalised"] = renormalised(cfg.weights, summary["weights"])
         summary["merge_seconds"] = time.perf_counter() - frame.started
         if held_out:
-            model, tokenizer = load_model(summary["model"])
+            model, tokenizer = load_model(summary["model"], prompts=cfg)
             result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
             summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
         return frame.finish(summary)

@@ -29,7 +29,7 @@ from openk1.data.synthetic import long_response, operands, prompt_text
 from openk1.frame import StageRun
 from openk1.models.io import load_model
 from openk1.schedules import Stage
-from openk1.trainer import LMConfig, model_path, train_lm
+from openk1.trainer import LMConfig, model_path, packed_forward, train_lm
 
 
 class PretrainConfig(LMConfig):
@@ -42,11 +42,12 @@ class PretrainConfig(LMConfig):
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
     with StageRun(cfg) as frame:
-        model, tokenizer = load_model(model_path(cfg, frame.dir))
+        model, tokenizer = load_model(model_path(cfg, frame.dir), prompts=cfg)
         torch.manual_seed(cfg.seed)
         summary: dict[str, Any] = train_lm(model, tokenizer, cfg, list(cfg.stages),
                                            partial(encode_row, tokenizer=tokenizer), frame.dir)
         summary["model"] = frame.save_model(model, tokenizer)
+        frame.note_forward("update", packed_forward(model))
         return frame.finish(summary)
 
 

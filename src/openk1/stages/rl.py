@@ -41,12 +41,13 @@ from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
+from openk1.data.sources import DataSource
 from openk1.distributed import fsdp, runtime
 from openk1.distributed.rollout import ShardedEngine
 from openk1.distributed.settings import RaySettings
 from openk1.frame import StageRun
 from openk1.loop import Loop
-from openk1.models.forward import PRECISIONS, response_logprobs, tokenize, trim
+from openk1.models.forward import PRECISIONS, forward_path, response_logprobs, tokenize, trim
 from openk1.models.io import load_model
 from openk1.optim import OptimConfig, make_optimizer
 from openk1.report.plots import plot_curves
@@ -66,7 +67,7 @@ class RLConfig(StageConfig):
     # held-out set is evaluated: evaluation samples from its own seeded streams
     resume_may_change = (*StageConfig.resume_may_change, "iterations", "eval_every", "eval_at_start")
 
-    eval_data: str = Field("", description="held-out problems for accuracy")
+    eval_data: DataSource = Field(DataSource(), description="held-out problems for accuracy (a path or a data source)")
     iterations: int = Field(20, gt=0, description="RL iterations (rollout, reward, update)")
     prompts_per_iter: int = Field(32, gt=0, description="prompts drawn per iteration")
     samples_per_prompt: int = Field(8, gt=0, description="k responses per prompt")
@@ -299,7 +300,8 @@ def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer |
         held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
         if cfg.resume:
             check_resume_step(latest_checkpoint(frame.path), cfg.iterations, "iterations")
-        model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model)
+        model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model,
+                                      prompts=cfg)
         loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=1,
                               checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
         loop.save_optimizer, loop.synced = not cfg.reset_optimizer, True   # body() syncs every iteration
@@ -314,10 +316,13 @@ def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer |
         frame.begin()
         engine = (make_engine(model, tokenizer) if make_engine else
                   ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision])))
+        frame.note_forward("update", forward_path(loop.trainee, cfg.lean))
+        frame.note_forward("eval", forward_path(model, cfg.eval.sampling.lean))
         try:
             summary = train(loop, engine, sampler, buffer, problems, held_out, cfg, start_iteration, score)
         finally:
             engine.close()
+        frame.note_forward("rollout", getattr(engine, "forward_path", type(engine).__name__))
         summary["model"] = frame.save_model(model, tokenizer)
         if runtime.is_main():
             plot_curves(frame.dir.metrics_path, PLOTTED, frame.path / "curves.png", title="openk1 rl")

@@ -40,6 +40,7 @@ from openk1.distributed.settings import RaySettings
 from openk1.memory import keep_freed_memory
 from openk1.models.forward import PRECISIONS
 from openk1.models.io import load_model
+from openk1.models.prompting import PromptSettings
 from openk1.rewards.base import Score
 from openk1.rewards.scoring import RewardConfig, score_many
 from openk1.rollout.engine import Request, RolloutEngine, requests_for
@@ -69,10 +70,11 @@ def split(items: list[Any], parts: int) -> list[list[Any]]:
 
 
 def make_rollout_engine(kind: str, model_path: str, sampling: SamplingConfig, vllm: VLLMSettings | None,
-                        precision: str = "fp32") -> RolloutEngine:
+                        precision: str = "fp32", prompts: PromptSettings | None = None) -> RolloutEngine:
+    """A rollout worker's engine, on the policy's prompt format and stop ids (models/prompting.py)."""
     if kind == "vllm":
-        return VLLMEngine(model_path, sampling, vllm)
-    model, tokenizer = load_model(model_path)
+        return VLLMEngine(model_path, sampling, vllm, prompts)
+    model, tokenizer = load_model(model_path, prompts=prompts)
     return HFEngine(model, tokenizer, sampling, PRECISIONS[precision])
 
 
@@ -80,9 +82,9 @@ class RolloutWorker:
     """Holds one rollout engine and the policy version of its weights (0: as loaded)."""
 
     def __init__(self, kind: str, model_path: str, sampling: SamplingConfig, vllm: VLLMSettings | None,
-                 colocated: bool, precision: str = "fp32") -> None:
+                 colocated: bool, precision: str = "fp32", prompts: PromptSettings | None = None) -> None:
         keep_freed_memory()   # an actor's own process: as `openk1` does at start
-        self.engine = make_rollout_engine(kind, model_path, sampling, vllm, precision)
+        self.engine = make_rollout_engine(kind, model_path, sampling, vllm, precision, prompts)
         self.version, self.colocated = 0, colocated
         self._sleep()
 
@@ -236,7 +238,7 @@ def run(cfg: rl.RLConfig) -> dict[str, Any]:
         reward_cls = ray.remote(num_cpus=s.reward_cpus)(RewardWorker)
         trainer_cls = ray.remote(num_cpus=s.trainer_cpus, num_gpus=s.trainer_gpus)(Trainer)
         rollouts = [rollout_cls.remote(s.engine, cfg.model, cfg.sampling, cfg.vllm, colocated,
-                                        cfg.precision)
+                                        cfg.precision, PromptSettings(cfg.prompt_format, cfg.system_prompt))
                     for _ in range(s.rollout_workers)]
         rewards = [reward_cls.remote() for _ in range(s.reward_workers)]
         trainer: Any = trainer_cls.remote()   # an actor handle: Ray's types do not follow it

@@ -311,7 +311,8 @@ def train_cot(data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, fr
     --resume in DIR/sft), DIR/model, then held-out judging by `CoTVerifier` from DIR/model."""
     rows_path = frame.path / "cot_sft.jsonl"
     sft_cfg = cot_sft_config(cfg, rows_path, frame.path / "sft")
-    model, tokenizer = load_model(str(latest_checkpoint(Path(sft_cfg.out)) / "model") if cfg.resume else cfg.model)
+    model, tokenizer = load_model(str(latest_checkpoint(Path(sft_cfg.out)) / "model") if cfg.resume else cfg.model,
+                                  prompts=cfg)
     frame.begin()   # with --overwrite: the old run is gone before DIR/sft opens
     if not cfg.resume:
         write_jsonl(rows_path, [cot_row(r, tokenizer, cfg.template) for r in data])
@@ -349,7 +350,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if not cfg.model or not cfg.data or not cfg.out:
         raise OpenK1Error("rm train: needs --model DIR --data labelled.jsonl --out DIR")
     with StageRun(cfg) as frame:   # the run-directory contract: a new, --overwrite'd or --resume'd DIR
-        rows = load_rows(cfg.data)
+        rows = load_rows(cfg.data.plain_path("rm train"))
         data, held = split(rows, cfg.heldout_fraction, cfg.seed)
         torch.manual_seed(cfg.seed)
         result = TRAINERS[cfg.kind](data, held, cfg, frame)

@@ -32,15 +32,14 @@ def check_output(cfg: ScoreConfig) -> Path:
         raise OpenK1Error(f"{out}: --out of score is the JSONL file to write; this is a folder")
     if out.exists() and not cfg.overwrite:
         raise OpenK1Error(f"{out}: exists; replace it with --overwrite or choose another --out")
-    if out.resolve() == Path(cfg.data).resolve():
+    if out.resolve() == Path(cfg.data.plain_path("score")).resolve():
         raise OpenK1Error(f"{out}: --out would replace --data; write the scores to another file")
     return out
 
 
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     check_output(cfg)
-    source = cfg.data
-    located = read_located(source)
+    located = read_located(cfg.data.path)
     rows = [row for _, row in located]
     for where, row in located:
         if not isinstance(row.get("response"), str):

@@ -20,14 +20,15 @@ from pydantic import Field, model_validator
 
 from openk1.data.io import load_problems
 from openk1.data.packing import encode_row
+from openk1.data.sources import DataSource
 from openk1.distributed import runtime
 from openk1.frame import StageRun
-from openk1.models.forward import response_logprobs, trim
+from openk1.models.forward import forward_path, response_logprobs, trim
 from openk1.models.io import load_model
 from openk1.optim import OptimConfig, check_decay
 from openk1.schedules import LRSchedule, Stage
 from openk1.stages.eval import EvalSettings, evaluate
-from openk1.trainer import LMConfig, model_path, train_lm
+from openk1.trainer import LMConfig, model_path, packed_forward, train_lm
 
 
 class SFTConfig(LMConfig):
@@ -41,7 +42,7 @@ class SFTConfig(LMConfig):
     batch_size: int = Field(32, gt=0, description="rows per step: examples (unpacked) or packed rows")
     max_response_tokens: int = Field(256, gt=0, description="longer responses are cut (counted in `truncated`)")
     max_seq_len: int = Field(0, ge=0, description="> 0: pack examples into rows of this many tokens")
-    eval_data: str = Field("", description="problems to report held-out accuracy on at the end")
+    eval_data: DataSource = Field(DataSource(), description="held-out problems: accuracy at the end (path or source)")
     eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation settings")
 
     @model_validator(mode="after")
@@ -73,13 +74,15 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 
 def run(cfg: SFTConfig) -> dict[str, Any]:
     with StageRun(cfg) as frame:
-        model, tokenizer = load_model(model_path(cfg, frame.dir))
+        model, tokenizer = load_model(model_path(cfg, frame.dir), prompts=cfg)
         held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
         torch.manual_seed(cfg.seed)
         encode = partial(encode_row, tokenizer=tokenizer, max_response_tokens=cfg.max_response_tokens)
         summary: dict[str, Any] = train_lm(model, tokenizer, cfg, sft_stages(cfg), encode, frame.dir)
         summary.setdefault("truncated", 0)
         summary["model"] = frame.save_model(model, tokenizer)
+        frame.note_forward("update", packed_forward(model))
         if held_out and runtime.is_main():
+            frame.note_forward("eval", forward_path(model, cfg.eval.sampling.lean))
             summary.update(evaluate(model, tokenizer, held_out, cfg.eval))
         return frame.finish(summary)
