@@ -1,6 +1,6 @@
 """Code verifier: run the response's last fenced program on the problem's tests in the sandbox.
 
-Tests (`problem.tests`) come in two forms:
+Tests (`problem.tests`) come in three forms:
   {"input": str, "output": str}      stdin/stdout; outputs compared after stripping trailing
                                      whitespace on every line and trailing blank lines.
   {"call": "solve(1, 2)", "expected": "3"}  Python only: the sandboxed harness runs the program,
@@ -8,6 +8,12 @@ Tests (`problem.tests`) come in two forms:
                                      parent parses it with ast.literal_eval and compares it with
                                      the expected literal. The comparison happens outside the
                                      sandbox on plain values, so no object can fake equality.
+  {"program": SRC, "entry_point": "f"}  Python only, HumanEval/MBPP style: the test program SRC
+                                     runs after the submission (then check(f) when entry_point is
+                                     given); it passes iff it completes. One sandboxed run, the
+                                     test and the submission in two processes (run_program_test,
+                                     sandbox/program_harness.py, docs/rewards.md).
+A row may mix the forms; call and program tests need a Python submission.
 
 Reward 1.0 iff every test passes (`mode="all"`, the report's rule), or the passed fraction
 (`mode="fraction"`). Per-test verdicts: AC WA TLE MLE RE OLE. Overall verdicts: accepted,
@@ -24,6 +30,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
+import json
+import keyword
 import math
 import re
 import secrets
@@ -33,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from openk1.rewards.base import Score, Verifier
-from openk1.sandbox import OK, ExecResult, Limits, Sandbox
+from openk1.sandbox import OK, ExecResult, Limits, Sandbox, program_harness
 from openk1.types import Problem
 
 FENCE_RE = re.compile(r"```[ \t]*([^\n`]*)\n(.*?)```", re.DOTALL)
@@ -68,25 +77,19 @@ COMPILE_LIMITS = Limits(
 CPP_COMPILE = "g++ -std=c++17 -O2 -pipe -o main main.cpp 1>&2 && cat main"
 FLOAT_TOL = 1e-6
 SNIPPET = 300  # characters of stdout/stderr kept in details for the first failing test
+PLAIN_SOURCE = inspect.getsource(program_harness.is_plain)  # the "plain value" rule of both harnesses
 
 HARNESS = """import sys
 sys.set_int_max_str_digits(0)
 _nonce, _repr, _type, _write = {nonce!r}, repr, type, sys.stdout.write
-_PLAIN = (int, float, complex, str, bytes, bool, type(None), list, tuple, dict, set, frozenset)
 
 
-def _plain(x):
-    if _type(x) in (list, tuple, set, frozenset):
-        return all(_plain(v) for v in x)
-    if _type(x) is dict:
-        return all(_plain(k) and _plain(v) for k, v in x.items())
-    return _type(x) in _PLAIN
-
+{plain}
 
 _ns = {{"__name__": "solution", "__builtins__": __builtins__}}
 exec(compile(open("solution.py").read(), "solution.py", "exec"), _ns)
 _result = eval(compile({call!r}, "<call>", "eval"), _ns)
-_text = _repr(_result) if _plain(_result) else "<unsupported " + _type(_result).__name__ + ">"
+_text = _repr(_result) if is_plain(_result) else "<unsupported " + _type(_result).__name__ + ">"
 sys.stdout.flush()
 _write("\\n" + _nonce + _text + "\\n")
 sys.stdout.flush()
@@ -162,7 +165,7 @@ def run_call_test(
     nonce = secrets.token_hex(16)
     files = {
         "solution.py": program.source,
-        "harness.py": HARNESS.format(nonce=nonce, call=str(test["call"])),
+        "harness.py": HARNESS.format(nonce=nonce, call=str(test["call"]), plain=PLAIN_SOURCE),
     }
     result = sandbox.run(files, sandbox.python_argv("harness.py"), "", limits)
     expected = str(test["expected"])
@@ -172,6 +175,31 @@ def run_call_test(
     got = marked[-1][len(nonce) :] if marked else None
     verdict = "AC" if got is not None and results_match(got, expected) else "WA"
     return CaseOutcome(verdict, result.wall_s, got or "", result.stderr, expected)
+
+
+PROGRAM_EXPECTED = "(the test program runs to completion)"
+
+
+@functools.cache
+def program_harness_source() -> str:
+    """sandbox/program_harness.py's text: it runs in the sandbox as harness.py."""
+    return inspect.getsource(program_harness)
+
+
+def run_program_test(
+    program: Program, test: Mapping[str, Any], sandbox: Sandbox, limits: Limits
+) -> CaseOutcome:
+    """Run test["program"] after the submission (then its check(entry point) when the test has
+    "entry_point") in ONE sandboxed run; AC iff the harness printed this run's nonce, which
+    reaches only the harness's test process, on stdin, after the submission's process forked."""
+    nonce = secrets.token_hex(16)
+    job = {"nonce": nonce, "program": str(test["program"]), "entry_point": test.get("entry_point")}
+    files = {"solution.py": program.source, "harness.py": program_harness_source()}
+    result = sandbox.run(files, sandbox.python_argv("harness.py"), json.dumps(job), limits)
+    lines = result.stdout.splitlines()
+    got = "\n".join(line for line in lines if line != nonce).strip()
+    verdict = result.status if result.status != OK else "AC" if nonce in lines else "WA"
+    return CaseOutcome(verdict, result.wall_s, got, result.stderr, PROGRAM_EXPECTED)
 
 
 def _literal(text: str) -> tuple[bool, Any]:
@@ -223,10 +251,25 @@ TEST_FORMS: tuple[tuple[str, str, str], ...] = (("stdio", "input", "output"),
                                                 ("call", "call", "expected"))
 
 
+def _program_problem(test: Mapping[str, Any]) -> str | None:
+    """What is wrong with a test that has a "program" (None when nothing)."""
+    program, entry = test.get("program"), test.get("entry_point")
+    if not isinstance(program, str) or not program.strip():
+        return f"'program' must be a non-empty string of Python, got {program!r:.40}"
+    if entry is not None and not (
+        isinstance(entry, str) and entry.isidentifier() and not keyword.iskeyword(entry)
+    ):
+        return f"'entry_point' must be a Python identifier, got {entry!r:.40}"
+    return None
+
+
 def classify_test(test: object) -> str | None:
-    """"stdio" or "call" for a well-formed test, else None. A null field counts as absent (a
-    Parquet struct column holds the fields of both forms)."""
+    """"stdio", "call" or "program" for a well-formed test, else None. A null field counts as
+    absent (a Parquet struct column holds the fields of every form); a non-null "program" makes
+    it a program test."""
     if isinstance(test, Mapping):
+        if test.get("program") is not None:
+            return "program" if _program_problem(test) is None else None
         for kind, first, second in TEST_FORMS:
             if test.get(first) is not None and test.get(second) is not None:
                 return kind
@@ -240,12 +283,14 @@ def bad_test_reason(test: object) -> str | None:
         return f"must be an object with input/output or call/expected, got {type(test).__name__}"
     if classify_test(test) is not None:
         return None
+    if test.get("program") is not None:
+        return _program_problem(test)
     for _, *fields in TEST_FORMS:
         given = [name for name in fields if test.get(name) is not None]
         if given:
             missing = next(name for name in fields if name not in given)
             return f"missing {missing!r}"
-    return "needs 'input' and 'output' (stdin/stdout) or 'call' and 'expected'"
+    return "needs 'input' and 'output' (stdin/stdout) or 'call' and 'expected', or 'program'"
 
 
 def _outcome_details(outcomes: list[CaseOutcome], total: int) -> dict[str, Any]:
@@ -279,10 +324,14 @@ def _check_inputs(problem: Problem, response: str) -> Score | tuple[str, str]:
     extracted = extract_program(response)
     if extracted is None:
         return Score(0.0, "no_code", {})
-    if extracted[0] == "cpp" and (shutil.which("g++") is None or "call" in kinds):
-        reason = "call tests need Python" if "call" in kinds else "g++ not found"
+    python_only = "call" in kinds or "program" in kinds
+    if extracted[0] == "cpp" and (shutil.which("g++") is None or python_only):
+        reason = "call and program tests need Python" if python_only else "g++ not found"
         return Score(0.0, "unsupported_language", {"language": "cpp", "reason": reason})
     return extracted
+
+
+RUNNERS = {"stdio": run_stdio_test, "call": run_call_test, "program": run_program_test}
 
 
 def _run_tests(
@@ -291,7 +340,7 @@ def _run_tests(
     """Run tests in order; with `stop`, end at the first one that is not AC."""
     outcomes: list[CaseOutcome] = []
     for test in tests:
-        runner = run_stdio_test if classify_test(test) == "stdio" else run_call_test
+        runner = RUNNERS[classify_test(test) or "stdio"]
         outcomes.append(runner(program, test, box, limits))
         if stop and outcomes[-1].verdict != "AC":
             break

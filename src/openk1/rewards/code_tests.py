@@ -22,6 +22,10 @@ Model-written generators: for a row without a generator, a model (any `Writer`) 
 `generator_attempts` times with GENERATOR_PROMPT; the code of each answer (`extract_generator`)
 is tried in order and the first that yields `min_tests` valid tests is used. That code runs in
 the sandbox, like every generator.
+
+Rows that already carry program tests ({"program": ...}, HumanEval/MBPP style: references are
+functions, not stdin/stdout programs) are excluded before anything runs too, with reason
+`program_tests`, and no model is asked for their generator.
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from openk1.rewards.code import FENCE_RE, RUN_LIMITS, Program, normalize_output, prepare_program
+from openk1.rewards.code import (
+    FENCE_RE,
+    RUN_LIMITS,
+    Program,
+    classify_test,
+    normalize_output,
+    prepare_program,
+)
 from openk1.sandbox import Job, Limits, Sandbox, SandboxPool, module_paths, module_spec
 from openk1.types import Problem
 
@@ -325,11 +336,18 @@ def row_generator(row: Mapping[str, Any]) -> str:
     return str(row.get("generator") or "")
 
 
+def has_program_tests(row: Mapping[str, Any]) -> bool:
+    """The row already has program tests (HumanEval/MBPP style), which this stdin/stdout recipe
+    does not make or check: it is excluded (`program_tests`)."""
+    tests = row.get("tests") or ()
+    return isinstance(tests, (list, tuple)) and any(classify_test(t) == "program" for t in tests)
+
+
 def needs_writer(row: Mapping[str, Any]) -> bool:
     """A row a model must write a generator for: none of its own, references to run, and no
-    special judge (excluded anyway)."""
+    special judge or program tests (excluded anyway)."""
     return not row_generator(row).strip() and bool(row.get("solutions")) \
-        and not needs_special_judge(row)
+        and not needs_special_judge(row) and not has_program_tests(row)
 
 
 def write_generators(
@@ -372,8 +390,10 @@ def generate_tests_for_problems(
     with SandboxPool(cfg.workers, generator_sandbox(cfg.generator_modules)) as pool:
         for index, row in enumerate(rows):
             problem = row_to_problem(row)
-            if needs_special_judge(row):
-                per_problem.append({"row": index, **excluded_report(problem, "special_judge"),
+            excluded = "special_judge" if needs_special_judge(row) else \
+                "program_tests" if has_program_tests(row) else None
+            if excluded:
+                per_problem.append({"row": index, **excluded_report(problem, excluded),
                                     "generator_source": None})
                 continue
             candidates = written.get(index) or [row_generator(row)]

@@ -27,7 +27,11 @@ namespaces refused) the Sandbox warns once and runs per_run.
 
 mode="per_run": one bwrap per program (`--unshare-all`, a fresh network namespace each time)
 with limits applied by `prlimit` inside it; the parent SIGKILLs bwrap's process group at the
-end and the PID namespace takes every descendant with it.
+end and the PID namespace takes every descendant with it. Here the program's init (PID 1) is
+bwrap itself, which the program can inspect: its /proc/1/environ, /proc/1/fd/0 (the run's
+stdin) and /proc/1/mem (which may hold a copy of the last file copied in). That reveals nothing
+stdio or call tests hide; the program-test harness (program_harness.py) empties its stdin
+before the submission runs for this reason.
 
 Cost (benchmarks/sandbox_overhead.py, `print(1)`): bwrap's set-up and tear-down of a full set
 of namespaces and a dozen mounts, the `prlimit` exec, and a full fork of the scorer (Popen can
