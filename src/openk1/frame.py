@@ -14,6 +14,7 @@ A run that raises still closes its TensorBoard writer (what it logged is flushed
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +33,15 @@ class StageRun:
         self.dir: RunDir = runtime.run_dir(cfg, tensorboard=tensorboard)
         self.started = time.perf_counter()
         self.closed = False
+        self.forward: dict[str, str] = {}   # which forward pass ran each part, and why
+
+    def note_forward(self, part: str, path: str) -> None:
+        """Record (summary.json `forward`) and say (stderr, rank 0) which forward pass runs
+        `part` (rollout, update, eval, ...): "lean" or "hf (<why>)" (models/forward.py)."""
+        if self.forward.get(part) != path:
+            self.forward[part] = path
+            if runtime.is_main():
+                print(f"openk1: {part} forward: {path}", file=sys.stderr)
 
     @property
     def path(self) -> Path:
@@ -52,6 +62,8 @@ class StageRun:
         """`summary` with `wall_seconds` (unless the stage measured its own) to DIR/summary.json;
         the TensorBoard writer closed. Returns the summary."""
         summary.setdefault("wall_seconds", time.perf_counter() - self.started)
+        if self.forward:
+            summary.setdefault("forward", dict(self.forward))
         self.dir.write_summary(summary)
         self.close()
         return summary

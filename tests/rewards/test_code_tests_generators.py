@@ -28,7 +28,7 @@ from openk1.rewards.code_tests import (
     needs_special_judge,
 )
 from openk1.sandbox import INSTALL_HINT, Limits
-from openk1.stages.code_tests import chat_prompt, load_code_rows
+from openk1.stages.code_tests import load_code_rows
 from openk1.types import Problem
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason=INSTALL_HINT)
@@ -202,21 +202,6 @@ def test_generator_prompt_holds_the_problem_and_a_working_example() -> None:
     assert extract_generator(request).startswith("from cyaron import randint\n")
 
 
-def test_chat_template_wraps_the_request_without_a_second_bos() -> None:
-    class Tokenizer:
-        bos_token = "<s>"
-        chat_template = "set"
-
-        def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool,
-                                add_generation_prompt: bool) -> str:
-            assert not tokenize and add_generation_prompt
-            return f"<s>[user]{messages[0]['content']}[assistant]"
-
-    assert chat_prompt(Tokenizer(), "hi") == "[user]hi[assistant]"
-    Tokenizer.chat_template = ""
-    assert chat_prompt(Tokenizer(), "hi") == "hi"  # no template: the text as is
-
-
 # ---------------------------------------------------------------- candidates in order
 
 
@@ -317,7 +302,7 @@ def test_trained_model_writes_a_working_generator(tmp_path: Path, writer_model_d
                    "generator_sampling.temperature=0")
     model, tokenizer = load_model(writer_model_dir)
     greedy = SamplingConfig.model_validate({"temperature": 0.0, "max_new_tokens": 120})
-    request = chat_prompt(tokenizer, GENERATOR_PROMPT.format(problem=PROBLEM))
+    request = GENERATOR_PROMPT.format(problem=PROBLEM)   # in the model's prompt format, by the engine
     answer = HFEngine(model, tokenizer, greedy).generate([request], 1, seed=0).texts[0]
     assert answer == TARGET
     written, own = got["kept"]

@@ -80,18 +80,24 @@ def test_tiny_random_model_is_malformed_default(tiny_model_dir: Path) -> None:
     assert judge.counts == {"calls": 3, "malformed": 3}
 
 
-def test_prompt_template_truncation_and_chat(tiny_model_dir: Path) -> None:
+def test_prompt_template_truncation_and_chat(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from openk1.models import prompting
+    from openk1.models.forward import tokenize
+    from openk1.models.io import load_model, save_model
+
     judge = CoTVerifier(tiny_model_dir, max_response_chars=5)
     problem = Problem("Q?", "R", "freeform")
     expected = COT_TEMPLATE.format(prompt="Q?", answer="R", response="34567")
     assert judge.prompt("1234567", problem) == expected  # the response keeps its end
     assert expected.endswith("Response: 34567\n\nReasoning:") and '{"correct": true}' in expected
-    judge.engine().tokenizer.chat_template = (
-        "<bos>{% for m in messages %}USER: {{ m.content }}{% endfor %} JUDGE:"
-    )
-    assert (
-        judge.prompt("1234567", problem) == f"USER: {expected} JUDGE:"
-    )  # <bos> left to the engine
-    plain = CoTVerifier(tiny_model_dir, max_response_chars=5, chat_template=False)
-    plain._engine = judge.engine()
-    assert plain.prompt("1234567", problem) == expected
+    # a judge whose tokenizer has a chat template is sent the filled template as a user turn
+    model, tok = load_model(tiny_model_dir)
+    tok.chat_template = "{% for m in messages %}USER: {{ m.content }}{% endfor %} JUDGE:"
+    prompting.configure(tok, "chat")   # recorded with the model: its format from now on
+    save_model(model, tok, tmp_path / "chat")
+    chat = CoTVerifier(tmp_path / "chat", max_response_chars=5)
+    sent = tokenize(chat.engine().tokenizer, [chat.prompt("1234567", problem)])[0]
+    assert sent == tok(f"USER: {expected} JUDGE:", add_special_tokens=False)["input_ids"]   # no BOS on top
+    plain = CoTVerifier(tmp_path / "chat", max_response_chars=5, chat_template=False)
+    assert prompting.prompting(plain.engine().tokenizer).format == "plain"
+    assert tokenize(plain.engine().tokenizer, [plain.prompt("1234567", problem)])[0] == tok(expected)["input_ids"]

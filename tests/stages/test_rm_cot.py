@@ -50,18 +50,30 @@ def test_sft_example_is_the_judge_prompt_then_check_and_verdict(label: int, reas
     assert example.action_mask == [0] * (1 + len(PROMPT)) + [1] * (len(target) + 1)
 
 
-def test_sft_prompt_is_what_the_verifier_sends(tiny_model_dir: Path) -> None:
-    judge = CoTVerifier(tiny_model_dir)
+def test_sft_prompt_is_what_the_verifier_sends(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The judge trained by `rm train --set kind=cot` sees, token for token, what CoTVerifier
+    sends: both fill the same template and both go through the model's prompt format."""
+    from openk1.models import prompting
+    from openk1.models.forward import tokenize
+    from openk1.models.io import load_model, save_model
+
+    model, tok = load_model(tiny_model_dir)
+    tok.chat_template = "{% for m in messages %}USER: {{ m.content }}{% endfor %} JUDGE:"
+    prompting.configure(tok, "chat")   # recorded with the model: its format from now on
+    save_model(model, tok, tmp_path / "chat")
+    judge = CoTVerifier(tmp_path / "chat")
     tok = judge.engine().tokenizer
-    tok.chat_template = "<bos>{% for m in messages %}USER: {{ m.content }}{% endfor %} JUDGE:"
     row = ("What is 5+8?", "13", "\\boxed{3*4+1}", 1, "")
     problem = Problem("What is 5+8?", "13", "freeform")
     sent = judge.prompt("\\boxed{3*4+1}", problem)
-    assert rm.cot_row(row, tok)["prompt"] == sent == f"USER: {PROMPT} JUDGE:"   # <bos>: the engine's
-    other = CoTVerifier(tiny_model_dir, template="{prompt}|{answer}|{response}")
-    other._engine = judge.engine()
+    assert rm.cot_row(row, tok)["prompt"] == sent == PROMPT
+    example = encode_row(rm.cot_row(row, tok), tok)
+    prompt_ids = tokenize(tok, [sent])[0]
+    assert prompt_ids == tok(f"USER: {PROMPT} JUDGE:", add_special_tokens=False)["input_ids"]
+    assert example.ids[:len(prompt_ids)] == prompt_ids and not any(example.action_mask[:len(prompt_ids)])
+    other = CoTVerifier(tmp_path / "chat", template="{prompt}|{answer}|{response}")
     assert (rm.cot_row(row, tok, "{prompt}|{answer}|{response}")["prompt"]
-            == other.prompt("\\boxed{3*4+1}", problem) == "USER: What is 5+8?|13|\\boxed{3*4+1} JUDGE:")
+            == other.prompt("\\boxed{3*4+1}", problem) == "What is 5+8?|13|\\boxed{3*4+1}")
 
 
 def response_value(response: str) -> int:

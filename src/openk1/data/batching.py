@@ -8,14 +8,15 @@ from typing import Any
 import torch
 
 from openk1.models.forward import encode_prompts
+from openk1.models.prompting import turn_end_id
 from openk1.padding import pad
 
 
 def encode_responses(tokenizer: Any, responses: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Right-padded response ids [B, T] ending in EOS, action_mask [B, T], and how many were
     truncated to `max_tokens` (those lose their EOS: the model is not taught to stop there)."""
-    encoded = [tokenizer(r, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-               for r in responses]
+    end = turn_end_id(tokenizer)   # EOS, or the chat template's end of turn (models/prompting.py)
+    encoded = [tokenizer(r, add_special_tokens=False)["input_ids"] + [end] for r in responses]
     truncated = sum(len(ids) > max_tokens for ids in encoded)
     ids, mask = pad([ids[:max_tokens] for ids in encoded], tokenizer.pad_token_id)
     return ids, mask, truncated

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from openk1.errors import OpenK1Error
+from openk1.models.prompting import prompt_ids, turn_end_id
 
 OverlongRule = Literal["truncate", "drop", "split"]
 
@@ -30,16 +31,17 @@ class Example:
 
 def encode_row(row: dict[str, Any], tokenizer: Any, max_response_tokens: int = 0) -> Example:
     """One dataset row as an Example: `text` (every token trained), `prompt` + `response`
-    (response + EOS trained; prompt encoded as the rollout engine encodes it) or `messages`
-    (assistant turns trained; the tokenizer's chat template when it has one)."""
+    (response + its end token trained; the prompt in the tokenizer's prompt format, as the
+    rollout engine encodes it: models/prompting.py) or `messages` (assistant turns trained; the
+    tokenizer's chat template when it has one)."""
     if isinstance(row.get("text"), str):
         ids = tokenizer(row["text"], add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
         return Example(ids, [0] + [1] * (len(ids) - 1))
     if isinstance(row.get("messages"), list):
         return _encode_messages(row["messages"], tokenizer)
     if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
-        prompt = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
-        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt = prompt_ids(tokenizer, row["prompt"])
+        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [turn_end_id(tokenizer)]
         cut = 0 < max_response_tokens < len(response)
         response = response[:max_response_tokens] if cut else response
         return Example(prompt + response, [0] * len(prompt) + [1] * len(response), cut)

@@ -38,6 +38,11 @@ class ShardedEngine:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
+    @property
+    def forward_path(self) -> str:
+        """The wrapped engine's (rollout/hf.py HFEngine.forward_path), for the run's summary."""
+        return str(getattr(self.engine, "forward_path", type(self.engine).__name__))
+
     def sample(self, requests: list[Request]) -> Rollout:
         if not runtime.is_distributed():
             return self.engine.sample(requests)

@@ -14,15 +14,16 @@ from typing import Any
 import torch
 
 from openk1.algo.logprobs import token_logprobs
-from openk1.models.lean import LeanModel
+from openk1.models.lean import LeanModel, unsupported_reason
+from openk1.models.prompting import prompt_ids
 from openk1.padding import pad
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}   # compute dtype (None: the parameters')
 
 
 def tokenize(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
-    """Token ids of each prompt (special tokens as the tokenizer adds them)."""
-    return [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    """Token ids of each prompt in the tokenizer's prompt format (models/prompting.py)."""
+    return [prompt_ids(tokenizer, p) for p in prompts]
 
 
 def encode_prompts(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +91,7 @@ def _accepts(model: Any, name: str) -> bool:
 
 def cached_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    cache: Any = None) -> tuple[torch.Tensor, Any]:
-    """Logits of the last position [B, V] and the updated KV cache.
+    """Logits of the last position [B, V] and the updated KV cache (`full_cache` at first).
 
     input_ids [B, n] are the new tokens (the whole prompt on the first call), attention_mask
     [B, P + t] covers every token so far. Transformers 5 names the cache `cache`; 4.x named it
@@ -100,9 +101,34 @@ def cached_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     n = input_ids.shape[1]
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids(attention_mask)[:, -n:], use_cache=True,
-                logits_to_keep=1, **({name: cache} if cache is not None else {}))
+                logits_to_keep=1, **{name: cache if cache is not None else full_cache()})
     new_cache = out.cache if hasattr(out, "cache") else out.past_key_values
     return out.logits[:, -1].float(), new_cache
+
+
+def forward_path(model: Any, lean: bool = True) -> str:
+    """Which forward pass runs `model` and why: "lean" (models/lean.py) or "hf (<reason>)".
+
+    >>> forward_path(object(), lean=False)
+    'hf (lean: false)'
+    """
+    if not lean:
+        return "hf (lean: false)"
+    reason = unsupported_reason(model)
+    return "lean" if reason is None else f"hf ({reason})"
+
+
+def full_cache() -> Any:
+    """An empty DynamicCache without the model's config: every layer a full-attention
+    DynamicLayer, also for sliding-window (Mistral, Phi-3) and hybrid (Gemma 2/3, Qwen2 with
+    `use_sliding_window`) models. Their sliding windows are still applied, by the attention mask
+    HF builds for each layer type over the full keys (the window is counted in columns, which
+    equal token distances since every row's real tokens are contiguous), so the logits are those
+    of a full forward pass, and rows can be dropped and joined (rollout/kv_cache.py). Memory:
+    the whole context per layer, as for a full-attention model."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
 
 
 def _cache_arg(model: Any) -> str:

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from openk1.errors import OpenK1Error
+from openk1.models import prompting
 from openk1.report.run_dir import atomic_dir
 
 
@@ -38,9 +39,12 @@ def recommended_settings(path: str | Path, command: str) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
+               prompts: Any = None) -> tuple[PreTrainedModel, Any]:
     """(model, tokenizer) from a `save_pretrained` directory (or a run directory holding one in
-    `model/`); a clear error if it is neither."""
+    `model/`); a clear error if it is neither. The tokenizer gets the prompt format
+    (models/prompting.py): `prompts.prompt_format` / `prompts.system_prompt` (a stage config),
+    default `auto`, and the model's generation_config eos ids as stop ids."""
     path = model_dir(path)
     if not (path / "config.json").is_file():
         raise OpenK1Error(f"{path}: not a model directory (no config.json); "
@@ -52,6 +56,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Pr
         raise OpenK1Error(f"{path}: cannot load model or tokenizer ({exc})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    prompting.record_eos_ids(tokenizer, model)
+    prompting.load_record(tokenizer, path)
+    prompting.configure(tokenizer, getattr(prompts, "prompt_format", "auto"), getattr(prompts, "system_prompt", ""))
     return model, tokenizer
 
 
@@ -60,3 +67,4 @@ def save_model(model: PreTrainedModel, tokenizer: Any, path: str | Path) -> None
     with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        prompting.save_record(tokenizer, tmp)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from openk1.models.io import load_model
+from openk1.models.prompting import PromptSettings
 from openk1.rewards.base import Score
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.types import Problem
@@ -139,29 +140,19 @@ def render_prompt(
     answer: str,
     response: str,
     template: str = COT_TEMPLATE,
-    chat_template: bool = True,
     max_response_chars: int = 4000,
 ) -> str:
-    """The judge's prompt: `template` filled in, wrapped in the tokenizer's chat template when
-    it has one (and `chat_template`), without the BOS the engine adds when it encodes the text.
-    Long responses keep their last `max_response_chars` characters. `CoTVerifier` judges with
-    it and `openk1 rm train --set kind=cot` trains on it, so both see the same text.
+    """The judge's prompt: `template` filled in; the engine puts it in the judge model's prompt
+    format (models/prompting.py: its chat template when it has one, unless `chat_template` is
+    false). Long responses keep their last `max_response_chars` characters. `CoTVerifier`
+    judges with it and `openk1 rm train --set kind=cot` trains on it (the SFT prompt in the same
+    format), so both see the same tokens.
 
     >>> from openk1.models.tiny import char_tokenizer
     >>> render_prompt(char_tokenizer(), "1+1?", "2", "so 2", template="{prompt}|{answer}|{response}")
     '1+1?|2|so 2'
     """
-    text = template.format(
-        prompt=prompt, answer=answer, response=response[-max_response_chars:]
-    )
-    if not (chat_template and getattr(tokenizer, "chat_template", None)):
-        return text
-    chat = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
-    bos = tokenizer.bos_token or ""
-    chat = str(chat)
-    return chat[len(bos) :] if bos and chat.startswith(bos) else chat  # the engine adds BOS
+    return template.format(prompt=prompt, answer=answer, response=response[-max_response_chars:])
 
 
 class CoTVerifier:
@@ -204,7 +195,9 @@ class CoTVerifier:
         """The greedy generation engine, built (and the model loaded) on the first call only."""
         if self._engine is None:
             model: Any
-            model, tokenizer = load_model(self.model_dir)
+            # the judge's prompt format: its chat template (auto), or plain text when told not to
+            model, tokenizer = load_model(self.model_dir, prompts=PromptSettings(
+                prompt_format="auto" if self.chat_template else "plain"))
             sampling = SamplingConfig(
                 temperature=0.0, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
             )
@@ -219,7 +212,6 @@ class CoTVerifier:
             problem.answer,
             response,
             template=self.template,
-            chat_template=self.chat_template,
             max_response_chars=self.max_response_chars,
         )
 

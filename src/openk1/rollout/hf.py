@@ -40,8 +40,9 @@ from pydantic import Field
 
 from openk1.algo.logprobs import token_logprobs
 from openk1.config import Section
-from openk1.models.forward import cached_forward, eval_mode
+from openk1.models.forward import cached_forward, eval_mode, forward_path
 from openk1.models.lean import LeanModel
+from openk1.models.prompting import stop_ids
 from openk1.padding import pad
 from openk1.rollout import kv_cache
 from openk1.rollout.engine import Request, requests_for
@@ -60,6 +61,8 @@ class SamplingConfig(Section):
     continuous_batching: bool = Field(True, description="finished sequences free their slots for waiting ones")
     repeat: RepeatConfig = Field(RepeatConfig(), description="stop a response that starts repeating itself")
     lean: bool = Field(True, description="static KV cache + openk1's Llama-family forward (models/lean.py)")
+    stop: list[str] = Field(default_factory=list, description="stop strings: a response ends (stop reason normal) "
+                            "with the token that completes one; ids: every EOS and end-of-turn id always stop")
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
@@ -87,6 +90,7 @@ class _Output:
     tokens: list[int] = field(default_factory=list)
     logp: list[float] = field(default_factory=list)
     stop: str = ""
+    context: list[int] = field(default_factory=list)   # the end of the request's prefix (stop strings)
 
 
 @dataclass
@@ -117,17 +121,27 @@ class _Rows:
 
 class HFCacheState:
     """Decode state over HF's own forward and DynamicCache (any causal LM): rows left-padded to a
-    common length, the attention mask [b, L] marking real tokens (rollout/kv_cache.py)."""
+    common length, the attention mask [b, L] marking real tokens (rollout/kv_cache.py).
+
+    A model whose cache cannot drop or join rows (not a full-attention DynamicCache, e.g. a
+    recurrent-state hybrid) decodes in whole batches: a finished row stays in the cache, fed
+    padding its attention mask hides, until the batch ends (`joins` False, `note` says why)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.cache: Any = None          # HF's DynamicCache of the rows; None: no rows
         self.attention: Any = None      # [b, L] 1 on real tokens; None: no rows
+        self.live: Any = None           # [n] cache rows still decoding (whole-batch mode only)
+        self.joins = True               # rows can be dropped and joined (kv_cache.supports_surgery)
+        self.note = ""                  # why not, once found
 
     def extend(self, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
         """Prefill new rows after the existing ones -> their next-token logits [n, V]."""
         ids, mask = pad(contexts, pad_id, "left")
         logits, cache = cached_forward(self.model, ids, mask)                # [n, V]
+        if not kv_cache.supports_surgery(cache):
+            self.joins, self.live = False, torch.arange(len(contexts))
+            self.note = f"{type(cache).__name__} cannot drop or join rows: whole batches"
         if self.cache is None:
             self.cache, self.attention = cache, mask
         else:
@@ -138,6 +152,8 @@ class HFCacheState:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append tokens [b] -> next-token logits [b, V]."""
+        if not self.joins:
+            return self._step_whole(tokens)
         attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=1)
         logits, self.cache = cached_forward(self.model, tokens[:, None], attention, self.cache)
         first = int(attention.any(0).long().argmax())   # leading columns that are padding in every row
@@ -145,11 +161,24 @@ class HFCacheState:
         kv_cache.drop_left(self.cache, first)
         return logits
 
+    def _step_whole(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`step` without row surgery: every cache row takes a token, finished ones padding
+        with attention 0 (hidden from every later token); the live rows' logits [b, V]."""
+        rows = self.attention.shape[0]
+        full = tokens.new_zeros(rows).index_copy(0, self.live, tokens)           # [R]
+        column = self.attention.new_zeros(rows, 1).index_fill(0, self.live, 1)   # [R, 1]
+        self.attention = torch.cat([self.attention, column], dim=1)
+        logits, self.cache = cached_forward(self.model, full[:, None], self.attention, self.cache)
+        return logits[self.live]
+
     def keep(self, keep: torch.Tensor) -> torch.Tensor:
         """Keep rows where keep [b] is True -> order [n] (old row indices, ascending)."""
         order = keep.nonzero().squeeze(-1)
         if not keep.any():
-            self.cache, self.attention = None, None
+            self.cache, self.attention, self.live = None, None, None
+            self.joins = True   # the next batch's cache is checked again
+        elif not self.joins:
+            self.live = self.live[order]
         elif not keep.all():
             kv_cache.select(self.cache, order)
             self.attention = self.attention[order]
@@ -172,6 +201,10 @@ class HFEngine:
                  dtype: torch.dtype | None = None) -> None:
         self.model, self.tokenizer, self.sampling, self.dtype = model, tokenizer, sampling, dtype
         self.progress: Callable[[int], Any] | None = None   # called with each step's finished rows
+        # which decoder runs and why (lean static cache, or HF's forward + DynamicCache); a cache
+        # without row surgery adds why it decodes in whole batches (HFCacheState.note)
+        self.forward_path = forward_path(model, sampling.lean)
+        self.stop = torch.tensor(stop_ids(tokenizer))   # models/prompting.py
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
         """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
@@ -199,7 +232,8 @@ class HFEngine:
             if self._limit(r) < 1:
                 raise ValueError(f"nothing to sample: prefix {len(r.prefix)}, budget {r.budget}, "
                                  f"max_new_tokens {self.sampling.max_new_tokens}")
-        outputs = [_Output() for _ in requests]
+        width = max(map(len, self.sampling.stop), default=0)   # stop strings look back this far
+        outputs = [_Output(context=list(r.prefix[max(0, len(r.prefix) - width):]) if width else []) for r in requests]
         waiting = deque(range(len(requests)))
         rows: _Rows | None = None
         with eval_mode(self.model):
@@ -207,6 +241,8 @@ class HFEngine:
             while waiting or rows is not None:
                 rows = self._admit(rows, waiting, requests, state)
                 rows = self._step(rows, outputs, state)
+        if getattr(state, "note", "") and state.note not in self.forward_path:
+            self.forward_path += f"; {state.note}"
         return self._rollout(requests, outputs)
 
     def _state(self, requests: list[Request]) -> Any:
@@ -227,7 +263,8 @@ class HFEngine:
         running = 0 if rows is None else len(rows.index)
         count = min(self.sampling.batch_size - running, len(waiting))
         worth_it = count >= min(max(1, self.sampling.batch_size // REFILL_FRACTION), len(waiting))
-        if rows is not None and not (self.sampling.continuous_batching and count and worth_it):
+        joins = getattr(state, "joins", True)   # HFCacheState of a cache without row surgery: False
+        if rows is not None and not (self.sampling.continuous_batching and joins and count and worth_it):
             return rows
         new = self._prefill([waiting.popleft() for _ in range(count)], requests, state)
         return new if rows is None else rows.join(new)
@@ -253,6 +290,8 @@ class HFEngine:
         logp = token_logprobs(rows.logits[:, None], token[:, None],
                               temperature=temperature if temperature > 0 else 1.0)[:, 0]   # [b]
         stops = self._stops(rows, token)
+        if self.sampling.stop:
+            stops = self._stop_strings(rows, token, stops, outputs)
         if self.progress is not None:
             self.progress(sum(map(bool, stops)))
         for i, t, lp, stop in zip(rows.index.tolist(), token.tolist(), logp.tolist(), stops):
@@ -269,12 +308,28 @@ class HFEngine:
 
     def _stops(self, rows: _Rows, token: torch.Tensor) -> list[str]:
         """Stop reason of each row after `token` [b] ("" = keeps going), in order of precedence."""
-        eos = token == self.tokenizer.eos_token_id
+        eos = torch.isin(token, self.stop)   # EOS, end of turn, generation_config's eos ids
         repeated = rows.detector.update(token) if rows.detector is not None else torch.zeros_like(eos)
         at_max = rows.position + 1 >= self.sampling.max_new_tokens
         at_budget = rows.left <= 1
         return ["normal" if e else "repeat" if r else "max_tokens" if m else "budget" if b else ""
                 for e, r, m, b in zip(eos.tolist(), repeated.tolist(), at_max.tolist(), at_budget.tolist())]
+
+    def _stop_strings(self, rows: _Rows, token: torch.Tensor, stops: list[str], outputs: list[_Output]) -> list[str]:
+        """"normal" for a running row in which `token` completes a stop string: an occurrence
+        that reaches into the token's text (the row's last tokens decoded: a token is at least one
+        character, so as many tokens as the longest stop string has characters hold it)."""
+        width = max(map(len, self.sampling.stop))
+        out = list(stops)
+        for j, (i, t) in enumerate(zip(rows.index.tolist(), token.tolist())):
+            if out[j] in ("normal", "repeat"):
+                continue
+            recent = (outputs[i].context + outputs[i].tokens)[-width:]   # a partial rollout's prefix too
+            before = self.tokenizer.decode(recent, skip_special_tokens=False)
+            after = self.tokenizer.decode(recent + [t], skip_special_tokens=False)
+            if any(s in after[max(0, len(before) - len(s) + 1):] for s in self.sampling.stop):
+                out[j] = "normal"
+        return out
 
     def _rollout(self, requests: list[Request], outputs: list[_Output]) -> Rollout:
         pad_id = self.tokenizer.pad_token_id

@@ -17,12 +17,18 @@ from transformers.cache_utils import DynamicLayer
 from openk1.errors import OpenK1Error
 
 
-def _layers(cache: Any) -> list[Any]:
+def supports_surgery(cache: Any) -> bool:
+    """Whether rows can be dropped and joined: every layer a full-attention DynamicLayer (what
+    models/forward.py `full_cache` gives any model that takes a DynamicCache)."""
     layers = list(getattr(cache, "layers", []))
-    if not layers or not all(isinstance(x, DynamicLayer) and not x.is_sliding for x in layers):
-        raise OpenK1Error(f"continuous batching needs a full-attention DynamicCache, got {type(cache).__name__}; "
-                          "set sampling.continuous_batching: false")
-    return layers
+    return bool(layers) and all(isinstance(x, DynamicLayer) and not x.is_sliding for x in layers)
+
+
+def _layers(cache: Any) -> list[Any]:
+    if not supports_surgery(cache):
+        raise OpenK1Error(f"{type(cache).__name__}: rows of this KV cache cannot be dropped or joined "
+                          "(the rollout engine decodes such models in whole batches)")
+    return list(cache.layers)
 
 
 def select(cache: Any, rows: torch.Tensor) -> Any:

@@ -29,12 +29,15 @@ Choices, against the HF engine's conventions (rollout/hf.py):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field
 
 from openk1.config import Section
+from openk1.models import prompting
+from openk1.models.prompting import PromptSettings
 from openk1.padding import pad
 from openk1.rollout.engine import Request, requests_for
 from openk1.rollout.hf import SamplingConfig
@@ -102,7 +105,8 @@ def _load_weights(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
 class VLLMEngine:
     """Rollout engine over `vllm.LLM`, created once per run (sleep-mode enabled)."""
 
-    def __init__(self, model_path: str, sampling: SamplingConfig, settings: VLLMSettings | None = None) -> None:
+    def __init__(self, model_path: str, sampling: SamplingConfig, settings: VLLMSettings | None = None,
+                 prompts: PromptSettings | None = None) -> None:
         import vllm
         from vllm import LLM
 
@@ -116,7 +120,13 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # the policy's prompt format and stop ids, as models/io.py load_model sets them
+        prompting.load_record(self.tokenizer, Path(model_path))
+        prompts = prompts or PromptSettings()
+        prompting.configure(self.tokenizer, prompts.prompt_format, prompts.system_prompt)
+        self.stop = prompting.stop_ids(self.tokenizer)   # + generation_config's, which vLLM adds
         self.asleep = False
+        self.forward_path = f"vllm {vllm.__version__} ({self.settings.dtype})"
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
         """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
@@ -131,7 +141,8 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=1, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                                 max_tokens=self._limit(r), logprobs=0, seed=stream_seed(r.stream))
+                                 max_tokens=self._limit(r), logprobs=0, seed=stream_seed(r.stream),
+                                 stop_token_ids=self.stop)
                   for r in requests]
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids + r.prefix)) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
