@@ -31,7 +31,7 @@ from openk1.data.sources import as_source
 from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
 from openk1.loop import Loop, accumulate_micro
-from openk1.models.forward import eval_mode
+from openk1.models.forward import eval_mode, learned_positions, rotary_module
 from openk1.optim import OptimConfig
 from openk1.report.run_dir import RunDir
 from openk1.schedules import Source, Stage, locate, stage_steps, staged_lr
@@ -72,8 +72,22 @@ def set_rope_theta(model: Any, theta: float) -> None:
         params["rope_theta"] = theta
     if hasattr(config, "rope_theta"):
         config.rope_theta = theta
-    rotary = model.model.rotary_emb
-    model.model.rotary_emb = type(rotary)(config=config).to(rotary.inv_freq.device)
+    base, rotary = rotary_module(model)
+    base.rotary_emb = type(rotary)(config=config).to(rotary.inv_freq.device)
+
+
+def check_stages(model: Any, stages: list[Stage], command: str = "train") -> None:
+    """Refuse, before anything is written, a schedule the model cannot run: a RoPE base on a
+    model without RoPE, or rows longer than its learned positions."""
+    limit = learned_positions(model)
+    for stage in stages:
+        if stage.rope_theta > 0 and rotary_module(model)[1] is None:
+            raise OpenK1Error(f"{command}: stage {stage.name!r} sets rope_theta, but "
+                              f"{type(model).__name__} has no rotary embedding (learned positions)")
+        if limit and stage.max_seq_len > limit:
+            raise OpenK1Error(f"{command}: stage {stage.name!r} has max_seq_len {stage.max_seq_len}, but "
+                              f"{type(model).__name__} has learned only {limit} positions; set "
+                              f"max_seq_len <= {limit}")
 
 
 def apply_stage(model: Any, stage: Stage) -> None:
@@ -191,6 +205,7 @@ def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], enc
     loop = Loop.for_model(model, tokenizer, cfg.optim, run_dir, log_every=cfg.log_every, device=device,
                           checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
     state = loop.resume() if cfg.resume else {"step": 0}
+    check_stages(model, stages)
     steps = plan(stages, cfg, encode)   # reads the data once for an epochs budget: checks rows
     total, start = sum(steps), state["step"]
     if start > total:

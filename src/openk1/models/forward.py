@@ -118,6 +118,22 @@ def forward_path(model: Any, lean: bool = True) -> str:
     return "lean" if reason is None else f"hf ({reason})"
 
 
+def rotary_module(model: Any) -> tuple[Any, Any]:
+    """(the base model, its rotary embedding module), or (base, None) for a model without RoPE
+    (GPT-2's learned positions)."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None) or getattr(model, "model", None)
+    return base, getattr(base, "rotary_emb", None)
+
+
+def learned_positions(model: Any) -> int:
+    """How many positions a model without RoPE has learned (GPT-2's n_positions); 0: it has
+    RoPE, whose length can grow (report §2.2: the context is extended by raising its base)."""
+    if rotary_module(model)[1] is not None:
+        return 0
+    config = model.config
+    return int(getattr(config, "n_positions", 0) or getattr(config, "max_position_embeddings", 0) or 0)
+
+
 def full_cache() -> Any:
     """An empty DynamicCache without the model's config: every layer a full-attention
     DynamicLayer, also for sliding-window (Mistral, Phi-3) and hybrid (Gemma 2/3, Qwen2 with

@@ -88,6 +88,8 @@ def _tokenizer_signature(model_dir: Path) -> tuple[Any, ...]:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
         raise OpenK1Error(f"{model_dir}: cannot load the tokenizer ({exc})") from None
+    if tokenizer.pad_token_id is None:   # as models/io.py load_model: a saved lineage member has pad = EOS
+        tokenizer.pad_token = tokenizer.eos_token
     specials = sorted(tokenizer.special_tokens_map.items(), key=str)
     return tuple(sorted(tokenizer.get_vocab().items())), tuple(map(str, specials))
 

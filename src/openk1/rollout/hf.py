@@ -40,7 +40,8 @@ from pydantic import Field
 
 from openk1.algo.logprobs import token_logprobs
 from openk1.config import Section
-from openk1.models.forward import cached_forward, eval_mode, forward_path
+from openk1.errors import OpenK1Error
+from openk1.models.forward import cached_forward, eval_mode, forward_path, learned_positions
 from openk1.models.lean import LeanModel
 from openk1.models.prompting import stop_ids
 from openk1.padding import pad
@@ -102,13 +103,15 @@ class _Rows:
     stream: torch.Tensor      # [b] hash state of the random-stream key (seed, sequence number)
     position: torch.Tensor    # [b] response position of the next token (prefix included)
     left: torch.Tensor        # [b] tokens this call may still add
+    end: torch.Tensor         # [b] response length at which it stops for max_tokens
     logits: torch.Tensor      # [b, V] next-token logits
     detector: RepeatDetector | None
 
     def take(self, order: torch.Tensor) -> _Rows:
         """Rows `order` [n] (old row indices), in that order."""
         return _Rows(self.index[order], self.stream[order], self.position[order], self.left[order],
-                     self.logits[order], self.detector.select(order) if self.detector is not None else None)
+                     self.end[order], self.logits[order],
+                     self.detector.select(order) if self.detector is not None else None)
 
     def join(self, other: _Rows) -> _Rows:
         """These rows, then `other`'s."""
@@ -116,7 +119,7 @@ class _Rows:
                     if self.detector is not None and other.detector is not None else None)
         return _Rows(torch.cat([self.index, other.index]), torch.cat([self.stream, other.stream]),
                      torch.cat([self.position, other.position]), torch.cat([self.left, other.left]),
-                     torch.cat([self.logits, other.logits]), detector)
+                     torch.cat([self.end, other.end]), torch.cat([self.logits, other.logits]), detector)
 
 
 class HFCacheState:
@@ -205,6 +208,7 @@ class HFEngine:
         # without row surgery adds why it decodes in whole batches (HFCacheState.note)
         self.forward_path = forward_path(model, sampling.lean)
         self.stop = torch.tensor(stop_ids(tokenizer))   # models/prompting.py
+        self.positions = learned_positions(model)       # GPT-2: responses end before they run out
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
         """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
@@ -229,6 +233,9 @@ class HFEngine:
         """Row i answers requests[i]: its context (prompt_ids) is the prompt then the prefix, its
         response the tokens added by this call."""
         for r in requests:
+            if self.positions and len(r.prompt_ids) + len(r.prefix) >= self.positions:
+                raise OpenK1Error(f"a prompt of {len(r.prompt_ids)} tokens (+ {len(r.prefix)} already sampled) "
+                                  f"leaves no room in the model's {self.positions} learned positions")
             if self._limit(r) < 1:
                 raise ValueError(f"nothing to sample: prefix {len(r.prefix)}, budget {r.budget}, "
                                  f"max_new_tokens {self.sampling.max_new_tokens}")
@@ -254,8 +261,15 @@ class HFEngine:
         length = max(len(r.prompt_ids) + len(r.prefix) + self._limit(r) for r in requests)
         return lean.decoder(min(self.sampling.batch_size, len(requests)), length)
 
+    def _end(self, request: Request) -> int:
+        """The response length at which `request` stops for max_tokens: max_new_tokens, or
+        fewer where a model with learned positions (GPT-2) runs out of them."""
+        if not self.positions:
+            return self.sampling.max_new_tokens
+        return min(self.sampling.max_new_tokens, self.positions - len(request.prompt_ids))
+
     def _limit(self, request: Request) -> int:
-        room = self.sampling.max_new_tokens - len(request.prefix)
+        room = self._end(request) - len(request.prefix)
         return room if request.budget is None else min(room, request.budget)
 
     def _admit(self, rows: _Rows | None, waiting: deque[int], requests: list[Request], state: Any) -> _Rows:
@@ -279,7 +293,8 @@ class HFEngine:
         keys = torch.tensor([r.stream for r in chosen])                      # [n, 2]
         return _Rows(torch.tensor(index), fold(keys[:, 0], keys[:, 1]),
                      torch.tensor([len(r.prefix) for r in chosen]),
-                     torch.tensor([self._limit(r) for r in chosen]), logits, detector)
+                     torch.tensor([self._limit(r) for r in chosen]),
+                     torch.tensor([self._end(r) for r in chosen]), logits, detector)
 
     def _step(self, rows: _Rows, outputs: list[_Output], state: Any) -> _Rows | None:
         """Sample one token per row, record it, drop finished rows, run the next forward pass."""
@@ -310,7 +325,7 @@ class HFEngine:
         """Stop reason of each row after `token` [b] ("" = keeps going), in order of precedence."""
         eos = torch.isin(token, self.stop)   # EOS, end of turn, generation_config's eos ids
         repeated = rows.detector.update(token) if rows.detector is not None else torch.zeros_like(eos)
-        at_max = rows.position + 1 >= self.sampling.max_new_tokens
+        at_max = rows.position + 1 >= rows.end
         at_budget = rows.left <= 1
         return ["normal" if e else "repeat" if r else "max_tokens" if m else "budget" if b else ""
                 for e, r, m, b in zip(eos.tolist(), repeated.tolist(), at_max.tolist(), at_budget.tolist())]
