@@ -50,7 +50,7 @@ class StageConfig(Section):
 
     resume_may_change: ClassVar[tuple[str, ...]] = (
         "resume", "overwrite", "log_every", "checkpoint_every", "keep_checkpoints",
-        "score_workers", "eval.score_workers", "workers")
+        "score_workers", "eval.score_workers", "workers", "device")
 
     model: str = Field("", description="model: a save_pretrained folder or a run directory with model/ (--model)")
     prompt_format: Literal["auto", "chat", "plain"] = Field(
@@ -62,6 +62,8 @@ class StageConfig(Section):
     data: DataSource = Field(DataSource(), description="dataset: JSONL, Parquet or a Hugging Face dataset folder, "
                              "with a preset and column mapping where the stage reads problems (docs/data.md) (--data)")
     out: str = Field("", description="run directory (--out; default: a new runs/<command>-<time>)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
+                        description="auto (this rank's GPU when there is one, else the CPU), cpu, cuda, cuda:N")
     seed: int = Field(0, description="seed of the run's random streams")
     resume: bool = Field(False, description="continue the run in `out` from its newest checkpoint")
     overwrite: bool = Field(False, description="replace the run `out` holds (else an existing run is refused)")

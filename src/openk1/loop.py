@@ -65,11 +65,12 @@ class Loop:
     @classmethod
     def for_model(cls, model: Any, tokenizer: Any, optim: OptimConfig, run_dir: RunDir, *, log_every: int,
                   checkpoint_every: int, keep_checkpoints: int, device: torch.device | None = None) -> Loop:
-        """The trainee (FSDP2 copy on this rank's device under torchrun, else `model`, moved to
-        `device`) in train mode, and AdamW over it."""
-        trainee = fsdp.trainee(model)
+        """`model` moved to `device` (it rolls out, evaluates and is saved there), the trainee
+        (FSDP2 copy on this rank's device under torchrun, else `model`) in train mode, and AdamW
+        over it (its state created on the trainee's device)."""
         if device is not None:
-            trainee.to(device)
+            model.to(device)
+        trainee = fsdp.trainee(model)
         trainee.train()
         return cls(run_dir, trainee, make_optimizer(trainee, optim), optim.grad_clip, log_every, model,
                    tokenizer, checkpoint_every, keep_checkpoints)
@@ -145,7 +146,7 @@ def accumulate_micro(count: int, size: int, micro_fn: MicroFn) -> dict[str, floa
     `micro_batches`) keep each rank's FSDP collectives in step and count 0 times.
     """
     totals: dict[str, float] = {}
-    for index, weight in runtime.micro_batches(runtime.shard(torch.arange(count)), size):
+    for index, weight in runtime.micro_batches(runtime.shard(torch.arange(count, device="cpu")), size):
         loss, terms = micro_fn(index)
         (loss * weight).backward()
         for key, value in terms.items():

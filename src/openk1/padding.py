@@ -18,10 +18,10 @@ def pad(seqs: list[list[int]], pad_id: int,
     [[5, 6, 7], [0, 0, 8]]
     """
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(seqs), width), dtype=torch.long, device="cpu")
     for row, seq in enumerate(seqs):
         cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+        ids[row, cols] = torch.tensor(seq, dtype=torch.long, device="cpu")
         mask[row, cols] = 1
     return ids, mask

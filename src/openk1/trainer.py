@@ -41,14 +41,15 @@ class LMConfig(StageConfig):
     """What every LM stage shares; `stages` is the staged schedule (schedules.Stage)."""
 
     # --resume may also move the run to another device and change when the loss is evaluated
-    resume_may_change = (*StageConfig.resume_may_change, "device", "eval_loss_every")
+    resume_may_change = (*StageConfig.resume_may_change, "eval_loss_every")
 
 
     stages: list[Stage] = Field(
         default_factory=list, description="the staged schedule (report §2.5): budget, length, mixture and LR per stage")
     batch_size: int = Field(32, gt=0, description="packed rows per optimizer step")
     micro_batch_size: int = Field(0, ge=0, description="rows per forward/backward (0 = batch_size: no accumulation)")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast; weights and Adam stay fp32")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 = autocast, weights and Adam stay fp32; auto: bf16 on CUDA, fp32 on CPU")
     overlong: OverlongRule = Field("truncate",
                                    description="an example longer than max_seq_len: truncate, drop or split into rows")
     shuffle_buffer: int = Field(100_000, ge=0, description="rows held for shuffling (0 = file order)")
@@ -61,7 +62,6 @@ class LMConfig(StageConfig):
                                  description="steps between evaluation-loss reports (0 = at the end of every stage)")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = Field(2, ge=0, description="newest checkpoints kept (0 = all)")
-    device: str = Field("cpu", description="torch device of a single-process run (torchrun: each rank's own)")
 
 
 def set_rope_theta(model: Any, theta: float) -> None:
@@ -169,8 +169,8 @@ def accumulate(model: Any, rows: list[list[Example]], cfg: LMConfig, pad_id: int
                device: torch.device) -> tuple[float, int]:
     """Backward over micro-batches; returns (batch loss = mean NLL per trained token, tokens)."""
     total = sum(sum(sum(e.action_mask[1:]) for e in row) for row in rows)  # whole batch, all ranks
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else nullcontext())
+    bf16 = runtime.compute_precision(cfg.precision, device) == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def micro(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         with autocast:
@@ -201,7 +201,7 @@ def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], enc
              run_dir: RunDir) -> dict[str, Any]:
     """Run every stage; resumes from run_dir's latest checkpoint when cfg.resume (the model
     must already hold that checkpoint's weights: see `model_path`)."""
-    device = runtime.device() if runtime.is_distributed() else torch.device(cfg.device)
+    device = runtime.resolve_device(cfg.device)
     loop = Loop.for_model(model, tokenizer, cfg.optim, run_dir, log_every=cfg.log_every, device=device,
                           checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
     state = loop.resume() if cfg.resume else {"step": 0}
@@ -214,7 +214,6 @@ def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], enc
     lm = LMSteps(model, loop.trainee, tokenizer.pad_token_id, cfg, stages, steps, encode, device, state)
     loop.run(start, total, partial(staged_lr, stages=stages, steps_per_stage=steps), lm.step,
              after=lm.after, state=lm.state, postfix=lm.postfix)
-    model.to("cpu")
     return lm.summary()
 
 

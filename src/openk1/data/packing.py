@@ -117,16 +117,17 @@ def collate(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
     longest row; segment_ids number the examples of a row 1, 2, ... (0 = padding)."""
     width = max(sum(len(e.ids) for e in row) for row in rows)
     shape = (len(rows), width)
-    batch = {"input_ids": torch.full(shape, pad_id, dtype=torch.long),
-             **{k: torch.zeros(shape, dtype=torch.long) for k in ("action_mask", "position_ids", "segment_ids")}}
+    batch = {"input_ids": torch.full(shape, pad_id, dtype=torch.long, device="cpu"),
+             **{k: torch.zeros(shape, dtype=torch.long, device="cpu")
+                for k in ("action_mask", "position_ids", "segment_ids")}}
     for b, row in enumerate(rows):
         start = 0
         for segment, example in enumerate(row, start=1):
             n = len(example.ids)
-            batch["input_ids"][b, start:start + n] = torch.tensor(example.ids)
-            batch["action_mask"][b, start:start + n] = torch.tensor(example.action_mask)
+            batch["input_ids"][b, start:start + n] = torch.tensor(example.ids, device="cpu")
+            batch["action_mask"][b, start:start + n] = torch.tensor(example.action_mask, device="cpu")
             batch["action_mask"][b, start] = 0            # never predicted across examples
-            batch["position_ids"][b, start:start + n] = torch.arange(n)
+            batch["position_ids"][b, start:start + n] = torch.arange(n, device="cpu")
             batch["segment_ids"][b, start:start + n] = segment
             start += n
     return batch

@@ -103,8 +103,8 @@ class PrioritizedSampler:
     def __init__(self, priors: list[float], seed: int, floor: float = 0.05,
                  ema: float | None = None) -> None:
         self.seed, self.floor, self.ema = seed, floor, ema
-        self.success = torch.tensor(priors, dtype=torch.float64)     # [N] s_i
-        self.counts = torch.zeros(len(priors), dtype=torch.long)      # [N] observations of i
+        self.success = torch.tensor(priors, dtype=torch.float64, device="cpu")     # [N] s_i
+        self.counts = torch.zeros(len(priors), dtype=torch.long, device="cpu")      # [N] observations of i
 
     def weights(self, candidates: list[int] | None = None) -> torch.Tensor:
         """[N] max(1 - s_i, floor) on the candidates (default: all problems), 0 elsewhere."""
@@ -123,9 +123,9 @@ class PrioritizedSampler:
         if count > len(pool):
             raise OpenK1Error(f"prioritized sampling draws without replacement: {count} prompts "
                               f"per iteration but only {len(pool)} problems to draw from")
-        probs = torch.tensor(self.probabilities(iteration, candidates), dtype=torch.float64)[pool]
+        probs = torch.tensor(self.probabilities(iteration, candidates), dtype=torch.float64, device="cpu")[pool]
         generator = torch.Generator().manual_seed(_seed(self.seed, "prioritized", iteration))
-        u = torch.rand(len(pool), generator=generator, dtype=torch.float64).clamp_min(1e-300)
+        u = torch.rand(len(pool), generator=generator, dtype=torch.float64, device="cpu").clamp_min(1e-300)
         keys = u.log() / probs.clamp_min(TINY_WEIGHT)           # [len(pool)], larger first
         return [pool[j] for j in keys.topk(count).indices.tolist()]
 
@@ -148,15 +148,15 @@ class PrioritizedSampler:
         if len(state["success"]) != len(self.success):
             raise OpenK1Error(f"sampler state tracks {len(state['success'])} problems but the "
                               f"data has {len(self.success)}; resume with the same data")
-        self.success = torch.tensor(state["success"], dtype=torch.float64)
-        self.counts = torch.tensor(state["counts"], dtype=torch.long)
+        self.success = torch.tensor(state["success"], dtype=torch.float64, device="cpu")
+        self.counts = torch.tensor(state["counts"], dtype=torch.long, device="cpu")
 
 
 def _mask(n: int, candidates: list[int] | None) -> torch.Tensor:
     """[n] float64: 1 on the candidates (all if None), 0 elsewhere."""
     if candidates is None:
-        return torch.ones(n, dtype=torch.float64)
-    keep = torch.zeros(n, dtype=torch.float64)
+        return torch.ones(n, dtype=torch.float64, device="cpu")
+    keep = torch.zeros(n, dtype=torch.float64, device="cpu")
     keep[candidates] = 1.0
     return keep
 
@@ -335,7 +335,7 @@ def make_sampler(cfg: SamplerConfig, problems: list[Problem], seed: int) -> Samp
 
 def sampler_metrics(sampler: Sampler, iteration: int) -> dict[str, float]:
     """exp(entropy) of one draw's distribution (N when uniform), its largest probability."""
-    probs = torch.tensor(sampler.probabilities(iteration), dtype=torch.float64)
+    probs = torch.tensor(sampler.probabilities(iteration), dtype=torch.float64, device="cpu")
     entropy = -float((probs * probs.clamp_min(TINY_WEIGHT).log()).sum())
     metrics = {"sampler/effective_problems": math.exp(entropy),
                "sampler/max_prob": float(probs.max())}

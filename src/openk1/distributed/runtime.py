@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from openk1.errors import OpenK1Error
+
 T = TypeVar("T")
 
 
@@ -48,6 +50,37 @@ def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    """The torch device a stage's `device` key names: auto (this rank's GPU when CUDA is there,
+    else the CPU), cpu, cuda (under torchrun: this rank's GPU) or cuda:N. CUDA where there is
+    none is an OpenK1Error naming what torch reports."""
+    if setting == "auto":
+        return device()
+    if setting == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        raise OpenK1Error(f"device: {setting} asked for, but CUDA is not available ({build}, "
+                          f"{torch.cuda.device_count()} GPUs visible); set device: cpu or auto")
+    if setting == "cuda":
+        return device()
+    index = int(setting.split(":", 1)[1])
+    if index >= torch.cuda.device_count():
+        raise OpenK1Error(f"device: {setting}, but only {torch.cuda.device_count()} GPUs are visible")
+    return torch.device("cuda", index)
+
+
+def compute_precision(setting: str, where: torch.device) -> str:
+    """`precision: auto` is bf16 on CUDA (autocast over fp32 master weights) and fp32 elsewhere.
+
+    >>> compute_precision("auto", torch.device("cpu")), compute_precision("bf16", torch.device("cpu"))
+    ('fp32', 'bf16')
+    """
+    if setting != "auto":
+        return setting
+    return "bf16" if where.type == "cuda" else "fp32"
 
 
 def init_from_env(timeout_s: float = 1800.0) -> bool:
@@ -142,7 +175,8 @@ def micro_batches(index: torch.Tensor, size: int, fallback: torch.Tensor | None 
     if size <= 0 and len(index):
         chunks = [index]
     count = int(all_reduce_max(float(len(chunks))))
-    dummy = fallback if fallback is not None else (index[:1] if len(index) else torch.zeros(1, dtype=torch.long))
+    empty = torch.zeros(1, dtype=torch.long, device="cpu")
+    dummy = fallback if fallback is not None else (index[:1] if len(index) else empty)
     return [(c, 1.0) for c in chunks] + [(dummy, 0.0)] * (count - len(chunks))
 
 

@@ -98,6 +98,8 @@ def cached_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     `past_key_values`: both are accepted.
     """
     name = _cache_arg(model)
+    device = next(model.parameters()).device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     n = input_ids.shape[1]
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids(attention_mask)[:, -n:], use_cache=True,

@@ -39,12 +39,13 @@ def recommended_settings(path: str | Path, command: str) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
-               prompts: Any = None) -> tuple[PreTrainedModel, Any]:
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, prompts: Any = None,
+               device: torch.device | str | None = None) -> tuple[PreTrainedModel, Any]:
     """(model, tokenizer) from a `save_pretrained` directory (or a run directory holding one in
     `model/`); a clear error if it is neither. The tokenizer gets the prompt format
     (models/prompting.py): `prompts.prompt_format` / `prompts.system_prompt` (a stage config),
-    default `auto`, and the model's generation_config eos ids as stop ids."""
+    default `auto`, and the model's generation_config eos ids as stop ids. `device`: where the
+    model goes (default: where it loads, the CPU)."""
     path = model_dir(path)
     if not (path / "config.json").is_file():
         raise OpenK1Error(f"{path}: not a model directory (no config.json); "
@@ -56,10 +57,18 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32,
         raise OpenK1Error(f"{path}: cannot load model or tokenizer ({exc})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if device is not None:
+        model = move(model, device)
     prompting.record_eos_ids(tokenizer, model)
     prompting.load_record(tokenizer, path)
     prompting.configure(tokenizer, getattr(prompts, "prompt_format", "auto"), getattr(prompts, "system_prompt", ""))
     return model, tokenizer
+
+
+def move(model: Any, device: torch.device | str) -> Any:
+    """`model.to(device)` (typed loosely: transformers' `to` is a wrapped overload)."""
+    moved: Any = model.to(device)
+    return moved
 
 
 def save_model(model: PreTrainedModel, tokenizer: Any, path: str | Path) -> None:

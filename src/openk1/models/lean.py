@@ -358,7 +358,7 @@ class Decoder:
                              f"asked for {b + n} rows, a context of {width}")
         ids = torch.full((n, width), pad_id, dtype=torch.long, device=self.lens.device)
         for i, c in enumerate(contexts):
-            ids[i, :len(c)] = torch.tensor(c)
+            ids[i, :len(c)] = torch.tensor(c, device=ids.device)
         positions = torch.arange(width, device=ids.device).expand(n, width)
         causal = _bias(torch.ones(width, width, dtype=torch.bool, device=ids.device).tril(), self.lean.dtype)
         x = self.lean.embed(ids)                                             # [n, W, d]
@@ -368,7 +368,7 @@ class Decoder:
                 self.k[layer, b:b + n, :, :width], self.v[layer, b:b + n, :, :width] = k, v
                 return _attention(q, k, v, causal)   # right padding: real queries never see it
             x = self.lean._layer(w, x, rot, attend)
-        last = x[torch.arange(n), lens - 1][:, None]                        # [n, 1, d]
+        last = x[torch.arange(n, device=x.device), lens - 1][:, None]       # [n, 1, d]
         self.lens = torch.cat([self.lens, lens])
         return self.lean._head(last)[:, 0].float()
 
@@ -396,7 +396,9 @@ class Decoder:
 
     @torch.no_grad()
     def keep(self, keep: torch.Tensor) -> torch.Tensor:
-        """Keep rows where keep [b] is True -> order [n]: new row j is old row order[j]."""
+        """Keep rows where keep [b] is True -> order [n]: new row j is old row order[j] (on the
+        device `keep` came from: the engine's bookkeeping is on the CPU)."""
+        came_from, keep = keep.device, keep.to(self.lens.device)
         n = int(keep.sum())
         order = torch.arange(n, device=keep.device)
         holes = (~keep[:n]).nonzero().squeeze(-1)                            # rows < n dropped
@@ -407,4 +409,4 @@ class Decoder:
             self.v[:, holes, :, :width] = self.v[:, movers, :, :width]
             order[holes] = movers
         self.lens = self.lens[order]
-        return order
+        return order.to(came_from)

@@ -131,7 +131,7 @@ def correct_probability(
             )
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
             parts.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())  # [b]
-    return torch.cat(parts) if parts else torch.zeros(0)
+    return torch.cat(parts) if parts else torch.zeros(0, device="cpu")
 
 
 class RewardModelVerifier:

@@ -132,6 +132,7 @@ class HFCacheState:
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.device = next(model.parameters()).device
         self.cache: Any = None          # HF's DynamicCache of the rows; None: no rows
         self.attention: Any = None      # [b, L] 1 on real tokens; None: no rows
         self.live: Any = None           # [n] cache rows still decoding (whole-batch mode only)
@@ -140,10 +141,10 @@ class HFCacheState:
 
     def extend(self, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
         """Prefill new rows after the existing ones -> their next-token logits [n, V]."""
-        ids, mask = pad(contexts, pad_id, "left")
+        ids, mask = (x.to(self.device) for x in pad(contexts, pad_id, "left"))
         logits, cache = cached_forward(self.model, ids, mask)                # [n, V]
         if not kv_cache.supports_surgery(cache):
-            self.joins, self.live = False, torch.arange(len(contexts))
+            self.joins, self.live = False, torch.arange(len(contexts), device="cpu")
             self.note = f"{type(cache).__name__} cannot drop or join rows: whole batches"
         if self.cache is None:
             self.cache, self.attention = cache, mask
@@ -168,11 +169,12 @@ class HFCacheState:
         """`step` without row surgery: every cache row takes a token, finished ones padding
         with attention 0 (hidden from every later token); the live rows' logits [b, V]."""
         rows = self.attention.shape[0]
-        full = tokens.new_zeros(rows).index_copy(0, self.live, tokens)           # [R]
-        column = self.attention.new_zeros(rows, 1).index_fill(0, self.live, 1)   # [R, 1]
+        live = self.live.to(tokens.device)
+        full = tokens.new_zeros(rows).index_copy(0, live, tokens)                # [R]
+        column = self.attention.new_zeros(rows, 1).index_fill(0, live, 1)        # [R, 1]
         self.attention = torch.cat([self.attention, column], dim=1)
         logits, self.cache = cached_forward(self.model, full[:, None], self.attention, self.cache)
-        return logits[self.live]
+        return logits[live]
 
     def keep(self, keep: torch.Tensor) -> torch.Tensor:
         """Keep rows where keep [b] is True -> order [n] (old row indices, ascending)."""
@@ -207,7 +209,7 @@ class HFEngine:
         # which decoder runs and why (lean static cache, or HF's forward + DynamicCache); a cache
         # without row surgery adds why it decodes in whole batches (HFCacheState.note)
         self.forward_path = forward_path(model, sampling.lean)
-        self.stop = torch.tensor(stop_ids(tokenizer))   # models/prompting.py
+        self.stop = torch.tensor(stop_ids(tokenizer), device="cpu")   # models/prompting.py
         self.positions = learned_positions(model)       # GPT-2: responses end before they run out
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
@@ -290,11 +292,12 @@ class HFEngine:
         if self.sampling.repeat.enabled:
             detector = RepeatDetector.from_config(self.sampling.repeat, len(chosen))
             detector.prime([list(r.prefix) for r in chosen])
-        keys = torch.tensor([r.stream for r in chosen])                      # [n, 2]
-        return _Rows(torch.tensor(index), fold(keys[:, 0], keys[:, 1]),
-                     torch.tensor([len(r.prefix) for r in chosen]),
-                     torch.tensor([self._limit(r) for r in chosen]),
-                     torch.tensor([self._end(r) for r in chosen]), logits, detector)
+        def cpu(values: list[int]) -> torch.Tensor:   # the rows' bookkeeping stays on the CPU
+            return torch.tensor(values, device="cpu")
+
+        keys = torch.tensor([r.stream for r in chosen], device="cpu")        # [n, 2]
+        return _Rows(cpu(index), fold(keys[:, 0], keys[:, 1]), cpu([len(r.prefix) for r in chosen]),
+                     cpu([self._limit(r) for r in chosen]), cpu([self._end(r) for r in chosen]), logits, detector)
 
     def _step(self, rows: _Rows, outputs: list[_Output], state: Any) -> _Rows | None:
         """Sample one token per row, record it, drop finished rows, run the next forward pass."""
@@ -304,17 +307,18 @@ class HFEngine:
         # log softmax(z / T)[token]: the trainer's arithmetic (token_logprobs); greedy: T = 1
         logp = token_logprobs(rows.logits[:, None], token[:, None],
                               temperature=temperature if temperature > 0 else 1.0)[:, 0]   # [b]
-        stops = self._stops(rows, token)
+        chosen = token.cpu()                    # [b] bookkeeping (stops, repeats, outputs) on the CPU
+        stops = self._stops(rows, chosen)
         if self.sampling.stop:
-            stops = self._stop_strings(rows, token, stops, outputs)
+            stops = self._stop_strings(rows, chosen, stops, outputs)
         if self.progress is not None:
             self.progress(sum(map(bool, stops)))
-        for i, t, lp, stop in zip(rows.index.tolist(), token.tolist(), logp.tolist(), stops):
+        for i, t, lp, stop in zip(rows.index.tolist(), chosen.tolist(), logp.tolist(), stops):
             outputs[i].tokens.append(t)
             outputs[i].logp.append(lp)
             outputs[i].stop = stop
         rows.position, rows.left = rows.position + 1, rows.left - 1
-        order = state.keep(torch.tensor([not s for s in stops]))           # [n] old rows, new order
+        order = state.keep(torch.tensor([not s for s in stops], device="cpu"))   # [n] old rows (CPU)
         if not len(order):
             return None
         running = rows.take(order)
@@ -350,9 +354,9 @@ class HFEngine:
         pad_id = self.tokenizer.pad_token_id
         prompt_ids, prompt_mask = pad([list(r.prompt_ids + r.prefix) for r in requests], pad_id, "left")
         response_ids, action_mask = pad([o.tokens for o in outputs], pad_id, "right")
-        logp = torch.zeros(action_mask.shape)
+        logp = torch.zeros(action_mask.shape, device="cpu")
         for row, o in enumerate(outputs):
-            logp[row, :len(o.logp)] = torch.tensor(o.logp)
+            logp[row, :len(o.logp)] = torch.tensor(o.logp, device="cpu")
         texts = [self.tokenizer.decode(o.tokens, skip_special_tokens=True) for o in outputs]
         return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, logp,
                        [o.stop for o in outputs], texts=texts)

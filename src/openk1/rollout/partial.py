@@ -167,11 +167,11 @@ def to_rollout(groups: list[Group], tokenizer: Any) -> Rollout:
     pad_id = tokenizer.pad_token_id
     prompt_ids, prompt_mask = pad([t.prompt_ids for t in trajectories], pad_id, "left")
     response_ids, action_mask = pad([t.tokens for t in trajectories], pad_id, "right")
-    logp = torch.zeros(action_mask.shape)                                  # [B, T]
-    versions = torch.full(action_mask.shape, -1, dtype=torch.long)         # [B, T]
+    logp = torch.zeros(action_mask.shape, device="cpu")                                  # [B, T]
+    versions = torch.full(action_mask.shape, -1, dtype=torch.long, device="cpu")         # [B, T]
     for row, t in enumerate(trajectories):
-        logp[row, :len(t.logp)] = torch.tensor(t.logp)
-        versions[row, :len(t.versions)] = torch.tensor(t.versions, dtype=torch.long)
+        logp[row, :len(t.logp)] = torch.tensor(t.logp, device="cpu")
+        versions[row, :len(t.versions)] = torch.tensor(t.versions, dtype=torch.long, device="cpu")
     texts = [tokenizer.decode(t.tokens, skip_special_tokens=True) for t in trajectories]
     return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, logp,
                    [t.stop for t in trajectories], texts=texts, versions=versions)
@@ -209,6 +209,6 @@ def segment_counts(rollout: Rollout) -> torch.Tensor:
     [3, 1]
     """
     if rollout.versions is None:
-        return torch.ones(rollout.action_mask.shape[0], dtype=torch.long)
+        return torch.ones(rollout.action_mask.shape[0], dtype=torch.long, device="cpu")
     changes = (rollout.versions[:, 1:] != rollout.versions[:, :-1]) & rollout.action_mask[:, 1:].bool()
     return changes.sum(-1) + 1

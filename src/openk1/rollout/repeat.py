@@ -39,7 +39,7 @@ def required_runs(max_period: int, min_repeats: int, min_tokens: int) -> torch.T
     >>> required_runs(3, 4, 10).tolist()
     [9, 8, 9]
     """
-    p = torch.arange(1, max_period + 1)
+    p = torch.arange(1, max_period + 1, device="cpu")
     return torch.clamp(min_repeats * p, min=min_tokens) - p
 
 
@@ -94,8 +94,8 @@ class RepeatDetector:
         """Feed each row the tokens it generated earlier (a continued partial rollout)."""
         width = max(map(len, prefixes), default=0)
         for t in range(width):
-            column = torch.tensor([p[t] if t < len(p) else -1 for p in prefixes])
-            self.update(column, active=torch.tensor([t < len(p) for p in prefixes]))
+            column = torch.tensor([p[t] if t < len(p) else -1 for p in prefixes], device="cpu")
+            self.update(column, active=torch.tensor([t < len(p) for p in prefixes], device="cpu"))
 
     def select(self, rows: torch.Tensor) -> RepeatDetector:
         """Keep `rows` [b], in that order (continuous batching drops finished rows)."""
@@ -120,12 +120,12 @@ def first_repeat(token_ids: list[int], max_period: int = MAX_PERIOD,
     >>> first_repeat(list(b"ab12+12+12+12+"), min_repeats=4, min_tokens=12)   # p = 3, 4 copies
     13
     """
-    x = torch.as_tensor(token_ids, dtype=torch.long)
+    x = torch.as_tensor(token_ids, dtype=torch.long, device="cpu")
     needed = required_runs(max_period, min_repeats, min_tokens)
     first = len(x)
     for p in range(1, min(max_period, len(x) - 1) + 1):
         same = x[p:] == x[:-p]                                  # [T - p]: x[p + k] == x[k]
-        position = torch.arange(len(same))
+        position = torch.arange(len(same), device="cpu")
         last_miss = torch.where(same, -1, position).cummax(0).values
         hits = ((position - last_miss) >= needed[p - 1]).nonzero()
         if len(hits):

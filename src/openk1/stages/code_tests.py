@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 
 from openk1.config import StageConfig
 from openk1.data.io import read_located, write_jsonl
+from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.rewards.code_tests import (
@@ -131,7 +132,8 @@ def model_writer(cfg: CodeTestsStageConfig) -> Writer:
         from openk1.models.io import load_model
         from openk1.rollout.hf import HFEngine
 
-        model, tokenizer = load_model(cfg.model, prompts=cfg)   # its prompt format (models/prompting.py)
+        # the model's prompt format (models/prompting.py), on the run's device
+        model, tokenizer = load_model(cfg.model, prompts=cfg, device=runtime.resolve_device(cfg.device))
         engine = HFEngine(model, tokenizer, cfg.generator_sampling)
         return engine.generate(requests, k, cfg.seed).texts
 

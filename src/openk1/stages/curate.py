@@ -48,6 +48,7 @@ from openk1.curate.tagging import TaggingSettings, tag
 from openk1.data.io import location, write_jsonl
 from openk1.data.prompt_cache import PromptCache, model_fingerprint
 from openk1.data.sources import read_source
+from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.report.run_dir import atomic_file
@@ -197,7 +198,7 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
         if cfg.model:
             from openk1.models.io import load_model
 
-            model, tokenizer = load_model(cfg.model, prompts=cfg)
+            model, tokenizer = load_model(cfg.model, prompts=cfg, device=runtime.resolve_device(cfg.device))
         frame.begin()
         kept, dropped, summary = curate([row for _, row in located], cfg, model, tokenizer,
                                         where=[where for where, _ in located])

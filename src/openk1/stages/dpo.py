@@ -87,7 +87,7 @@ def step_indices(step: int, pairs: int, batch_size: int, seed: int) -> torch.Ten
     """The pairs of optimizer step `step`: a fresh permutation per epoch, seeded by (seed, epoch)."""
     per_epoch = math.ceil(pairs / batch_size)
     epoch, local = divmod(step, per_epoch)
-    order = torch.randperm(pairs, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    order = torch.randperm(pairs, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch), device="cpu")
     return order[local * batch_size:(local + 1) * batch_size]
 
 
@@ -99,8 +99,9 @@ def sequence_logps(model: Any, tokenizer: Any, pairs: list[Pair],
     prompts = [p for p, _, _ in pairs] * 2
     responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
     batch = encode_pairs(tokenizer, prompts, responses, max_tokens)
-    prompt_ids, prompt_mask, response_ids, action_mask = trim(
-        batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["action_mask"])
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask, response_ids, action_mask = (x.to(device) for x in trim(
+        batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["action_mask"]))
     logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask)   # [2b, T]
     seq = logp.sum(-1)                                                                    # [2b]
     return seq[:b], seq[b:], action_mask[:b].sum(-1)
@@ -128,7 +129,7 @@ def train_step(model: Any, tokenizer: Any, pairs: list[Pair], reference: torch.T
     def micro(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected, tokens = sequence_logps(model, tokenizer, [pairs[i] for i in index.tolist()],
                                                   cfg.max_response_tokens)
-        ref = reference[index]
+        ref = reference[index].to(chosen.device)                            # [b, 2]
         loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], cfg.beta,
                                  normaliser=len(pairs), chosen_tokens=tokens, nll_weight=cfg.nll_weight)
         share = len(index) / len(pairs)                                     # means -> batch means
@@ -149,6 +150,7 @@ def run(cfg: DPOConfig) -> dict[str, Any]:
         frame.note_forward("update", forward_path(model))
         reference = _reference(cfg, frame.dir, pairs)
         loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=cfg.log_every,
+                              device=runtime.resolve_device(cfg.device),
                               checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
         first = loop.resume()["step"] if cfg.resume else 0
         summary = train(loop, tokenizer, pairs, reference, cfg, first)
@@ -165,8 +167,8 @@ def _reference(cfg: DPOConfig, run_dir: RunDir, pairs: list[Pair]) -> torch.Tens
     if cfg.resume and path.is_file():
         saved: torch.Tensor = torch.load(path)   # [pairs, 2]: chosen, rejected
         return saved
-    model, tokenizer = load_model(cfg.model, prompts=cfg)
-    reference = reference_logps(model, tokenizer, pairs, cfg)   # every rank: same numbers
+    model, tokenizer = load_model(cfg.model, prompts=cfg, device=runtime.resolve_device(cfg.device))
+    reference = reference_logps(model, tokenizer, pairs, cfg).cpu()   # every rank: same numbers
     if runtime.is_main():
         with atomic_file(path) as tmp:
             torch.save(reference, tmp)

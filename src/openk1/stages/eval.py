@@ -26,6 +26,7 @@ from tqdm import tqdm
 from openk1.config import Section, StageConfig
 from openk1.data.io import load_problems, write_jsonl
 from openk1.data.sources import DataSource
+from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.models.forward import forward_path
@@ -71,7 +72,7 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
         bar.set_postfix_str("verifying")
         repeated = [p for p in problems for _ in range(k)]
         scores = score_many(rollout.texts, repeated, settings.score_workers, rewards=rewards)
-    r = torch.tensor([s.reward for s in scores])                       # [problems * k]
+    r = torch.tensor([s.reward for s in scores], device="cpu")                       # [problems * k]
     result: dict[str, Any] = {
         "accuracy": float(r.mean()),
         "mean_tokens": float(rollout.lengths.float().mean()),
@@ -157,7 +158,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     with StageRun(cfg) as frame:
         files = benchmark_files(cfg)
         loaded = [(name, load_problems(path)) for name, path in files]   # all validate first
-        model, tokenizer = load_model(cfg.model, prompts=cfg)
+        model, tokenizer = load_model(cfg.model, prompts=cfg, device=runtime.resolve_device(cfg.device))
         frame.begin()
         frame.note_forward("eval", forward_path(model, cfg.eval.sampling.lean))
         rows: list[dict[str, Any]] = []

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from openk1.config import Section, StageConfig, build, merge, read_yaml
 from openk1.data.io import load_problems, write_jsonl
 from openk1.data.sources import DataSource
+from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.models.io import load_model
@@ -147,7 +148,7 @@ def draw_samples(cfg: Long2ShortConfig, root: Path, model_dir: str = "",
     `round_` of shortest rejection sampling); also DIR/samples.jsonl (samples_round<r>.jsonl)."""
     problems = load_problems(cfg.data)
     problems = problems[:cfg.samples.problems] if cfg.samples.problems else problems
-    model, tokenizer = load_model(model_dir or cfg.model, prompts=cfg)
+    model, tokenizer = load_model(model_dir or cfg.model, prompts=cfg, device=runtime.resolve_device(cfg.device))
     k = cfg.samples.samples_per_prompt
     rollout = HFEngine(model, tokenizer, cfg.samples.sampling).generate([p.prompt for p in problems], k,
                                                                         cfg.seed + round_ - 1)
@@ -230,7 +231,7 @@ METHODS: dict[str, Callable[[Context], dict[str, Any]]] = {
 
 def evaluate_model(path: str, held_out: list[Problem], cfg: Long2ShortConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    model, tokenizer = load_model(path, prompts=cfg)
+    model, tokenizer = load_model(path, prompts=cfg, device=runtime.resolve_device(cfg.device))
     result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
     return {"accuracy": result["accuracy"], "mean_tokens": result["mean_tokens"],
             "accuracy_by_difficulty": result["accuracy_by_difficulty"], "model": path,

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from openk1.config import Section
 from openk1.data.io import load_problems, write_jsonl
+from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.models.io import load_model
@@ -118,7 +119,8 @@ def build(problems: list[Problem], model: Any, tokenizer: Any, settings: BuildSe
 
 def run_build(cfg: LongCoTConfig, frame: StageRun) -> dict[str, Any]:
     problems = load_problems(cfg.data)
-    model, tokenizer = load_model(cfg.build.generator or cfg.model, prompts=cfg)
+    model, tokenizer = load_model(cfg.build.generator or cfg.model, prompts=cfg,
+                                  device=runtime.resolve_device(cfg.device))
     frame.begin()   # the inputs are valid: the run starts writing
     rows, stats = build(problems, model, tokenizer, cfg.build)
     atomic_write_text(frame.path / "longcot_stats.json", to_json(stats, indent=2) + "\n")

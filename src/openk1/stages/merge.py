@@ -21,6 +21,7 @@ from pydantic import Field
 from openk1.config import StageConfig
 from openk1.data.io import load_problems
 from openk1.data.sources import DataSource
+from openk1.distributed import runtime
 from openk1.frame import StageRun
 from openk1.models.io import load_model
 from openk1.models.merge import merge_checkpoints
@@ -44,7 +45,7 @@ def run(cfg: MergeConfig) -> dict[str, Any]:
         summary["weights_renormalised"] = renormalised(cfg.weights, summary["weights"])
         summary["merge_seconds"] = time.perf_counter() - frame.started
         if held_out:
-            model, tokenizer = load_model(summary["model"], prompts=cfg)
+            model, tokenizer = load_model(summary["model"], prompts=cfg, device=runtime.resolve_device(cfg.device))
             result = evaluate(model, tokenizer, held_out, cfg.eval, rewards=cfg.rewards)
             summary.update({k: result[k] for k in ("accuracy", "mean_tokens", "accuracy_by_difficulty")})
         return frame.finish(summary)

@@ -81,7 +81,8 @@ class RLConfig(StageConfig):
     minibatches_per_iter: int = Field(2, gt=0, description="minibatches each iteration's responses are split into")
     epochs_per_iter: int = Field(2, gt=0, description="passes over them; optimizer steps = minibatches x epochs")
     micro_batch_size: int = Field(64, ge=0, description="responses per forward/backward (0 = the whole minibatch)")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: mixed precision in rollout and update")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16: mixed precision in rollout and update (fp32 master weights); auto: bf16 on CUDA")
     compile: bool = Field(False, description="torch.compile the update's layers (Llama-family; models/lean.py)")
     lean: bool = Field(True, description="the update's forward on models/lean.py (Llama-family); false: HF's")
     reset_optimizer: bool = Field(
@@ -141,14 +142,15 @@ def rewards_for(rollout: Rollout, problems: list[Problem], k: int, iteration: in
     scores = runtime.shard_map(   # each rank verifies its share; scores gathered in order
         lambda texts, probs: scorer(texts, probs, cfg.score_workers, rewards=cfg.rewards),
         rollout.texts, repeated)
-    correct = torch.tensor([s.reward >= 1.0 for s in scores])
-    rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+    correct = torch.tensor([s.reward >= 1.0 for s in scores], device="cpu")
+    rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32, device="cpu")
     weight = length_penalty_weight(iteration, cfg.length_penalty_weight, cfg.length_penalty_warmup)
-    group_ids = torch.arange(len(problems)).repeat_interleave(k)
+    group_ids = torch.arange(len(problems), device="cpu").repeat_interleave(k)
     if weight > 0:
         rewards = rewards + weight * length_rewards(rollout.lengths, correct, group_ids).float()
     if cfg.repeat_penalty:
-        rewards = rewards - cfg.repeat_penalty * torch.tensor([s == "repeat" for s in rollout.stop_reason]).float()
+        repeats = torch.tensor([s == "repeat" for s in rollout.stop_reason], device="cpu").float()   # [B]
+        rewards = rewards - cfg.repeat_penalty * repeats
     return rewards, correct, {"reward/length_weight": weight}
 
 
@@ -173,7 +175,7 @@ def update(loop: Loop, rollout: Rollout, advantages: torch.Tensor, cfg: RLConfig
     steps = skipped = no_signal = 0
     loop.trainee.train()
     for _ in range(cfg.epochs_per_iter):
-        for minibatch in torch.randperm(B, generator=generator).chunk(cfg.minibatches_per_iter):
+        for minibatch in torch.randperm(B, generator=generator, device="cpu").chunk(cfg.minibatches_per_iter):
             if steps == 0 and not bool(advantages[minibatch].ne(0).any()):   # NaN != 0: not flat
                 no_signal += 1
                 continue
@@ -277,7 +279,7 @@ def response_metrics(rollout: Rollout, rewards: torch.Tensor, correct: torch.Ten
     """The trained (whole) responses, problems [B] one per row: reward, accuracy, lengths."""
     lengths = rollout.lengths.float()
     segments = partial.segment_counts(rollout)   # [B]: segments each response was sampled in
-    p10, p50, p90 = torch.quantile(lengths, torch.tensor([0.1, 0.5, 0.9])).tolist()
+    p10, p50, p90 = torch.quantile(lengths, torch.tensor([0.1, 0.5, 0.9], device="cpu")).tolist()
     return {
         "reward/mean": float(rewards.mean()),
         "accuracy/train": float(correct.float().mean()),
@@ -300,9 +302,11 @@ def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer |
         held_out = load_problems(cfg.eval_data) if cfg.eval_data else []
         if cfg.resume:
             check_resume_step(latest_checkpoint(frame.path), cfg.iterations, "iterations")
+        device = runtime.resolve_device(cfg.device)
+        cfg = cfg.model_copy(update={"precision": runtime.compute_precision(cfg.precision, device)})
         model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model,
                                       prompts=cfg)
-        loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=1,
+        loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=1, device=device,
                               checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
         loop.save_optimizer, loop.synced = not cfg.reset_optimizer, True   # body() syncs every iteration
         sampler = make_sampler(cfg.sampler, problems, cfg.seed)
@@ -384,7 +388,7 @@ def _iteration(loop: Loop, engine: RolloutEngine, sampler: Sampler, buffer: Repl
     batch = [problems[g.problem] for g in finished]
     rollout = partial.to_rollout(finished, engine.tokenizer)              # whole responses
     rewards, correct, reward_metrics = rewards_for(rollout, batch, k, iteration, cfg, score)
-    group_ids = torch.arange(len(batch)).repeat_interleave(k)
+    group_ids = torch.arange(len(batch), device="cpu").repeat_interleave(k)
     advantages, adv_metrics = compute_advantages(rewards, group_ids, cfg.tau, cfg.baseline)
     sampler.update([g.problem for g in finished], correct.float().view(len(batch), k).mean(-1).tolist())
     t2 = time.perf_counter()

@@ -36,6 +36,7 @@ import torch
 from ray._private import ray_constants
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from openk1.distributed import runtime
 from openk1.distributed.settings import RaySettings
 from openk1.memory import keep_freed_memory
 from openk1.models.forward import PRECISIONS
@@ -74,8 +75,9 @@ def make_rollout_engine(kind: str, model_path: str, sampling: SamplingConfig, vl
     """A rollout worker's engine, on the policy's prompt format and stop ids (models/prompting.py)."""
     if kind == "vllm":
         return VLLMEngine(model_path, sampling, vllm, prompts)
-    model, tokenizer = load_model(model_path, prompts=prompts)
-    return HFEngine(model, tokenizer, sampling, PRECISIONS[precision])
+    device = runtime.device()   # the actor's GPU when Ray gave it one
+    model, tokenizer = load_model(model_path, prompts=prompts, device=device)
+    return HFEngine(model, tokenizer, sampling, PRECISIONS[runtime.compute_precision(precision, device)])
 
 
 class RolloutWorker:

@@ -178,7 +178,7 @@ def accuracy(model: Any, tokenizer: Any, examples: list[Example], cfg: RMTrainCo
     probs = correct_probability(
         model, tokenizer, prompts, answers, responses, cfg.max_tokens, cfg.batch_size
     )  # [N]
-    labels = torch.tensor(labels_list)  # [N]
+    labels = torch.tensor(labels_list, device="cpu")  # [N]
     return float(((probs >= cfg.threshold).long() == labels).float().mean())
 
 
@@ -194,7 +194,8 @@ def train(
     after every epoch (that step is always logged). Under torchrun each rank takes its share of
     a step's rows (an FSDP2 copy trains; `model` gets its weights before each evaluation)."""
     loop = Loop.for_model(model, tokenizer, cfg.optim, run_dir, log_every=cfg.log_every,
-                          checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+                          device=runtime.resolve_device(cfg.device), checkpoint_every=cfg.checkpoint_every,
+                          keep_checkpoints=cfg.keep_checkpoints)
     first = loop.resume()["step"] if cfg.resume else 0   # the checkpoint's weights: train_classic
     per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = classic_steps(cfg, len(data))
