@@ -31,14 +31,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model: Any, tokenizer: Any,
-                    optimizer: torch.optim.Optimizer | None, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint `step` under root/checkpoints and keep only the newest `keep`."""
+                    optimizer: dict[str, Any] | None, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoint `step` under root/checkpoints and keep only the newest `keep`;
+    `optimizer` is its state dict (under FSDP2 the full one: distributed/fsdp.py)."""
     target = root / "checkpoints" / f"step_{step:06d}"
     with atomic_dir(target) as tmp:
         model.save_pretrained(str(tmp / "model"))
         tokenizer.save_pretrained(str(tmp / "model"))
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(to_json({"step": step, **state}, indent=2))
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
@@ -58,10 +59,11 @@ def latest_checkpoint(root: Path) -> Path:
     return found[-1]
 
 
-def load_state(path: Path, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore the optimizer and RNG states; return the trainer state (with `step`)."""
-    if optimizer is not None and (path / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+def load_state(path: Path, load_optimizer: Any = None) -> dict[str, Any]:
+    """Restore the RNG states, and the optimizer through `load_optimizer(state dict)` when the
+    checkpoint has one; return the trainer state (with `step`)."""
+    if load_optimizer is not None and (path / "optimizer.pt").exists():
+        load_optimizer(torch.load(path / "optimizer.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     state: dict[str, Any] = json.loads((path / "state.json").read_text())
     return state

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -59,7 +60,7 @@ class Loop:
     tokenizer: Any = None
     checkpoint_every: int = 0     # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2     # newest kept (0 = all)
-    save_optimizer: bool = True   # Adam's state in checkpoints (never under FSDP: shards)
+    save_optimizer: bool = True   # Adam's state in checkpoints (under FSDP2: gathered in full)
     synced: bool = False          # the stage hands the weights to `model` itself (RL: each iteration)
 
     @classmethod
@@ -76,10 +77,11 @@ class Loop:
                    tokenizer, checkpoint_every, keep_checkpoints)
 
     def resume(self) -> dict[str, Any]:
-        """Restore the latest checkpoint's optimizer (one process only) and RNG states and drop
-        the metrics after it; returns its state (`step` and what the stage saved)."""
-        optimizer = None if runtime.is_distributed() else self.optimizer
-        state = load_state(latest_checkpoint(self.run_dir.path), optimizer)
+        """Restore the latest checkpoint's optimizer (under FSDP2 each rank takes its shards of
+        the full state) and RNG states and drop the metrics after it; returns its state (`step`
+        and what the stage saved)."""
+        state = load_state(latest_checkpoint(self.run_dir.path),
+                           partial(fsdp.load_optimizer_state, self.trainee, self.optimizer))
         self.run_dir.truncate_metrics(state["step"])
         return state
 
@@ -122,14 +124,14 @@ class Loop:
         return {**metrics, **guarded_step(self.trainee, self.optimizer, self.grad_clip), "lr": lr}
 
     def save(self, step: int, state: dict[str, Any]) -> None:
-        """Checkpoint `step`: every rank gathers the full weights into `model`, rank 0 writes
-        (without Adam's state under FSDP: its shards are not saved)."""
+        """Checkpoint `step`: every rank gathers the full weights into `model` and the full
+        optimizer state to rank 0 (collectives under FSDP2), rank 0 writes."""
         if not self.synced:
             fsdp.sync_weights(self.trainee, self.model)   # no-op in one process
+        optimizer = fsdp.optimizer_state(self.trainee, self.optimizer) if self.save_optimizer else None
         if runtime.is_main():
-            save_checkpoint(self.run_dir.path, step, self.model, self.tokenizer,
-                            self.optimizer if self.save_optimizer and not runtime.is_distributed() else None,
-                            state, self.keep_checkpoints)
+            save_checkpoint(self.run_dir.path, step, self.model, self.tokenizer, optimizer, state,
+                            self.keep_checkpoints)
 
     def _checkpoint_due(self, done: int, total: int) -> bool:
         if self.model is None:

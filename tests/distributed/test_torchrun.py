@@ -83,6 +83,7 @@ def two_ranks(tiny_model_dir, fixed_batch, tmp_path_factory):
     calls = [("rl_update", (str(tiny_model_dir), str(fixed_batch), str(root / "update.pt"))),
              ("sft_run", (sft_values(tiny_model_dir, root / "sft.jsonl", root / "sft"),)),
              ("dpo_run", (dpo_values(tiny_model_dir, root / "dpo.jsonl", root / "dpo"),)),
+             ("dpo_killed_and_resumed", (dpo_values(tiny_model_dir, root / "dpo.jsonl", root / "dpo_resumed"),)),
              ("rm_run", (rm_values(tiny_model_dir, root / "rm.jsonl", root / "rm"),)),
              ("rl_run", (rl_values(tiny_model_dir, root / "rl.jsonl", root / "rl"), str(root)))]
     run_ranks(workers.several, 2, calls)
@@ -168,6 +169,22 @@ def test_sft_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):
     assert_trained_alike(tiny_model_dir, one, two, moved=1e-3)
 
 
+def test_one_rank_torchrun_takes_the_fsdp2_path(tiny_model_dir, two_ranks, tmp_path):
+    """`--nproc_per_node 1` joins a process group of one and trains the FSDP2 copy; the result
+    is one plain process's within FSDP's rounding."""
+    from spawn import run_ranks
+
+    run_ranks(workers.sft_one_rank, 1, sft_values(tiny_model_dir, two_ranks / "sft.jsonl", tmp_path / "fsdp1"))
+    plain = tmp_path / "plain"
+    from openk1.config import build
+    from openk1.stages import sft
+
+    sft.run(build(sft.SFTConfig, sft_values(tiny_model_dir, two_ranks / "sft.jsonl", plain)))
+    m1, m2 = read_metrics(plain / "metrics.jsonl"), read_metrics(tmp_path / "fsdp1" / "metrics.jsonl")
+    print(f"sft 1 rank: metrics {assert_metrics_close(m1, m2, ('loss', 'grad_norm')):.1e} apart")
+    assert_trained_alike(tiny_model_dir, plain, tmp_path / "fsdp1", moved=1e-3)
+
+
 def test_dpo_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path, monkeypatch):
     from openk1.config import build
     from openk1.models.lean import LeanModel
@@ -185,6 +202,21 @@ def test_dpo_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path, m
     worst = assert_metrics_close(m1, m2, ("loss", "grad_norm", "reward/margin"))
     print(f"dpo: metrics {worst:.1e} apart")
     assert_trained_alike(tiny_model_dir, one, two, moved=1e-4)
+
+
+def test_two_rank_run_resumes_exactly_with_adams_full_state(two_ranks):
+    """Under FSDP2 the checkpoint holds Adam's full state (gathered to rank 0); resumed on 2
+    ranks it is sharded again: the same weights and metrics, bit for bit, as the run that was
+    never interrupted."""
+    from openk1.models.io import load_model
+
+    whole, resumed = two_ranks / "dpo", two_ranks / "dpo_resumed"
+    state = torch.load(resumed / "checkpoints" / "step_000002" / "optimizer.pt", weights_only=False)
+    assert len(state["state"]) > 0 and all("exp_avg" in s for s in state["state"].values())
+    a, b = (load_model(d / "model")[0].state_dict() for d in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    m1, m2 = read_metrics(whole / "metrics.jsonl"), read_metrics(resumed / "metrics.jsonl")
+    assert [r["step"] for r in m2] == [1, 2, 3] and m1 == m2
 
 
 def test_rm_two_ranks_equals_one_process(tiny_model_dir, two_ranks, tmp_path):

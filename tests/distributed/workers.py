@@ -120,6 +120,44 @@ def dpo_run(rank: int, values: dict[str, Any]) -> None:
     assert runtime.world_size() == 2
 
 
+def dpo_killed_and_resumed(rank: int, values: dict[str, Any]) -> None:
+    """`openk1 dpo` on 2 ranks checkpointing every step, "killed" after step 2 (the step-3
+    checkpoint and the model removed), then resumed: Adam's full state comes back sharded."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from openk1.config import build
+    from openk1.stages import dpo
+
+    values = {**values, "checkpoint_every": 1, "keep_checkpoints": 0}
+    dpo.run(build(dpo.DPOConfig, values))
+    dist.barrier()
+    if rank == 0:
+        out = Path(values["out"])
+        shutil.rmtree(out / "checkpoints" / "step_000003")
+        shutil.rmtree(out / "model")
+    dist.barrier()
+    dpo.run(build(dpo.DPOConfig, {**values, "resume": True}))
+
+
+def sft_one_rank(rank: int, values: dict[str, Any]) -> None:
+    """`torchrun --nproc_per_node 1`: a process group of one, the FSDP2 path taken."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from openk1.config import build
+    from openk1.stages import sft
+
+    taken: list[bool] = []
+    original = fsdp.trainee
+    fsdp.trainee = lambda model: taken.append(isinstance(t := original(model), FSDPModule)) or t  # type: ignore
+    try:
+        sft.run(build(sft.SFTConfig, values))
+    finally:
+        fsdp.trainee = original  # type: ignore[assignment]
+    assert runtime.world_size() == 1 and taken == [True]
+
+
 def rm_run(rank: int, values: dict[str, Any]) -> None:
     from openk1.config import build
     from openk1.stages import rm

@@ -85,6 +85,31 @@ def sync_weights(trainee_: torch.nn.Module, model: torch.nn.Module) -> None:
     model.load_state_dict(full_state_dict(trainee_, device))
 
 
+def optimizer_state(trainee_: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """The optimizer's state dict for a checkpoint: its own in one process; under FSDP2 the full
+    (unsharded) one gathered to rank 0's CPU (a collective: every rank calls it; the others get
+    None), so a run resumes exactly, with this or another number of ranks."""
+    if not runtime.is_distributed():
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full: dict[str, Any] = get_optimizer_state_dict(trainee_, optimizer, options=options)
+    return full if runtime.is_main() else None
+
+
+def load_optimizer_state(trainee_: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict[str, Any]) -> None:
+    """Restore what `optimizer_state` saved (under FSDP2 each rank keeps its shards of it)."""
+    if not runtime.is_distributed():
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(trainee_, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
 def local_numel(model: torch.nn.Module) -> int:
     """Parameter elements this rank holds (its shards under FSDP)."""
     return sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters())

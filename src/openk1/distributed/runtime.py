@@ -30,7 +30,8 @@ T = TypeVar("T")
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """In a process group (torchrun, any number of ranks: one rank runs the FSDP2 path too)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:
@@ -84,11 +85,12 @@ def compute_precision(setting: str, where: torch.device) -> str:
 
 
 def init_from_env(timeout_s: float = 1800.0) -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); False when alone.
+    """Join the process group torchrun describes (WORLD_SIZE set, also to 1: `--nproc_per_node 1`
+    runs the FSDP2 path on one rank); False when not launched by torchrun.
 
     Backend: nccl on GPUs, gloo on CPUs.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+    if "WORLD_SIZE" not in os.environ or (dist.is_available() and dist.is_initialized()):
         return is_distributed()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":

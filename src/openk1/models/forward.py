@@ -18,7 +18,8 @@ from openk1.models.lean import LeanModel, unsupported_reason
 from openk1.models.prompting import prompt_ids
 from openk1.padding import pad
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}   # compute dtype (None: the parameters')
+# compute dtype (None: the parameters'); a stage resolves "auto" first (runtime.compute_precision)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "auto": None}
 
 
 def tokenize(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
