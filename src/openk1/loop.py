@@ -65,13 +65,14 @@ class Loop:
 
     @classmethod
     def for_model(cls, model: Any, tokenizer: Any, optim: OptimConfig, run_dir: RunDir, *, log_every: int,
-                  checkpoint_every: int, keep_checkpoints: int, device: torch.device | None = None) -> Loop:
+                  checkpoint_every: int, keep_checkpoints: int, device: torch.device | None = None,
+                  precision: str = "fp32") -> Loop:
         """`model` moved to `device` (it rolls out, evaluates and is saved there), the trainee
         (FSDP2 copy on this rank's device under torchrun, else `model`) in train mode, and AdamW
         over it (its state created on the trainee's device)."""
         if device is not None:
             model.to(device)
-        trainee = fsdp.trainee(model)
+        trainee = fsdp.trainee(model, precision)
         trainee.train()
         return cls(run_dir, trainee, make_optimizer(trainee, optim), optim.grad_clip, log_every, model,
                    tokenizer, checkpoint_every, keep_checkpoints)

@@ -203,6 +203,7 @@ def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], enc
     must already hold that checkpoint's weights: see `model_path`)."""
     device = runtime.resolve_device(cfg.device)
     loop = Loop.for_model(model, tokenizer, cfg.optim, run_dir, log_every=cfg.log_every, device=device,
+                          precision=runtime.compute_precision(cfg.precision, device),
                           checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
     state = loop.resume() if cfg.resume else {"step": 0}
     check_stages(model, stages)

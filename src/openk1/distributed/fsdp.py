@@ -21,7 +21,7 @@ import copy
 from typing import Any
 
 import torch
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from openk1.distributed import runtime
@@ -40,12 +40,23 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     raise ValueError(f"{type(model).__name__}: no decoder layer list found to shard")
 
 
-def shard_model(model: torch.nn.Module, reshard_after_forward: bool = True) -> torch.nn.Module:
+def mixed_precision(precision: str) -> MixedPrecisionPolicy:
+    """bf16: parameters cast to bf16 for forward and backward, gradients reduced in fp32 and
+    the sharded master weights and Adam's state kept in fp32; fp32: no casting."""
+    if precision == "bf16":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def shard_model(model: torch.nn.Module, reshard_after_forward: bool = True,
+                precision: str = "fp32") -> torch.nn.Module:
     """fully_shard every decoder layer, then the root (embeddings, final norm, LM head: tied
-    weights stay in one unit); gradients summed over ranks. Modifies `model` in place."""
+    weights stay in one unit), with `mixed_precision(precision)`; gradients summed over ranks.
+    Modifies `model` in place."""
+    policy = mixed_precision(precision)
     for layer in decoder_layers(model):
-        fully_shard(layer, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, reshard_after_forward=reshard_after_forward)
+        fully_shard(layer, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(model, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
@@ -53,14 +64,15 @@ def shard_model(model: torch.nn.Module, reshard_after_forward: bool = True) -> t
     return model
 
 
-def sharded_copy(model: torch.nn.Module) -> torch.nn.Module:
+def sharded_copy(model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
     """A deep copy of `model` on this rank's device, sharded with FSDP2."""
-    return shard_model(copy.deepcopy(model).to(runtime.device()))
+    return shard_model(copy.deepcopy(model).to(runtime.device()), precision=precision)
 
 
-def trainee(model: torch.nn.Module) -> torch.nn.Module:
-    """The module to train: an FSDP2 copy under torchrun, `model` itself in one process."""
-    return sharded_copy(model) if runtime.is_distributed() else model
+def trainee(model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
+    """The module to train: an FSDP2 copy under torchrun (bf16 `precision`: its mixed-precision
+    policy), `model` itself in one process (where bf16 is autocast or the lean forward's dtype)."""
+    return sharded_copy(model, precision) if runtime.is_distributed() else model
 
 
 def full_state_dict(model: torch.nn.Module, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -307,7 +307,8 @@ def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer |
         model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model,
                                       prompts=cfg)
         loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=1, device=device,
-                              checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints)
+                              precision=cfg.precision, checkpoint_every=cfg.checkpoint_every,
+                              keep_checkpoints=cfg.keep_checkpoints)
         loop.save_optimizer, loop.synced = not cfg.reset_optimizer, True   # body() syncs every iteration
         sampler = make_sampler(cfg.sampler, problems, cfg.seed)
         buffer = ReplayBuffer()   # partial rollouts carried between iterations
