@@ -39,6 +39,11 @@ class ShardedEngine:
         return self.engine.tokenizer
 
     @property
+    def exact_logp(self) -> bool:
+        """Whether the wrapped engine's log-probs are the trainer's forward's (vLLM: no)."""
+        return bool(getattr(self.engine, "exact_logp", True))
+
+    @property
     def forward_path(self) -> str:
         """The wrapped engine's (rollout/hf.py HFEngine.forward_path), for the run's summary."""
         return str(getattr(self.engine, "forward_path", type(self.engine).__name__))

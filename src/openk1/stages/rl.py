@@ -43,12 +43,14 @@ from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
 from openk1.data.sources import DataSource
 from openk1.distributed import fsdp, runtime
+from openk1.distributed.colocate import TrainState, phase_memory
 from openk1.distributed.rollout import ShardedEngine
 from openk1.distributed.settings import RaySettings
 from openk1.frame import StageRun
 from openk1.loop import Loop
 from openk1.models.forward import PRECISIONS, forward_path, response_logprobs, tokenize, trim
 from openk1.models.io import load_model
+from openk1.models.prompting import PromptSettings
 from openk1.optim import OptimConfig, make_optimizer
 from openk1.report.plots import plot_curves
 from openk1.rewards.length import length_penalty_weight, length_rewards
@@ -84,6 +86,13 @@ class RLConfig(StageConfig):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16: mixed precision in rollout and update (fp32 master weights); auto: bf16 on CUDA")
     compile: bool = Field(False, description="torch.compile the update's layers (Llama-family; models/lean.py)")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="rollout engine of `openk1 rl` (rl --ray: ray.engine): hf, the trainer's own model; vllm, "
+                          "an in-process vLLM on this rank's GPU with its own weights, pushed after each iteration")
+    colocate: bool = Field(
+        False, description="training and inference take turns on the device (report §2.6.3): the trainer's "
+                           "optimizer state (and weights, with engine vllm) offloaded during rollout, vLLM asleep "
+                           "during the update (distributed/colocate.py)")
     lean: bool = Field(True, description="the update's forward on models/lean.py (Llama-family); false: HF's")
     reset_optimizer: bool = Field(
         True, description="fresh optimizer each iteration (report: each iteration is a new problem)")
@@ -304,8 +313,8 @@ def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer |
             check_resume_step(latest_checkpoint(frame.path), cfg.iterations, "iterations")
         device = runtime.resolve_device(cfg.device)
         cfg = cfg.model_copy(update={"precision": runtime.compute_precision(cfg.precision, device)})
-        model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model,
-                                      prompts=cfg)
+        model_source = str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model
+        model, tokenizer = load_model(model_source, prompts=cfg)
         loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=1, device=device,
                               precision=cfg.precision, checkpoint_every=cfg.checkpoint_every,
                               keep_checkpoints=cfg.keep_checkpoints)
@@ -319,8 +328,7 @@ def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer |
             buffer.load_state_dict(state.get("partial", {"groups": []}))
             start_iteration = state["step"]
         frame.begin()
-        engine = (make_engine(model, tokenizer) if make_engine else
-                  ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision])))
+        engine = make_engine(model, tokenizer) if make_engine else rollout_engine(cfg, model, tokenizer, model_source)
         frame.note_forward("update", forward_path(loop.trainee, cfg.lean))
         frame.note_forward("eval", forward_path(model, cfg.eval.sampling.lean))
         try:
@@ -353,6 +361,8 @@ def train(loop: Loop, engine: RolloutEngine, sampler: Sampler, buffer: ReplayBuf
             loop.optimizer = make_optimizer(loop.trainee, cfg.optim)
         metrics = _iteration(loop, engine, sampler, buffer, problems, cfg, iteration, score)
         fsdp.sync_weights(loop.trainee, model)   # no-op in one process
+        if cfg.engine == "vllm":   # in-process vLLM holds its own weights: push theta_{i+1}
+            metrics.update(push_weights(engine, model))
         return metrics
 
     def after(iteration: int, metrics: dict[str, Any]) -> bool:
@@ -381,9 +391,13 @@ def _iteration(loop: Loop, engine: RolloutEngine, sampler: Sampler, buffer: Repl
     indices = sampler.sample(iteration, cfg.prompts_per_iter)
     sampling = sampler_metrics(sampler, iteration)
     t0 = time.perf_counter()
+    turns = Turns(loop, engine, cfg)
+    turns.rollout()
     finished, sampled = rollout_phase(engine, buffer, problems, indices, cfg, iteration)
+    memory = turns.update()
     t1 = time.perf_counter()
-    metrics = {"iteration": iteration + 1, **sampling, **rollout_metrics(sampled, len(buffer.groups), t1 - t0)}
+    metrics = {"iteration": iteration + 1, **sampling, **rollout_metrics(sampled, len(buffer.groups), t1 - t0),
+               **memory}
     if not finished:   # every group still has a response to continue: nothing to train on
         return metrics | {"time/rollout": t1 - t0}
     batch = [problems[g.problem] for g in finished]
@@ -395,25 +409,33 @@ def _iteration(loop: Loop, engine: RolloutEngine, sampler: Sampler, buffer: Repl
     t2 = time.perf_counter()
     generator = torch.Generator().manual_seed(cfg.seed * 7_919 + iteration)
     trained = partial.loss_view(rollout, cfg.partial.old_segments, engine.tokenizer.pad_token_id)
-    if cfg.partial.old_logp == "current":
-        trained = current_logp(loop.trainee, trained, iteration, cfg)
-    update_metrics = update(loop, trained, advantages, cfg, generator)
+    exact = getattr(engine, "exact_logp", True)   # vLLM: its own forward's, recomputed here (as verl)
+    gap: dict[str, float] = {}
+    if cfg.partial.old_logp == "current" or not exact:
+        trained, gap = current_logp(loop.trainee, trained, iteration, cfg, every_token=not exact)
+    update_metrics = update(loop, trained, advantages, cfg, generator) | turns.after_update() | gap
     seconds = {"rollout": t1 - t0, "reward": t2 - t1, "update": time.perf_counter() - t2}
     return {**metrics, **response_metrics(rollout, rewards, correct, [p for p in batch for _ in range(k)]),
             **{f"time/{name}": v for name, v in seconds.items()}, **reward_metrics,
             **{name: float(v) for name, v in adv_metrics.items()}, **update_metrics}
 
 
-def current_logp(model: Any, rollout: Rollout, iteration: int, cfg: RLConfig) -> Rollout:
-    """`rollout` with the log pi_theta_i of its carried tokens (versions < iteration)
-    recomputed under `model` (= theta_i: no step taken yet this iteration); this iteration's
-    tokens keep the log-probs the rollout recorded (rollout/partial.py `old_logp`)."""
-    if rollout.versions is None:
-        return rollout
-    carried = (rollout.versions >= 0) & (rollout.versions < iteration)   # [B, T]
+def current_logp(model: Any, rollout: Rollout, iteration: int, cfg: RLConfig,
+                 every_token: bool = False) -> tuple[Rollout, dict[str, float]]:
+    """`rollout` with the log pi_theta_i of its carried tokens (versions < iteration), or of
+    `every_token` (an engine whose log-probs are not the trainer's forward's, e.g. vLLM's bf16
+    kernels), recomputed under `model` (= theta_i: no step taken yet this iteration); the other
+    tokens keep the log-probs the rollout recorded (rollout/partial.py `old_logp`). Metrics:
+    `logp/recomputed_gap_abs`, the mean |recorded - recomputed| over the recomputed tokens."""
+    if every_token:
+        carried = rollout.action_mask.bool()                             # [B, T]
+    elif rollout.versions is None:
+        return rollout, {}
+    else:
+        carried = (rollout.versions >= 0) & (rollout.versions < iteration)   # [B, T]
     rows = carried.any(-1).nonzero().flatten()                          # [R]
     if len(rows) == 0:
-        return rollout
+        return rollout, {}
     device = next(model.parameters()).device
     logp = rollout.logp.clone()
     for chunk in rows.split(cfg.micro_batch_size or len(rows)):   # the update's memory bound
@@ -426,7 +448,59 @@ def current_logp(model: Any, rollout: Rollout, iteration: int, cfg: RLConfig) ->
                                            temperature=cfg.sampling.temperature).float().cpu()   # [c, t]
         width = recomputed.shape[1]
         logp[chunk, :width] = torch.where(carried[chunk, :width], recomputed, logp[chunk, :width])
-    return dataclasses.replace(rollout, logp=logp)
+    gap = float((logp - rollout.logp).abs()[carried].mean())
+    return dataclasses.replace(rollout, logp=logp), {"logp/recomputed_gap_abs": gap}
+
+
+def rollout_engine(cfg: RLConfig, model: Any, tokenizer: Any, model_source: str) -> RolloutEngine:
+    """The in-process engine `engine` names, split across torchrun ranks: HF over the trainer's
+    own model, or vLLM loading `model_source` on this rank's GPU (weights pushed each iteration)."""
+    if cfg.engine == "vllm":
+        from openk1.rollout.vllm_engine import VLLMEngine
+
+        return ShardedEngine(VLLMEngine(model_source, cfg.sampling, cfg.vllm,
+                                        PromptSettings(cfg.prompt_format, cfg.system_prompt)))
+    return ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision]))
+
+
+def push_weights(engine: RolloutEngine, model: Any) -> dict[str, float]:
+    """The policy's full weights to an engine that holds its own copy; `time/weight_sync` and
+    `weight_sync/gb`."""
+    t0 = time.perf_counter()
+    state = model.state_dict()
+    engine.load_weights(state)
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    return {"time/weight_sync": time.perf_counter() - t0, "weight_sync/gb": size / 2**30}
+
+
+class Turns:
+    """Colocated mode (`colocate`, report §2.6.3): who holds the device in each phase
+    (distributed/colocate.py); without it only the memory of each phase is measured."""
+
+    def __init__(self, loop: Loop, engine: RolloutEngine, cfg: RLConfig) -> None:
+        own_weights = cfg.engine == "vllm"   # the trainer's weights are not the engine's: they can leave too
+        self.params = list(loop.trainee.parameters())
+        self.state = TrainState(loop.optimizer, self.params if own_weights else ())
+        self.engine, self.colocate, self.optimizer = engine, cfg.colocate, loop.optimizer
+        self.device = next(loop.trainee.parameters()).device
+
+    def rollout(self) -> None:
+        """Before the rollout: the trainer's state off the device, the engine awake."""
+        phase_memory(self.device, self.optimizer, self.params)   # resets the CUDA peak
+        if self.colocate:
+            self.state.offload()
+            self.engine.wake_up()
+
+    def update(self) -> dict[str, float]:
+        """After the rollout: its memory; the engine asleep, the trainer's state back."""
+        memory = phase_memory(self.device, self.optimizer, self.params)
+        if self.colocate:
+            self.engine.sleep()
+            self.state.reload()
+        return {f"memory/rollout_{k}": v for k, v in memory.items()}
+
+    def after_update(self) -> dict[str, float]:
+        return {f"memory/update_{k}": v for k, v in phase_memory(self.device, self.optimizer, self.params).items()}
 
 
 def rollout_phase(engine: RolloutEngine, buffer: ReplayBuffer, problems: list[Problem], indices: list[int],

@@ -38,6 +38,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from openk1.distributed import runtime
 from openk1.distributed.settings import RaySettings
+from openk1.errors import OpenK1Error
 from openk1.memory import keep_freed_memory
 from openk1.models.forward import PRECISIONS
 from openk1.models.io import load_model
@@ -93,8 +94,11 @@ class RolloutWorker:
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
         if version < self.version:
             raise StaleWeightsError(f"weights of version {version} offered, version {self.version} held")
-        with self._awake():
-            self.engine.load_weights(state)
+        if isinstance(self.engine, VLLMEngine):   # asleep: wakes the weights only, kept for the rollout
+            self.engine.load_versioned(state, version)
+        else:
+            with self._awake():
+                self.engine.load_weights(state)
         self.version = version
         return version
 
@@ -142,7 +146,10 @@ class RayEngine:
     """A RolloutEngine in the trainer's process, backed by rollout actors.
 
     `sleep` and `wake_up` do nothing here: in colocated placement each rollout actor wakes its
-    own engine for a call and puts it back to sleep after it (RolloutWorker)."""
+    own engine for a call and puts it back to sleep after it (RolloutWorker). `exact_logp`: the
+    actors' engine's (False for vLLM: the RL stage recomputes log pi_theta_i)."""
+
+    exact_logp = True
 
     def __init__(self, model: Any, tokenizer: Any, workers: list[Any], colocated: bool) -> None:
         self.model, self.tokenizer, self.workers, self.colocated = model, tokenizer, workers, colocated
@@ -198,6 +205,7 @@ class Trainer:
 
         def make_engine(model: Any, tokenizer: Any) -> RayEngine:
             engines.append(RayEngine(model, tokenizer, rollout_workers, cfg.ray.placement == "colocated"))
+            engines[-1].exact_logp = cfg.ray.engine != "vllm"
             return engines[-1]
 
         summary = rl.run(cfg, make_engine=make_engine, score=RayScorer(reward_workers))   # closes the engine
@@ -232,6 +240,9 @@ def init_ray(settings: RaySettings) -> bool:
 
 def run(cfg: rl.RLConfig) -> dict[str, Any]:
     """`openk1 rl --ray`: place the actors, run the trainer, return its summary."""
+    if cfg.engine != "hf":
+        raise OpenK1Error("rl --ray: the rollout actors' engine is ray.engine; leave `engine` (the in-process "
+                          "engine of plain `openk1 rl`) at hf")
     s: RaySettings = cfg.ray
     started = init_ray(s)
     try:
