@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from openk1.data.images import ImageRef
+
 ProblemType = Literal["math", "code", "freeform"]
 PROBLEM_TYPES: tuple[str, ...] = ("math", "code", "freeform")
 
@@ -21,7 +23,9 @@ StopReason = Literal["normal", "max_tokens", "budget", "repeat"]
 
 @dataclass(frozen=True)
 class Problem:
-    """One dataset row (docs/stages.md "Dataset rows"); `extra` keeps every other input field."""
+    """One dataset row (docs/stages.md "Dataset rows"); `extra` keeps every other input field.
+    `images`: the row's images, read and checked at load time, in the order of the prompt's
+    `<image>` markers (docs/data.md "Rows with images"; data/images.py)."""
 
     prompt: str
     answer: str
@@ -33,6 +37,7 @@ class Problem:
     tests: tuple[dict[str, Any], ...] = ()
     solutions: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    images: tuple[ImageRef, ...] = ()
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openk1.data.images import ImageRef, data_dir, place_images, resolve_images
 from openk1.errors import OpenK1Error
 from openk1.report.run_dir import atomic_write_text
 from openk1.types import PROBLEM_TYPES, Problem
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from openk1.data.sources import DataSource
 
 PROBLEM_FIELDS = ("prompt", "answer", "type", "id", "domain", "tags", "difficulty", "tests",
-                  "solutions")
+                  "solutions", "images")
 
 
 Located = tuple[str, dict[str, Any]]   # (where the row is, e.g. "data.jsonl: line 3", the row)
@@ -146,8 +147,10 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
-def to_problem(row: dict[str, Any], where: str) -> Problem:
-    """Validate one dataset row (docs/stages.md "Dataset rows") into a Problem."""
+def to_problem(row: dict[str, Any], where: str, base_dir: str | Path | None = None) -> Problem:
+    """Validate one dataset row (docs/stages.md "Dataset rows") into a Problem. A row's `images`
+    (docs/data.md "Rows with images") are read from `base_dir`, by default the folder of the
+    data file that `where` names, and the prompt gets one `<image>` marker per image."""
     prompt = _field(row, "prompt", str, where)
     kind = row.get("type", "math")
     if kind not in PROBLEM_TYPES:
@@ -157,6 +160,9 @@ def to_problem(row: dict[str, Any], where: str) -> Problem:
     tests = row.get("tests") or []
     if kind == "code":
         _check_tests(tests, where)
+    images = _images(row, where, base_dir)
+    if row.get("images") is not None:
+        prompt = place_images(prompt, len(images), where)
     return Problem(
         prompt=prompt,
         answer=str(answer),
@@ -168,7 +174,15 @@ def to_problem(row: dict[str, Any], where: str) -> Problem:
         tests=tuple(tests),
         solutions=tuple(row.get("solutions") or ()),
         extra={k: v for k, v in row.items() if k not in PROBLEM_FIELDS},
+        images=images,
     )
+
+
+def _images(row: dict[str, Any], where: str, base_dir: str | Path | None) -> tuple[ImageRef, ...]:
+    """The row's `images`, each read and decoded (none when the field is absent or null)."""
+    if row.get("images") is None:
+        return ()
+    return resolve_images(row["images"], data_dir(where) if base_dir is None else base_dir, where)
 
 
 def _check_tests(tests: Any, where: str) -> None:
