@@ -161,11 +161,12 @@ def test_carried_tokens_record_the_sampling_policy_and_current_recomputes_them(t
     # policy of the iteration that trains them, pi_theta_1; this iteration's tokens keep theirs
     from openk1.stages.rl import RLConfig, current_logp
 
-    reference = current_logp(model, rollout, 1, RLConfig(partial=cfg))
+    reference, gap = current_logp(model, rollout, 1, RLConfig(partial=cfg))
+    assert gap["logp/recomputed_gap_abs"] > 0   # the carried tokens' reference did change
     assert torch.allclose(reference.logp[carried], new_policy[carried], atol=1e-4)
     assert torch.equal(reference.logp[fresh], rollout.logp[fresh])
     assert torch.equal(reference.logp[~rollout.action_mask.bool()], rollout.logp[~rollout.action_mask.bool()])
-    assert current_logp(model, rollout, 0, RLConfig(partial=cfg)) is rollout   # nothing carried yet
+    assert current_logp(model, rollout, 0, RLConfig(partial=cfg)) == (rollout, {})   # nothing carried yet
 
 
 def test_finished_groups_wait_until_there_are_enough():

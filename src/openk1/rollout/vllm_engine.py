@@ -285,8 +285,8 @@ def repeat_points(cfg: RepeatConfig, prefixes: list[tuple[int, ...]], responses:
     detector = RepeatDetector.from_config(cfg, len(responses))
     detector.prime([list(p) for p in prefixes])
     tokens, _ = pad(responses, -1, "right")                              # [B, T]
-    lengths = torch.tensor([len(r) for r in responses])
-    first = torch.full((len(responses),), -1)
+    lengths = torch.tensor([len(r) for r in responses], device="cpu")
+    first = torch.full((len(responses),), -1, device="cpu")
     for t in range(tokens.shape[1]):
         fired = detector.update(tokens[:, t], active=(lengths > t) & (first < 0))
         first = torch.where(fired, t, first)
@@ -432,9 +432,9 @@ class VLLMEngine:
         pad_id = self.tokenizer.pad_token_id
         prompt_ids, prompt_mask = pad([list(r.prompt_ids + r.prefix) for r in requests], pad_id, "left")
         response_ids, action_mask = pad([o.tokens for o in outputs], pad_id, "right")
-        logp = torch.zeros(action_mask.shape, dtype=torch.float32)
+        logp = torch.zeros(action_mask.shape, dtype=torch.float32, device="cpu")
         for row, o in enumerate(outputs):
-            logp[row, :len(o.logp)] = torch.tensor(o.logp, dtype=torch.float32)
+            logp[row, :len(o.logp)] = torch.tensor(o.logp, dtype=torch.float32, device="cpu")
         texts = [self.tokenizer.decode(o.tokens, skip_special_tokens=True) for o in outputs]
         return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, logp,
                        [o.stop for o in outputs], texts=texts)
