@@ -150,7 +150,7 @@ def sft_one_rank(rank: int, values: dict[str, Any]) -> None:
 
     taken: list[bool] = []
     original = fsdp.trainee
-    fsdp.trainee = lambda model: taken.append(isinstance(t := original(model), FSDPModule)) or t  # type: ignore
+    fsdp.trainee = lambda model, *a: taken.append(isinstance(t := original(model, *a), FSDPModule)) or t  # type: ignore
     try:
         sft.run(build(sft.SFTConfig, values))
     finally:
