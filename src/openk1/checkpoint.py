@@ -37,7 +37,8 @@ def save_checkpoint(root: Path, step: int, model: Any, tokenizer: Any,
     target = root / "checkpoints" / f"step_{step:06d}"
     with atomic_dir(target) as tmp:
         model.save_pretrained(str(tmp / "model"))
-        tokenizer.save_pretrained(str(tmp / "model"))
+        # a VLM's tokenizer carries its processor (models/io.py): save all of it, or resume cannot load it
+        getattr(tokenizer, "openk1_processor", tokenizer).save_pretrained(str(tmp / "model"))
         if optimizer is not None:
             torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")

@@ -32,6 +32,7 @@ from openk1.distributed import runtime
 from openk1.errors import OpenK1Error
 from openk1.loop import Loop, accumulate_micro
 from openk1.models.forward import eval_mode, learned_positions, rotary_module
+from openk1.models.io import processor_of
 from openk1.optim import OptimConfig
 from openk1.report.run_dir import RunDir
 from openk1.schedules import Source, Stage, locate, stage_steps, staged_lr
@@ -151,22 +152,37 @@ def packed_forward(model: Any) -> str:
     return "hf (packed rows; block-causal mask)"
 
 
-def batch_nll(model: Any, rows: list[list[Example]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, int]:
+def batch_nll(model: Any, rows: list[list[Example]], pad_id: int, device: torch.device,
+              processor: Any = None) -> tuple[torch.Tensor, int]:
     """Summed NLL of the trained tokens of packed rows, and their number.
 
     input_ids [B, L]; logits [B, L, V]; logits[:, t] score token t + 1 where action_mask is 1.
+    Rows with images (a VLM; `processor` its processor) run from input embeddings: the batch's
+    image features computed once, scattered into its image tokens (`model_inputs`).
     """
-    batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+    collated = collate(rows, pad_id) if processor is None else collate(rows, pad_id, processor)
+    batch = {k: v.to(device) for k, v in collated.items()}
     mask = packed_mask(model, batch["segment_ids"])                      # [B, 1, L, L] or None
-    logits = model(input_ids=batch["input_ids"], attention_mask=mask,
+    logits = model(**model_inputs(model, batch), attention_mask=mask,
                    position_ids=batch["position_ids"], use_cache=False).logits
     targets = batch["action_mask"][:, 1:]                                # [B, L-1]
     logp = token_logprobs(logits[:, :-1], batch["input_ids"][:, 1:]) * targets
     return -logp.sum(), int(targets.sum())
 
 
+def model_inputs(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{input_ids}, or for a batch with pixel_values {inputs_embeds}: the token embeddings with
+    each image token's row replaced by its image's projected features (models/vision.py
+    `image_features` once for the batch's images, then `embed`, in reading order)."""
+    if "pixel_values" not in batch:
+        return {"input_ids": batch["input_ids"]}
+    from openk1.models.vision import embed, image_features
+
+    return {"inputs_embeds": embed(model, batch["input_ids"], image_features(model, batch["pixel_values"]))}
+
+
 def accumulate(model: Any, rows: list[list[Example]], cfg: LMConfig, pad_id: int,
-               device: torch.device) -> tuple[float, int]:
+               device: torch.device, processor: Any = None) -> tuple[float, int]:
     """Backward over micro-batches; returns (batch loss = mean NLL per trained token, tokens)."""
     total = sum(sum(sum(e.action_mask[1:]) for e in row) for row in rows)  # whole batch, all ranks
     bf16 = runtime.compute_precision(cfg.precision, device) == "bf16"
@@ -174,7 +190,7 @@ def accumulate(model: Any, rows: list[list[Example]], cfg: LMConfig, pad_id: int
 
     def micro(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         with autocast:
-            nll, _ = batch_nll(model, [rows[i] for i in index.tolist()], pad_id, device)
+            nll, _ = batch_nll(model, [rows[i] for i in index.tolist()], pad_id, device, processor)
         return nll / max(total, 1), {"nll": float(nll.detach())}
 
     sums = accumulate_micro(len(rows), cfg.micro_batch_size or len(rows), micro)
@@ -183,7 +199,7 @@ def accumulate(model: Any, rows: list[list[Example]], cfg: LMConfig, pad_id: int
 
 @torch.no_grad()
 def eval_loss(model: Any, stage: Stage, cfg: LMConfig, encode: Encoder, pad_id: int,
-              device: torch.device) -> float:
+              device: torch.device, processor: Any = None) -> float:
     """Mean NLL per trained token over one pass of `eval_loss_data`, packed as in `stage`."""
     stream = PackedStream(cfg.eval_loss_data, encode, stage.max_seq_len, stage.pack, cfg.overlong,
                           cfg.seed, 0)
@@ -192,7 +208,7 @@ def eval_loss(model: Any, stage: Stage, cfg: LMConfig, encode: Encoder, pad_id: 
     size = cfg.micro_batch_size or cfg.batch_size
     with eval_mode(model):
         for s in range(0, len(rows), size):
-            value, n = batch_nll(model, rows[s:s + size], pad_id, device)
+            value, n = batch_nll(model, rows[s:s + size], pad_id, device, processor)
             nll, tokens = nll + float(value), tokens + n
     return nll / max(tokens, 1)
 
@@ -212,7 +228,8 @@ def train_lm(model: Any, tokenizer: Any, cfg: LMConfig, stages: list[Stage], enc
     if start > total:
         raise OpenK1Error(f"{run_dir.path}: --resume at step {start}, but the schedule has {total} steps")
     run_dir.write_config(cfg)   # the inputs are valid: the run starts writing
-    lm = LMSteps(model, loop.trainee, tokenizer.pad_token_id, cfg, stages, steps, encode, device, state)
+    lm = LMSteps(model, loop.trainee, tokenizer.pad_token_id, cfg, stages, steps, encode, device, state,
+                 processor_of(tokenizer))
     loop.run(start, total, partial(staged_lr, stages=stages, steps_per_stage=steps), lm.step,
              after=lm.after, state=lm.state, postfix=lm.postfix)
     return lm.summary()
@@ -224,8 +241,10 @@ class LMSteps:
     loss EMA and the last evaluation loss."""
 
     def __init__(self, model: Any, trainee: Any, pad_id: int, cfg: LMConfig, stages: list[Stage],
-                 steps: list[int], encode: Encoder, device: torch.device, state: dict[str, Any]) -> None:
+                 steps: list[int], encode: Encoder, device: torch.device, state: dict[str, Any],
+                 processor: Any = None) -> None:
         self.model, self.trainee, self.pad_id, self.cfg = model, trainee, pad_id, cfg
+        self.processor = processor   # a VLM's (models/io.py processor_of): pixel values of image rows
         self.stages, self.steps, self.encode, self.device = stages, steps, encode, device
         self.done: dict[str, int] = state.get("data", {})
         self.counts = self.done
@@ -239,7 +258,8 @@ class LMSteps:
         index, local = locate(step, self.steps)
         mixture = self._mixture(index, local)
         drawn = mixture.take(self.cfg.batch_size)
-        loss, tokens = accumulate(self.trainee, [row for _, row in drawn], self.cfg, self.pad_id, self.device)
+        loss, tokens = accumulate(self.trainee, [row for _, row in drawn], self.cfg, self.pad_id, self.device,
+                                  self.processor)
         self.loss_ema = loss if math.isnan(self.loss_ema) else 0.9 * self.loss_ema + 0.1 * loss
         self.counts = {k: self.done.get(k, 0) + v for k, v in mixture.counters().items()}
         return {"loss": loss, "stage": index, "seq_len": self.stages[index].max_seq_len, "tokens": tokens,
@@ -253,7 +273,7 @@ class LMSteps:
         every = self.cfg.eval_loss_every
         if self.cfg.eval_loss_data and ((every and (step + 1) % every == 0) or stage_end):
             self.last_eval = metrics["eval_loss"] = eval_loss(self.trainee, self.stages[index], self.cfg,
-                                                              self.encode, self.pad_id, self.device)
+                                                              self.encode, self.pad_id, self.device, self.processor)
         if stage_end:
             self.done, self.mixture, self.current = self.counts, None, -1
         return stage_end or "eval_loss" in metrics

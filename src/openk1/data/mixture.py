@@ -1,8 +1,9 @@
 """Streams of packed rows from dataset files, and a weighted mixture of them.
 
 A `PackedStream` reads its file lazily (JSONL / Parquet / HF dataset on disk, via `iter_located`),
-shuffles through a bounded buffer (seeded per pass), encodes rows as `Example`s, applies the
-over-long rule (counted, never silent) and packs them; at the end of a pass it starts the next.
+shuffles through a bounded buffer (seeded per pass), reads each row's images (`with_images`),
+encodes rows as `Example`s, applies the over-long rule (counted, never silent) and packs them; at
+the end of a pass it starts the next.
 A `Mixture` interleaves streams deterministically so that after n rows source i has given
 round(n * w_i / sum w) rows, within one. Resume = build the same objects and skip the rows
 already consumed (`skip`), which replays the counters too.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from openk1.data.packing import Example, OverlongRule, fit_length, pack
+from openk1.data.packing import Example, OverlongRule, fit_length, pack, with_images
 from openk1.data.sources import DataSource, iter_source
 from openk1.errors import OpenK1Error
 
@@ -56,6 +57,7 @@ class PackedStream:
         rows = shuffled(located, self.shuffle_buffer, rng) if self.shuffle_buffer else located
         pending: list[Example] = []
         for where, row in rows:
+            row = with_images(row, where)             # its images read and checked (errors name the row)
             try:
                 kept, status = fit_length(self.encode(row), self.max_len, self.rule)
             except OpenK1Error as exc:

@@ -326,35 +326,62 @@ def math_sft(raw: RawRow) -> Row:
 
 
 def messages_problem(raw: RawRow) -> Row:
-    """prompt: the last user turn before the final assistant turn; answer: the answer column when
-    present, else the final assistant turn's last \\boxed{}."""
-    messages = _messages(raw)
+    """prompt: the last user turn before the final assistant turn (its image parts as `<image>`
+    markers, their images in `images`); answer: the answer column when present, else the final
+    assistant turn's last \\boxed{}."""
+    messages, images = _messages(raw)
     final = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-    users = [m["content"] for m in messages[:final] if m["role"] == "user"]
+    users = [i for i, m in enumerate(messages[:final]) if m["role"] == "user"]
     if not users:
         raise raw.error(raw.column("messages"), "has no user turn before the final assistant turn")
     answer = raw.role("answer", required=False, kind=(str, int, float))
     if answer is None and final < len(messages):
-        answer = last_boxed(messages[final]["content"])
+        answer = last_boxed(_turn_text(messages[final]["content"]))
     if answer is None:
         raise raw.error(raw.column("messages"), "has no \\boxed{} answer in the final assistant turn "
                                                 "(map an answer column with answer_key)")
-    return raw.with_id({"prompt": users[-1], "answer": str(answer)})
+    row = {"prompt": _turn_text(messages[users[-1]]["content"]), "answer": str(answer)}
+    before = sum(_image_parts(m["content"]) for m in messages[:users[-1]])
+    mine = images[before:before + _image_parts(messages[users[-1]]["content"])]
+    return raw.with_id(row | ({"images": [ref.source for ref in mine]} if mine else {}))
 
 
 def messages_sft(raw: RawRow) -> Row:
-    return {"messages": _messages(raw)}
+    """{messages} ({messages, images} with image content parts: the ImageRefs, already read)."""
+    messages, images = _messages(raw)
+    return {"messages": messages, "images": images} if images else {"messages": messages}
 
 
-def _messages(raw: RawRow) -> list[dict[str, str]]:
-    """The row's chat turns, each checked to be {role, content} with string content."""
+def _messages(raw: RawRow) -> tuple[list[dict[str, Any]], tuple[Any, ...]]:
+    """The row's chat turns, each checked to be {role, content} with string content or Hugging
+    Face content parts (data/images.py `messages_images`: image parts read and normalised to
+    {"type": "image"}), and the images of those parts in order (ImageRefs)."""
+    from openk1.data.images import data_dir, messages_images
+
     messages: list[Any] = raw.role("messages", kind=list)
     for i, m in enumerate(messages):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise raw.error(raw.column("messages"), f"[{i}] must be {{role: str, content: str}}")
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), (str, list))):
+            raise raw.error(raw.column("messages"), f"[{i}] must be {{role: str, content: str}} "
+                                                    "(or a list of content parts)")
     if not messages:
         raise raw.error(raw.column("messages"), "is empty")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if all(isinstance(m["content"], str) for m in turns):
+        return turns, ()
+    return messages_images(turns, data_dir(raw.where), raw.where, raw.column("messages"))
+
+
+def _turn_text(content: str | list[dict[str, Any]]) -> str:
+    """A turn's text: its content, or its (normalised) parts' texts with `<image>` per image part."""
+    from openk1.data.images import IMAGE_TOKEN
+
+    if isinstance(content, str):
+        return content
+    return "".join(part["text"] if part["type"] == "text" else IMAGE_TOKEN for part in content)
+
+
+def _image_parts(content: str | list[dict[str, Any]]) -> int:
+    return 0 if isinstance(content, str) else sum(part["type"] == "image" for part in content)
 
 
 # -- code: humaneval, mbpp, apps ------------------------------------------------------------------
