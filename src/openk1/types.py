@@ -53,6 +53,8 @@ class Rollout:
                  "repeat" (rollout/hf.py)
     versions     [B, T]  policy version (RL iteration) that sampled each token, -1 where mask
                  is 0; None from the engine (rollout/partial.py fills it in)
+    images       B tuples: each row's prompt images (`<image>` tokens in prompt_ids, in order);
+                 None when no row has any (a text rollout)
     """
 
     prompt_ids: torch.Tensor
@@ -63,6 +65,7 @@ class Rollout:
     stop_reason: list[str]
     texts: list[str] = field(default_factory=list)
     versions: torch.Tensor | None = None
+    images: list[tuple[ImageRef, ...]] | None = None
 
     @property
     def lengths(self) -> torch.Tensor:

@@ -7,19 +7,22 @@ attention mask and one forward pass scores every response token.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from openk1.algo.logprobs import token_logprobs
+from openk1.data.images import ImageRef
+from openk1.errors import OpenK1Error
 from openk1.models.lean import LeanModel, unsupported_reason
 from openk1.models.prompting import prompt_ids
 from openk1.padding import pad
 
 # compute dtype (None: the parameters'); a stage resolves "auto" first (runtime.compute_precision)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "auto": None}
+VISION_PATH = "vision-language model: image features as input embeddings"   # forward_path of a VLM
 
 
 def tokenize(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
@@ -49,7 +52,8 @@ def trim(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torc
 def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       response_ids: torch.Tensor, action_mask: torch.Tensor,
                       chunk_size: int | None = None, dtype: torch.dtype | None = None,
-                      compile: bool = False, lean: bool = True, temperature: float = 1.0) -> torch.Tensor:
+                      compile: bool = False, lean: bool = True, temperature: float = 1.0,
+                      images: Sequence[tuple[ImageRef, ...]] | None = None, processor: Any = None) -> torch.Tensor:
     """log pi_T(response token | prefix) for every response position, [B, T] (0 where masked),
     pi_T = softmax(logits / temperature).
 
@@ -61,8 +65,12 @@ def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.T
     forward. `compile`: the lean layers through torch.compile (models/lean.py compiled_layer).
     `temperature` (> 0): RL passes its sampling temperature, so that log pi_theta is that of the
     tempered distribution the rollout sampled and recorded (rollout/hf.py); SFT, DPO and scoring
-    keep 1.
+    keep 1. `images` [B] (each row's, rollout/vlm.py) with the VLM's `processor`: a batch with
+    images is scored by `vision_logprobs`.
     """
+    if images is not None and any(images):
+        return vision_logprobs(model, processor, prompt_ids, prompt_mask, response_ids, action_mask, images,
+                               chunk_size=chunk_size, dtype=dtype, temperature=temperature)
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)            # [B, L]
     attention_mask = torch.cat([prompt_mask, action_mask], dim=1)       # [B, L]
     T = response_ids.shape[1]
@@ -84,6 +92,34 @@ def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.T
     return token_logprobs(logits, response_ids, chunk_size=chunk_size, temperature=temperature) * action_mask
 
 
+def vision_logprobs(model: Any, processor: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    response_ids: torch.Tensor, action_mask: torch.Tensor, images: Sequence[tuple[ImageRef, ...]],
+                    chunk_size: int | None = None, dtype: torch.dtype | None = None,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """`response_logprobs` of a VLM batch whose rows have images (images[b]: row b's, () for a
+    text row): the features of each distinct image of the batch computed once (one vision-tower
+    call, with gradients through the tower and projector where they require grad), scattered into
+    each row's first image tokens (rollout/vlm.py `scatter`), one HF forward over the embeddings
+    (the lean forward is text only). As models/vision.py vlm_response_logprobs(features=...),
+    which it equals, but with the images given per row and a shared image's features shared."""
+    from openk1.rollout.vlm import row_features, scatter
+
+    if processor is None:
+        raise OpenK1Error("scoring rows with images needs the model's processor (rollout/vlm.py processor_of)")
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        with torch.autocast(prompt_ids.device.type, dtype=dtype):
+            return vision_logprobs(model, processor, prompt_ids, prompt_mask, response_ids, action_mask, images,
+                                   chunk_size=chunk_size, temperature=temperature)
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)            # [B, L]
+    attention_mask = torch.cat([prompt_mask, action_mask], dim=1)       # [B, L]
+    T = response_ids.shape[1]
+    embeds = scatter(model, input_ids, row_features(model, processor, images))
+    out = model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                use_cache=False, logits_to_keep=T + 1)
+    logits = out.logits[:, -(T + 1):-1]                                 # [B, T, V]
+    return token_logprobs(logits, response_ids, chunk_size=chunk_size, temperature=temperature) * action_mask
+
+
 def _accepts(model: Any, name: str) -> bool:
     import inspect
 
@@ -91,18 +127,20 @@ def _accepts(model: Any, name: str) -> bool:
 
 
 def cached_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   cache: Any = None) -> tuple[torch.Tensor, Any]:
+                   cache: Any = None, inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
     """Logits of the last position [B, V] and the updated KV cache (`full_cache` at first).
 
     input_ids [B, n] are the new tokens (the whole prompt on the first call), attention_mask
-    [B, P + t] covers every token so far. Transformers 5 names the cache `cache`; 4.x named it
-    `past_key_values`: both are accepted.
+    [B, P + t] covers every token so far. `inputs_embeds` [B, n, d], when given, are fed instead
+    of the ids' embeddings (a VLM's prompt with its image features; rollout/vlm.py). Transformers
+    5 names the cache `cache`; 4.x named it `past_key_values`: both are accepted.
     """
     name = _cache_arg(model)
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     n = input_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
+    inputs = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds.to(device)}
+    out = model(**inputs, attention_mask=attention_mask,
                 position_ids=position_ids(attention_mask)[:, -n:], use_cache=True,
                 logits_to_keep=1, **{name: cache if cache is not None else full_cache()})
     new_cache = out.cache if hasattr(out, "cache") else out.past_key_values
@@ -115,6 +153,8 @@ def forward_path(model: Any, lean: bool = True) -> str:
     >>> forward_path(object(), lean=False)
     'hf (lean: false)'
     """
+    if getattr(getattr(model, "config", None), "vision_config", None) is not None:
+        return f"hf ({VISION_PATH})"   # the lean forward is text only
     if not lean:
         return "hf (lean: false)"
     reason = unsupported_reason(model)

@@ -26,18 +26,23 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from openk1.data.images import ImageRef
 from openk1.models.forward import tokenize
+from openk1.rollout.vlm import prompt_tokens
 from openk1.types import Rollout
 
 
 @dataclass(frozen=True)
 class Request:
-    """One response to sample, or to continue after `prefix`."""
+    """One response to sample, or to continue after `prefix`. `images`: the prompt's, in the order
+    of its `<image>` tokens, each already expanded to its token count (rollout/vlm.py
+    prompt_tokens); only a vision-language model's engine takes them (rollout/hf.py)."""
 
     prompt_ids: tuple[int, ...]
     stream: tuple[int, int]                  # (seed, sequence number): its random stream
     prefix: tuple[int, ...] = ()             # response tokens sampled earlier (by any policy)
     budget: int | None = None                # tokens this call may add; None: up to max_new_tokens
+    images: tuple[ImageRef, ...] = ()
 
 
 @runtime_checkable
@@ -64,13 +69,19 @@ class RolloutEngine(Protocol):
 EngineFactory = Callable[[torch.nn.Module, Any], RolloutEngine]
 
 
-def requests_for(tokenizer: Any, prompts: list[str], samples_per_prompt: int, seed: int) -> list[Request]:
+def requests_for(tokenizer: Any, prompts: list[str], samples_per_prompt: int, seed: int,
+                 images: list[tuple[ImageRef, ...]] | None = None) -> list[Request]:
     """The requests of `generate`: row r samples prompts[r // k] with random stream (seed, r).
+    `images[i]`: prompts[i]'s images (its `<image>` markers expanded through the processor on the
+    tokenizer, rollout/vlm.py prompt_tokens).
 
     >>> chars = lambda text, add_special_tokens: {"input_ids": [ord(c) for c in text]}
     >>> [(r.prompt_ids, r.stream) for r in requests_for(chars, ["a", "b"], 2, seed=7)]
     [((97,), (7, 0)), ((97,), (7, 1)), ((98,), (7, 2)), ((98,), (7, 3))]
     """
-    ids = [tuple(p) for p in tokenize(tokenizer, prompts)]
     k = samples_per_prompt
-    return [Request(ids[r // k], (seed, r)) for r in range(len(prompts) * k)]
+    if not images or not any(images):
+        ids = [tuple(p) for p in tokenize(tokenizer, prompts)]
+        return [Request(ids[r // k], (seed, r)) for r in range(len(prompts) * k)]
+    ids = [tuple(prompt_tokens(tokenizer, p, i)) for p, i in zip(prompts, images, strict=True)]
+    return [Request(ids[r // k], (seed, r), images=images[r // k]) for r in range(len(prompts) * k)]

@@ -26,6 +26,12 @@ the batch at once; when a quarter of the slots (or every waiting sequence) can b
 waiting sequences are prefilled together and their KV-cache rows joined to the running ones
 (rollout/kv_cache.py). With `continuous_batching: false` the next batch starts only when the
 whole previous one has finished (the plain batched loop).
+
+Vision-language models (rollout/vlm.py): the lean decoder is text only, so a VLM decodes on
+HFCacheState, prefilling with input embeddings in which each row's prompt image tokens carry its
+images' features; decode steps feed token ids as for a text model. Features are computed once per
+distinct image (one vision-tower call per prefill that meets new images) and kept in the engine's
+FeatureCache while the vision weights are unchanged. Text requests join the same batches.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pydantic import Field
 
 from openk1.algo.logprobs import token_logprobs
 from openk1.config import Section
+from openk1.data.images import ImageRef
 from openk1.errors import OpenK1Error
 from openk1.models.forward import cached_forward, eval_mode, forward_path, learned_positions
 from openk1.models.lean import LeanModel
@@ -49,6 +56,7 @@ from openk1.rollout import kv_cache
 from openk1.rollout.engine import Request, requests_for
 from openk1.rollout.repeat import RepeatConfig, RepeatDetector
 from openk1.rollout.streams import fold, uniform_at
+from openk1.rollout.vlm import FeatureCache, is_vlm, require_processor, scatter
 from openk1.types import Rollout
 
 REFILL_FRACTION = 4     # refill once batch_size / 4 slots are free: one prefill per few finished rows
@@ -139,10 +147,14 @@ class HFCacheState:
         self.joins = True               # rows can be dropped and joined (kv_cache.supports_surgery)
         self.note = ""                  # why not, once found
 
-    def extend(self, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
-        """Prefill new rows after the existing ones -> their next-token logits [n, V]."""
+    def extend(self, contexts: list[list[int]], pad_id: int,
+               features: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Prefill new rows after the existing ones -> their next-token logits [n, V]. A VLM's
+        rows come with `features` (each row's images', or None): the prefill's input embeddings
+        carry them (rollout/vlm.py scatter)."""
         ids, mask = (x.to(self.device) for x in pad(contexts, pad_id, "left"))
-        logits, cache = cached_forward(self.model, ids, mask)                # [n, V]
+        embeds = scatter(self.model, ids, features) if features is not None else None
+        logits, cache = cached_forward(self.model, ids, mask, inputs_embeds=embeds)   # [n, V]
         if not kv_cache.supports_surgery(cache):
             self.joins, self.live = False, torch.arange(len(contexts), device="cpu")
             self.note = f"{type(cache).__name__} cannot drop or join rows: whole batches"
@@ -209,17 +221,21 @@ class HFEngine:
         # which decoder runs and why (lean static cache, or HF's forward + DynamicCache); a cache
         # without row surgery adds why it decodes in whole batches (HFCacheState.note)
         self.forward_path = forward_path(model, sampling.lean)
+        self.vision = is_vlm(model)   # image features as prompt embeddings on HF's forward (rollout/vlm.py)
+        self.features = FeatureCache()
         self.stop = torch.tensor(stop_ids(tokenizer), device="cpu")   # models/prompting.py
         self.positions = learned_positions(model)       # GPT-2: responses end before they run out
 
     def generate(self, prompts: list[str], samples_per_prompt: int, seed: int) -> Rollout:
-        """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)."""
+        """k samples of each prompt, grouped: row r belongs to prompts[r // k], stream (seed, r)
+        (prompts with images: `sample(requests_for(..., images=...))`)."""
         return self.sample(requests_for(self.tokenizer, prompts, samples_per_prompt, seed))
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Copy a full state dict into the model (in-process RL shares the trainer's module and
-        never calls this; a Ray rollout worker does)."""
+        never calls this; a Ray rollout worker does); cached image features are dropped."""
         self.model.load_state_dict(state)
+        self.features.clear()
 
     def sleep(self) -> None:
         """Nothing to release: the model is the caller's, the KV cache one call's."""
@@ -241,23 +257,36 @@ class HFEngine:
             if self._limit(r) < 1:
                 raise ValueError(f"nothing to sample: prefix {len(r.prefix)}, budget {r.budget}, "
                                  f"max_new_tokens {self.sampling.max_new_tokens}")
+        self._check_images(requests)
         width = max(map(len, self.sampling.stop), default=0)   # stop strings look back this far
         outputs = [_Output(context=list(r.prefix[max(0, len(r.prefix) - width):]) if width else []) for r in requests]
         waiting = deque(range(len(requests)))
         rows: _Rows | None = None
         with eval_mode(self.model):
             state = self._state(requests)
+            if self.vision:
+                self.features.begin(self.model)
             while waiting or rows is not None:
                 rows = self._admit(rows, waiting, requests, state)
                 rows = self._step(rows, outputs, state)
+            self.features.end()
         if getattr(state, "note", "") and state.note not in self.forward_path:
             self.forward_path += f"; {state.note}"
         return self._rollout(requests, outputs)
 
+    def _check_images(self, requests: list[Request]) -> None:
+        """Requests with images need a VLM and its processor (on the tokenizer)."""
+        if not any(r.images for r in requests):
+            return
+        if not self.vision:
+            raise OpenK1Error("requests with images need a vision-language model; this one is text only "
+                              f"({type(self.model).__name__})")
+        require_processor(self.tokenizer)
+
     def _state(self, requests: list[Request]) -> Any:
         """The decode state for this call: a lean static-cache decoder sized for these requests,
-        or HF's DynamicCache."""
-        lean = LeanModel.of(self.model, self.dtype) if self.sampling.lean else None
+        or HF's DynamicCache (always for a VLM)."""
+        lean = LeanModel.of(self.model, self.dtype) if self.sampling.lean and not self.vision else None
         if lean is None:
             return HFCacheState(self.model)
         length = max(len(r.prompt_ids) + len(r.prefix) + self._limit(r) for r in requests)
@@ -287,7 +316,13 @@ class HFEngine:
 
     def _prefill(self, index: list[int], requests: list[Request], state: Any) -> _Rows:
         chosen = [requests[i] for i in index]
-        logits = state.extend([list(r.prompt_ids + r.prefix) for r in chosen], self.tokenizer.pad_token_id)
+        contexts = [list(r.prompt_ids + r.prefix) for r in chosen]
+        if self.vision:   # each row's image features, encoded once per distinct image (rollout/vlm.py)
+            processor = require_processor(self.tokenizer) if any(r.images for r in chosen) else None
+            features = self.features.rows(self.model, processor, [r.images for r in chosen])
+            logits = state.extend(contexts, self.tokenizer.pad_token_id, features)
+        else:
+            logits = state.extend(contexts, self.tokenizer.pad_token_id)
         detector = None
         if self.sampling.repeat.enabled:
             detector = RepeatDetector.from_config(self.sampling.repeat, len(chosen))
@@ -358,8 +393,9 @@ class HFEngine:
         for row, o in enumerate(outputs):
             logp[row, :len(o.logp)] = torch.tensor(o.logp, device="cpu")
         texts = [self.tokenizer.decode(o.tokens, skip_special_tokens=True) for o in outputs]
+        images = [r.images for r in requests] if any(r.images for r in requests) else None
         return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, logp,
-                       [o.stop for o in outputs], texts=texts)
+                       [o.stop for o in outputs], texts=texts, images=images)
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -383,4 +419,12 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         logp=torch.cat([right(p.logp, 0.0) for p in parts]),
         stop_reason=[s for p in parts for s in p.stop_reason],
         texts=[t for p in parts for t in p.texts],
+        images=_images(parts),
     )
+
+
+def _images(parts: list[Rollout]) -> list[tuple[ImageRef, ...]] | None:
+    """The parts' per-row images, () for the rows of a text part; None when no part has any."""
+    if all(p.images is None for p in parts):
+        return None
+    return [i for p in parts for i in (p.images or [()] * p.response_ids.shape[0])]

@@ -51,6 +51,7 @@ import torch
 from pydantic import Field
 
 from openk1.config import Section
+from openk1.data.images import ImageRef
 from openk1.padding import pad
 from openk1.rollout.engine import Request, RolloutEngine
 from openk1.types import Rollout
@@ -80,6 +81,7 @@ class Trajectory:
     logp: list[float] = field(default_factory=list)      # log pi of the policy that sampled each
     versions: list[int] = field(default_factory=list)    # RL iteration that sampled each token
     stop: str = ""                                       # "" or "budget" while unfinished
+    images: tuple[ImageRef, ...] = ()                    # the prompt's (a VLM; rollout/vlm.py)
 
     @property
     def finished(self) -> bool:
@@ -112,15 +114,23 @@ class ReplayBuffer:
         return {"groups": [asdict(g) for g in self.groups]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.groups = [Group(g["problem"], [Trajectory(**{**t, "stream": tuple(t["stream"])})
-                                            for t in g["trajectories"]]) for g in state["groups"]]
+        self.groups = [Group(g["problem"], [_trajectory(t) for t in g["trajectories"]]) for g in state["groups"]]
 
 
-def new_groups(problems: list[int], prompt_ids: list[list[int]], k: int, seed: int) -> list[Group]:
+def _trajectory(state: dict[str, Any]) -> Trajectory:
+    """A Trajectory from its JSON state (a checkpoint written before images has no `images`)."""
+    images = tuple(ImageRef(**i) for i in state.get("images", ()))
+    return Trajectory(**{**state, "stream": tuple(state["stream"]), "images": images})
+
+
+def new_groups(problems: list[int], prompt_ids: list[list[int]], k: int, seed: int,
+               images: list[tuple[ImageRef, ...]] | None = None) -> list[Group]:
     """k fresh trajectories per problem; the r-th of the call gets stream (seed, r), as in
-    every engine's `generate` (rollout/engine.py requests_for)."""
-    return [Group(p, [Trajectory(list(ids), (seed, i * k + j)) for j in range(k)])
-            for i, (p, ids) in enumerate(zip(problems, prompt_ids, strict=True))]
+    every engine's `generate` (rollout/engine.py requests_for). `images[i]`: problem i's (its
+    prompt_ids carry their expanded `<image>` tokens)."""
+    shown = images if images is not None else [()] * len(problems)
+    return [Group(p, [Trajectory(list(ids), (seed, i * k + j), images=imgs) for j in range(k)])
+            for i, (p, ids, imgs) in enumerate(zip(problems, prompt_ids, shown, strict=True))]
 
 
 def budget(trajectory: Trajectory, cfg: PartialConfig) -> int | None:
@@ -135,7 +145,7 @@ def advance(engine: RolloutEngine, groups: list[Group], iteration: int, cfg: Par
     Returns the engine's Rollout of this iteration's segments (stop reasons, tokens/s)."""
     todo = [t for g in groups for t in g.trajectories if not t.finished]
     rollout: Rollout = engine.sample([Request(tuple(t.prompt_ids), t.stream, tuple(t.tokens),
-                                              budget(t, cfg)) for t in todo])
+                                              budget(t, cfg), t.images) for t in todo])
     for row, t in enumerate(todo):
         n = int(rollout.action_mask[row].sum())
         t.tokens += rollout.response_ids[row, :n].tolist()
@@ -173,8 +183,9 @@ def to_rollout(groups: list[Group], tokenizer: Any) -> Rollout:
         logp[row, :len(t.logp)] = torch.tensor(t.logp, device="cpu")
         versions[row, :len(t.versions)] = torch.tensor(t.versions, dtype=torch.long, device="cpu")
     texts = [tokenizer.decode(t.tokens, skip_special_tokens=True) for t in trajectories]
+    images = [t.images for t in trajectories] if any(t.images for t in trajectories) else None
     return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, logp,
-                   [t.stop for t in trajectories], texts=texts, versions=versions)
+                   [t.stop for t in trajectories], texts=texts, versions=versions, images=images)
 
 
 def loss_view(rollout: Rollout, old_segments: str, pad_id: int) -> Rollout:
@@ -196,7 +207,7 @@ def loss_view(rollout: Rollout, old_segments: str, pad_id: int) -> Rollout:
     shift = [torch.nn.functional.pad(x[n:], (0, n))[:T] for x, n in zip(rollout.logp, old)]
     versions = [torch.nn.functional.pad(x[n:], (0, n), value=-1)[:T] for x, n in zip(rollout.versions, old)]
     return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, torch.stack(shift) * action_mask,
-                   rollout.stop_reason, texts=rollout.texts, versions=torch.stack(versions))
+                   rollout.stop_reason, texts=rollout.texts, versions=torch.stack(versions), images=rollout.images)
 
 
 def segment_counts(rollout: Rollout) -> torch.Tensor:

@@ -33,6 +33,7 @@ from openk1.models.forward import forward_path
 from openk1.models.io import load_model
 from openk1.report.run_dir import atomic_write_text, check_inputs_outside
 from openk1.rewards.scoring import RewardConfig, score_many
+from openk1.rollout.engine import requests_for
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.types import Problem
 
@@ -60,7 +61,8 @@ STOP_REASONS = ("normal", "max_tokens", "repeat", "budget")   # rollout `stop_re
 
 def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: EvalSettings,
              keep_samples: bool = False, rewards: RewardConfig | None = None) -> dict[str, Any]:
-    """Sample, verify and summarise; the same verifiers as RL (`score_many`)."""
+    """Sample, verify and summarise; the same verifiers as RL (`score_many`). Problems with images
+    need a vision-language model with its processor on `tokenizer` (rollout/vlm.py)."""
     if settings.max_problems:
         problems = problems[:settings.max_problems]
     k = settings.samples_per_prompt
@@ -68,7 +70,11 @@ def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: Eval
     with tqdm(total=len(problems) * k, desc="eval", unit="sample", dynamic_ncols=True,
               mininterval=1.0, leave=False) as bar:
         engine.progress = bar.update
-        rollout = engine.generate([p.prompt for p in problems], k, settings.seed)
+        prompts = [p.prompt for p in problems]
+        if any(p.images for p in problems):   # a VLM: the processor on the tokenizer expands <image>
+            rollout = engine.sample(requests_for(tokenizer, prompts, k, settings.seed, [p.images for p in problems]))
+        else:
+            rollout = engine.generate(prompts, k, settings.seed)
         bar.set_postfix_str("verifying")
         repeated = [p for p in problems for _ in range(k)]
         scores = score_many(rollout.texts, repeated, settings.score_workers, rewards=rewards)

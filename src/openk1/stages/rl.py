@@ -39,6 +39,7 @@ from openk1.algo.aggregate import global_normaliser
 from openk1.algo.opmd import compute_advantages, opmd_loss
 from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
+from openk1.data.images import ImageRef
 from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
 from openk1.data.sources import DataSource
@@ -46,10 +47,11 @@ from openk1.distributed import fsdp, runtime
 from openk1.distributed.colocate import TrainState, phase_memory
 from openk1.distributed.rollout import ShardedEngine
 from openk1.distributed.settings import RaySettings
+from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.loop import Loop
 from openk1.models.forward import PRECISIONS, forward_path, response_logprobs, tokenize, trim
-from openk1.models.io import load_model
+from openk1.models.io import load_model, processor_of
 from openk1.models.prompting import PromptSettings
 from openk1.optim import OptimConfig, make_optimizer
 from openk1.report.plots import plot_curves
@@ -60,6 +62,7 @@ from openk1.rollout.engine import EngineFactory, RolloutEngine
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.rollout.partial import Group, PartialConfig, ReplayBuffer
 from openk1.rollout.vllm_engine import VLLMSettings
+from openk1.rollout.vlm import freeze_vision_tower, is_vlm, prompt_tokens
 from openk1.stages.eval import EvalSettings, by_difficulty, evaluate
 from openk1.types import Problem, Rollout
 
@@ -94,6 +97,9 @@ class RLConfig(StageConfig):
                            "optimizer state (and weights, with engine vllm) offloaded during rollout, vLLM asleep "
                            "during the update (distributed/colocate.py)")
     lean: bool = Field(True, description="the update's forward on models/lean.py (Llama-family); false: HF's")
+    freeze_vision: bool = Field(
+        False, description="a vision-language model's vision tower gets no gradient (the projector and language "
+                           "model still train); false: trained jointly, as in the report (docs/vision.md)")
     reset_optimizer: bool = Field(
         True, description="fresh optimizer each iteration (report: each iteration is a new problem)")
     optim: OptimConfig = Field(OptimConfig(lr=1e-6, warmup_steps=0),
@@ -216,13 +222,15 @@ def minibatch_step(loop: Loop, rollout: Rollout, advantages: torch.Tensor, index
                    cfg: RLConfig, lr: float) -> dict[str, float]:
     """One optimizer step of `loop` at `lr` over `index` (this rank's share of the mini-batch
     under torchrun)."""
-    return loop.step(0, lr, functools.partial(_minibatch_backward, loop.trainee, rollout, advantages, index, cfg))
+    return loop.step(0, lr, functools.partial(_minibatch_backward, loop.trainee, rollout, advantages, index, cfg,
+                                              processor=processor_of(loop.tokenizer)))
 
 
 def _minibatch_backward(model: Any, rollout: Rollout, advantages: torch.Tensor, index: torch.Tensor,
-                        cfg: RLConfig, _step: int) -> dict[str, float]:
+                        cfg: RLConfig, _step: int, processor: Any = None) -> dict[str, float]:
     """The backward of one mini-batch, accumulated over micro-batches with one normaliser
-    counted over all ranks; `skipped` = 1 when the loss is not finite on some rank."""
+    counted over all ranks; `skipped` = 1 when the loss is not finite on some rank. Rows with
+    images (a VLM) are scored with their images' features (`processor`: the VLM's)."""
     normaliser = global_normaliser(cfg.aggregation, rollout.action_mask[index], all_reduce=True)
     device = next(model.parameters()).device
     loss_sum, finite, rows = 0.0, True, 0
@@ -235,7 +243,8 @@ def _minibatch_backward(model: Any, rollout: Rollout, advantages: torch.Tensor, 
         # log pi_theta at the sampling temperature: the rollout recorded log softmax(z / T)
         logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
                                  dtype=PRECISIONS[cfg.precision], compile=cfg.compile, lean=cfg.lean,
-                                 temperature=cfg.sampling.temperature)   # [b, T]
+                                 temperature=cfg.sampling.temperature, images=_rows(rollout, micro),
+                                 processor=processor)   # [b, T]
         if weight == 0.0:   # padding: the FSDP passes the other ranks run, a zero gradient
             (logp.sum() * 0.0).backward()
             continue
@@ -255,6 +264,11 @@ def _minibatch_backward(model: Any, rollout: Rollout, advantages: torch.Tensor, 
     if not runtime.all_true(finite):
         return {"loss": float("nan"), "skipped": 1.0}
     return {"loss": runtime.all_reduce_sum(loss_sum), **{k: v / max(rows, 1) for k, v in metric_sums.items()}}
+
+
+def _rows(rollout: Rollout, index: torch.Tensor) -> list[tuple[ImageRef, ...]] | None:
+    """The images of rows `index` (None for a text rollout)."""
+    return None if rollout.images is None else [rollout.images[i] for i in index.tolist()]
 
 
 def by_length(index: torch.Tensor, rollout: Rollout) -> torch.Tensor:
@@ -315,6 +329,9 @@ def run(cfg: RLConfig, make_engine: EngineFactory | None = None, score: Scorer |
         cfg = cfg.model_copy(update={"precision": runtime.compute_precision(cfg.precision, device)})
         model_source = str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model
         model, tokenizer = load_model(model_source, prompts=cfg)
+        check_images(cfg, problems + held_out, model)
+        if cfg.freeze_vision:
+            freeze_vision_tower(model)
         loop = Loop.for_model(model, tokenizer, cfg.optim, frame.dir, log_every=1, device=device,
                               precision=cfg.precision, checkpoint_every=cfg.checkpoint_every,
                               keep_checkpoints=cfg.keep_checkpoints)
@@ -412,7 +429,8 @@ def _iteration(loop: Loop, engine: RolloutEngine, sampler: Sampler, buffer: Repl
     exact = getattr(engine, "exact_logp", True)   # vLLM: its own forward's, recomputed here (as verl)
     gap: dict[str, float] = {}
     if cfg.partial.old_logp == "current" or not exact:
-        trained, gap = current_logp(loop.trainee, trained, iteration, cfg, every_token=not exact)
+        trained, gap = current_logp(loop.trainee, trained, iteration, cfg, every_token=not exact,
+                                    processor=processor_of(loop.tokenizer))
     update_metrics = update(loop, trained, advantages, cfg, generator) | turns.after_update() | gap
     seconds = {"rollout": t1 - t0, "reward": t2 - t1, "update": time.perf_counter() - t2}
     return {**metrics, **response_metrics(rollout, rewards, correct, [p for p in batch for _ in range(k)]),
@@ -421,7 +439,7 @@ def _iteration(loop: Loop, engine: RolloutEngine, sampler: Sampler, buffer: Repl
 
 
 def current_logp(model: Any, rollout: Rollout, iteration: int, cfg: RLConfig,
-                 every_token: bool = False) -> tuple[Rollout, dict[str, float]]:
+                 every_token: bool = False, processor: Any = None) -> tuple[Rollout, dict[str, float]]:
     """`rollout` with the log pi_theta_i of its carried tokens (versions < iteration), or of
     `every_token` (an engine whose log-probs are not the trainer's forward's, e.g. vLLM's bf16
     kernels), recomputed under `model` (= theta_i: no step taken yet this iteration); the other
@@ -445,7 +463,8 @@ def current_logp(model: Any, rollout: Rollout, iteration: int, cfg: RLConfig,
         with torch.no_grad():
             recomputed = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
                                            dtype=PRECISIONS[cfg.precision], lean=cfg.lean,
-                                           temperature=cfg.sampling.temperature).float().cpu()   # [c, t]
+                                           temperature=cfg.sampling.temperature, images=_rows(rollout, chunk),
+                                           processor=processor).float().cpu()   # [c, t]
         width = recomputed.shape[1]
         logp[chunk, :width] = torch.where(carried[chunk, :width], recomputed, logp[chunk, :width])
     gap = float((logp - rollout.logp).abs()[carried].mean())
@@ -507,12 +526,28 @@ def rollout_phase(engine: RolloutEngine, buffer: ReplayBuffer, problems: list[Pr
                   cfg: RLConfig, iteration: int) -> tuple[list[Group], Rollout]:
     """Start k responses to each new problem, add a segment to every unfinished one; returns
     the groups now complete (the others stay in `buffer`) and this iteration's segments."""
-    prompt_ids = tokenize(engine.tokenizer, [problems[i].prompt for i in indices])
-    fresh = partial.new_groups(indices, prompt_ids, cfg.samples_per_prompt, seed=cfg.seed * 1_000_003 + iteration)
+    images = [problems[i].images for i in indices]
+    if any(images):   # each <image> expanded for its image (rollout/vlm.py)
+        prompt_ids = [prompt_tokens(engine.tokenizer, problems[i].prompt, problems[i].images) for i in indices]
+    else:
+        prompt_ids = tokenize(engine.tokenizer, [problems[i].prompt for i in indices])
+    fresh = partial.new_groups(indices, prompt_ids, cfg.samples_per_prompt, seed=cfg.seed * 1_000_003 + iteration,
+                               images=images)
     groups = buffer.groups + fresh
     sampled = partial.advance(engine, groups, iteration, cfg.partial)
     finished, buffer.groups = partial.ready(groups, cfg.partial.min_finished_groups)
     return finished, sampled
+
+
+def check_images(cfg: RLConfig, problems: list[Problem], model: Any) -> None:
+    """Problems with images need a vision-language model and the HF engine (no vLLM images yet)."""
+    if not any(p.images for p in problems):
+        return
+    if cfg.engine == "vllm":
+        raise OpenK1Error("rl: problems with images need engine: hf (the vLLM engine takes no images yet)")
+    if not is_vlm(model):
+        raise OpenK1Error(f"rl: problems with images need a vision-language model; {cfg.model} is text only "
+                          "(make one with `openk1 init-model --set vision=true`)")
 
 
 def _evaluate(model: Any, tokenizer: Any, held_out: list[Problem], cfg: RLConfig) -> dict[str, Any]:
