@@ -96,6 +96,8 @@ PRESET_CONFIGS = {
     "pretrain_demo.yaml": lambda: [build(PretrainConfig, read_yaml(PRESETS / "pretrain_demo.yaml"))],
     "pretrain_k15.yaml": lambda: [build(PretrainConfig, read_yaml(PRESETS / "pretrain_k15.yaml"))],
     "sft_k15.yaml": lambda: [build(SFTConfig, read_yaml(PRESETS / "sft_k15.yaml"))],
+    "gpu_1x_1.5b.yaml": lambda: [build(RLConfig, read_yaml(PRESETS / "gpu_1x_1.5b.yaml"))],
+    "gpu_8x_7b.yaml": lambda: [build(RLConfig, read_yaml(PRESETS / "gpu_8x_7b.yaml"))],
 }
 
 
