@@ -15,7 +15,7 @@ def test_quick_demo_runs_every_stage_longcot_beats_sft_and_rl_keeps_accuracy(tmp
     summary = json.loads((out / "summary.json").read_text())
     stages = {s["name"]: s for s in summary["stages"]}
     assert list(stages) == ["pretrain", "sft", "longcot_sft", "rl", "l2s_merge", "l2s_shortest_rs",
-                            "l2s_dpo", "l2s_rl"]
+                            "l2s_dpo", "l2s_rl", "vl_pretrain", "vl_sft", "vl_rl"]
     for stage in stages.values():
         assert 0.0 <= stage["accuracy"] <= 1.0 and stage["mean_tokens"] > 0
         assert (out / stage["model"].split(str(out) + "/")[-1] / "config.json").exists()
@@ -31,6 +31,26 @@ def test_quick_demo_runs_every_stage_longcot_beats_sft_and_rl_keeps_accuracy(tmp
     assert (out / "curate" / "curated.jsonl").exists() and (out / "curate" / "summary.json").exists()
     for stage in ("pretrain", "sft", "longcot_sft/sft", "rl"):
         assert (out / stage / "metrics.jsonl").exists() and (out / stage / "config.yaml").exists()
+    check_vision_chain(out, summary, stages)
+
+
+def check_vision_chain(out, summary, stages):
+    """The quick demo's vision chain (a few seconds: nothing need be learnt): its three stages on
+    held-out image problems, each model a VLM, and the figure of examples."""
+    from openk1.models.vision import is_vision
+
+    for name in ("vl_pretrain", "vl_sft", "vl_rl"):
+        stage = stages[name]
+        assert stage["model"].startswith(str(out / "vision")) and is_vision(stage["model"])
+        p, n = stage["accuracy"], 16 * 2                      # demo_quick.yaml: 16 problems x 2 samples
+        assert abs(stage["standard_error"] - (p * (1 - p) / n) ** 0.5) < 1e-9
+    vision = summary["vision"]
+    figure = out / "vision" / "examples.png"
+    assert vision["figure"] == str(figure) and figure.stat().st_size > 0
+    assert vision["heldout_problems"] == 16 and vision["kinds"] == ["arithmetic", "counting"]
+    assert (out / "vision" / "data" / "heldout.jsonl").exists()
+    for stage in ("vl_pretrain", "vl_sft", "vl_rl"):
+        assert (out / "vision" / stage / "metrics.jsonl").exists()
 
 
 def test_demo_cuts_responses_into_segments_and_its_traces_overthink():
@@ -49,6 +69,14 @@ def test_demo_cuts_responses_into_segments_and_its_traces_overthink():
     plain = make_task(build(DemoConfig, merge(preset(False), {"task": {"reflection_rate": 0.0}})).task)
     plain_tokens = [len(r["response"]) + 1 for r in sft_rows(plain["train"][:1000], "long")]
     assert sum(tokens) / len(tokens) > 1.3 * sum(plain_tokens) / len(plain_tokens)   # redundancy
+
+
+def test_demo_runs_the_vision_chain():
+    """`demo --quick` runs the vision chain (CI's smoke test of its wiring); `make demo` keeps it
+    off until RL gains on it within the 10-minute budget (`--set vision.enabled=true` runs it)."""
+    full, quick = build(DemoConfig, preset(False)).vision, build(DemoConfig, preset(True)).vision
+    assert not full.enabled and quick.enabled
+    assert quick.task.train_images < full.task.train_images and quick.rl.iterations < full.rl.iterations
 
 
 def test_plain_preset_overlays_the_demo():

@@ -4,6 +4,8 @@
     -> curate (with the long-CoT model) -> rl (k1.5 OPMD)
     -> long2short (merge with the sft model, shortest rejection sampling, DPO, length-penalty RL)
     -> held-out table + summary.json
+    vision chain (`vision.enabled`): synthetic images (data/synthetic_vision.py) -> init-model
+    (vision=true) -> vl_pretrain (captions) -> vl_sft (worked answers) -> vl_rl -> examples.png
 
 Every step is the ordinary stage (`pretrain.run`, `sft.run`, `longcot.run`, `rl.run`, ...)
 reading and writing ordinary files in DIR, so the demo exercises the path a real model takes.
@@ -22,9 +24,10 @@ from typing import Any
 
 from pydantic import Field
 
-from openk1.config import StageConfig, build, merge, read_yaml
+from openk1.config import Section, StageConfig, build, merge, read_yaml
 from openk1.data.io import load_problems, write_jsonl
 from openk1.data.synthetic import TaskConfig, make_task, sft_rows
+from openk1.data.synthetic_vision import VisionTaskConfig, make_vision_task
 from openk1.frame import StageRun
 from openk1.models.io import load_model
 from openk1.models.tiny import TinyModelConfig
@@ -40,6 +43,20 @@ from openk1.stages.sft import SFTConfig
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
+class VisionDemoConfig(Section):
+    """The vision chain: a tiny LLaVA pretrained on captions, SFT on worked answers, RL on image problems."""
+
+    enabled: bool = Field(False, description="run the vision chain after the text chain")
+    task: VisionTaskConfig = Field(VisionTaskConfig(), description="the synthetic images (data/synthetic_vision.py)")
+    model_size: TinyModelConfig = Field(TinyModelConfig(), description="the Llama under the tiny LLaVA")
+    pretrain: PretrainConfig = Field(PretrainConfig(), description="VL pretraining on image + caption `text` rows")
+    sft: SFTConfig = Field(SFTConfig(), description="SFT on the image problems' worked answers")
+    rl_problems: int = Field(1000, gt=0, description="training image problems in the RL prompt set")
+    rl: RLConfig = Field(RLConfig(), description="RL on the image problems")
+    eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation after every vision stage")
+    examples: int = Field(8, gt=0, description="held-out images in DIR/vision/examples.png")
+
+
 class DemoConfig(StageConfig):
     quick: bool = Field(False, description="CI's smoke test: demo_plain.yaml shortened by demo_quick.yaml")
     task: TaskConfig = Field(TaskConfig(), description="the synthetic arithmetic task (data/synthetic.py)")
@@ -53,6 +70,7 @@ class DemoConfig(StageConfig):
     rl: RLConfig = Field(RLConfig(), description="RL on the curated prompts")
     long2short: Long2ShortConfig = Field(Long2ShortConfig(), description="long2short from the RL model")
     eval: EvalSettings = Field(EvalSettings(), description="held-out evaluation after every stage")
+    vision: VisionDemoConfig = Field(VisionDemoConfig(), description="the vision chain (docs/demo.md)")
 
 
 def preset(quick: bool) -> dict[str, Any]:
@@ -107,7 +125,11 @@ def _run_stages(cfg: DemoConfig, frame: StageRun) -> dict[str, Any]:
                                         out=str(root / "long2short"), seed=cfg.seed))
     stages = [_entry("pretrain", pre), _entry("sft", plain), _entry("longcot_sft", long),
               _entry("rl", rl_summary)] + [_entry(e["name"], e) for e in short["stages"]]
-    summary = frame.finish({"stages": stages, "curate": _curate_entry(curated)})
+    extra: dict[str, Any] = {}
+    if cfg.vision.enabled:
+        vision_stages, extra["vision"] = vision_chain(cfg.vision, root / "vision", cfg.seed)
+        stages += vision_stages
+    summary = frame.finish({"stages": stages, "curate": _curate_entry(curated)} | extra)
     print(table(stages))
     return summary
 
@@ -153,3 +175,77 @@ def table(stages: list[dict[str, Any]]) -> str:
     lines = ["| stage | held-out accuracy | mean tokens |", "|---|---|---|"]
     lines += [f"| {s['name']} | {100 * s['accuracy']:.1f}% | {s['mean_tokens']:.1f} |" for s in stages]
     return "\n".join(lines)
+
+
+def vision_chain(cfg: VisionDemoConfig, root: Path, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """init-model (vision) -> vl_pretrain -> vl_sft -> vl_rl under DIR/vision, the same stage
+    `run` functions as the text chain: the three table entries and the summary's `vision` part."""
+    paths = make_vision_data(cfg, root / "data")
+    init_dir = init_model.run(stage_config(init_model.InitModelConfig, cfg.model_size, vision=True,
+                                           out=str(root / "init_model"), seed=seed))["model"]
+    shared_eval = cfg.eval.model_dump()
+    pre = pretrain.run(stage_config(PretrainConfig, cfg.pretrain, model=init_dir, out=str(root / "vl_pretrain"),
+                                    data_root=str(root / "data"), seed=seed))
+    pre |= held_out_accuracy(pre["model"], paths["heldout"], cfg.eval)
+    tuned = sft.run(stage_config(SFTConfig, cfg.sft, model=pre["model"], data=paths["sft"], out=str(root / "vl_sft"),
+                                 eval_data=paths["heldout"], eval=shared_eval, seed=seed))
+    tuned_rl = rl.run(stage_config(RLConfig, cfg.rl, model=tuned["model"], data=paths["rl"], out=str(root / "vl_rl"),
+                                   eval_data=paths["heldout"], eval=shared_eval, seed=seed))
+    samples = cfg.task.heldout_problems * cfg.eval.samples_per_prompt
+    stages = [_vision_entry(name, s, samples) for name, s in
+              (("vl_pretrain", pre), ("vl_sft", tuned), ("vl_rl", tuned_rl))]
+    figure = examples_figure(tuned_rl["model"], paths["heldout"], cfg, root / "examples.png")
+    info = {"figure": str(figure), "heldout_problems": cfg.task.heldout_problems,
+            "samples_per_problem": cfg.eval.samples_per_prompt, "kinds": list(cfg.task.kinds),
+            "rl_gain": stages[2]["accuracy"] - stages[1]["accuracy"]}
+    return stages, info
+
+
+def make_vision_data(cfg: VisionDemoConfig, data: Path) -> dict[str, str]:
+    """The images and rows under DIR/vision/data: captions, sft, rl (the first `rl_problems`
+    training problems) and heldout."""
+    task = make_vision_task(cfg.task, data)
+    rows = {"captions": task["captions"], "sft": task["sft"], "rl": task["train"][:cfg.rl_problems],
+            "heldout": task["heldout"]}
+    paths = {name: str(data / f"{name}.jsonl") for name in rows}
+    for name, part in rows.items():
+        write_jsonl(paths[name], part)
+    return paths
+
+
+def _vision_entry(name: str, summary: dict[str, Any], samples: int) -> dict[str, Any]:
+    """A table entry with the binomial standard error of its accuracy, sqrt(p(1-p)/n) over the
+    n = problems x samples held-out answers."""
+    p = summary["accuracy"]
+    return _entry(name, summary) | {"standard_error": math.sqrt(p * (1 - p) / samples)}
+
+
+def examples_figure(model_dir: str, heldout: str, cfg: VisionDemoConfig, path: Path) -> Path:
+    """The first `examples` held-out images with the model's answer (one greedy response) and the
+    ground truth, as a PNG (matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from openk1.data.images import load_image
+    from openk1.data.sources import last_boxed
+
+    problems = load_problems(heldout)[:cfg.examples]
+    settings = cfg.eval.model_copy(update={"samples_per_prompt": 1, "sampling": cfg.eval.sampling.model_copy(
+        update={"temperature": 0.0})})
+    model, tokenizer = load_model(model_dir)
+    rows = evaluate(model, tokenizer, problems, settings, keep_samples=True)["rows"]
+    cols = min(4, len(problems))
+    lines = math.ceil(len(problems) / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(2.2 * cols, 2.6 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, problem, row in zip(axes.flat, problems, rows):
+        ax.imshow(load_image(problem.images[0]), interpolation="nearest")
+        answer = last_boxed(row["response"]) or "-"
+        ax.set_title(f"{problem.prompt.split(chr(10))[-1]}\nmodel {answer} | truth {problem.answer}", fontsize=8,
+                     color="green" if row["reward"] > 0 else "red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
