@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from openk1.data.images import ImageRef, load_image, resolve_image
+from openk1.data.images import ImageRef, load_image, pixel_values, resolve_image
 from openk1.errors import OpenK1Error
 from openk1.loop import Loop
 from openk1.models.forward import response_logprobs
@@ -25,7 +25,7 @@ from openk1.rollout import partial
 from openk1.rollout.engine import Request, requests_for
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.rollout.partial import PartialConfig, ReplayBuffer
-from openk1.rollout.vlm import freeze_vision_tower, pixel_values, prompt_tokens, scatter
+from openk1.rollout.vlm import freeze_vision_tower, prompt_tokens, scatter
 from openk1.stages import rl
 from openk1.stages.eval import EvalSettings, evaluate
 from openk1.types import Problem

@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,3 +229,19 @@ def _shown(item: Any) -> str:
     """An item as errors show it: at most SHOWN_CHARS characters."""
     text = item if isinstance(item, str) else repr(item)
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + f"... ({len(text)} chars)"
+
+
+# ---------------------------------------------------------------- through a model's processor
+
+
+def image_token_id(processor: Any) -> int:
+    """The id of the processor's image token (`<image>` for LLaVA)."""
+    found: Any = processor.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
+    return int(found)
+
+
+def pixel_values(processor: Any, images: Sequence[ImageRef]) -> Any:
+    """[n, 3, H, W] tensor: the images read (their sha256 checked) and prepared by the processor's
+    image processor, in order (SFT batches, rollout features: one preparation for both)."""
+    out = processor.image_processor(images=[load_image(ref) for ref in images], return_tensors="pt")
+    return out["pixel_values"]

@@ -28,8 +28,10 @@ from openk1.data.images import (
     IMAGE_TOKEN,
     ImageRef,
     data_dir,
+    image_token_id,
     load_image,
     messages_images,
+    pixel_values,
     place_images,
     resolve_images,
 )
@@ -94,7 +96,7 @@ def expand_images(example: Example, images: tuple[ImageRef, ...], processor: Any
     """`example` with its i-th `<image>` token replaced by the processor's expansion of image i
     (`image_tokens`), those tokens untrained, and their spans; as many `<image>` tokens as images
     or an error (a literal `<image>` in a text or a response is one)."""
-    image_id = _image_id(processor)
+    image_id = image_token_id(processor)
     at = [i for i, t in enumerate(example.ids) if t == image_id]
     if len(at) != len(images):
         raise OpenK1Error(f"{len(at)} {IMAGE_TOKEN} token{'s' * (len(at) != 1)} for {len(images)} "
@@ -113,12 +115,6 @@ def expand_images(example: Example, images: tuple[ImageRef, ...], processor: Any
     return replace(example, ids=ids, action_mask=mask, images=images, spans=tuple(spans))
 
 
-def _image_id(processor: Any) -> int:
-    """The id of the processor's image token."""
-    found: Any = processor.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))
-    return int(found)
-
-
 @lru_cache(maxsize=65536)
 def image_tokens(processor: Any, image: ImageRef) -> tuple[int, ...]:
     """The tokens one `<image>` becomes for `image`: the processor's own expansion of the marker
@@ -126,13 +122,6 @@ def image_tokens(processor: Any, image: ImageRef) -> tuple[int, ...]:
     token = getattr(processor, "image_token", IMAGE_TOKEN)
     out = processor(text=token, images=[load_image(image)], add_special_tokens=False)
     return tuple(int(t) for t in out["input_ids"][0])
-
-
-def pixel_values(processor: Any, images: list[ImageRef]) -> torch.Tensor:
-    """[n, 3, H, W]: the images through the processor's image processor, in order."""
-    out = processor.image_processor(images=[load_image(ref) for ref in images], return_tensors="pt")
-    values: torch.Tensor = out["pixel_values"]
-    return values
 
 
 def _encode_text(row: dict[str, Any], tokenizer: Any, max_response_tokens: int) -> Example:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from openk1.data.images import IMAGE_TOKEN, ImageRef, load_image
+from openk1.data.images import IMAGE_TOKEN, ImageRef, image_token_id, load_image, pixel_values
 from openk1.errors import OpenK1Error
 from openk1.models.io import PROCESSOR, processor_of
 from openk1.models.prompting import prompt_ids
@@ -44,13 +44,6 @@ def require_processor(tokenizer: Any) -> Any:
 def is_vlm(model: Any) -> bool:
     """Whether `model` is a vision-language model (its config has a `vision_config`)."""
     return getattr(getattr(model, "config", None), "vision_config", None) is not None
-
-
-def image_token_id(processor: Any) -> int:
-    """The id of `<image>` (the processor's image token)."""
-    token = getattr(processor, "image_token", IMAGE_TOKEN)
-    found: Any = processor.tokenizer.convert_tokens_to_ids(token)
-    return int(found)
 
 
 # ---------------------------------------------------------------- prompts
@@ -95,13 +88,6 @@ def prompt_tokens(tokenizer: Any, prompt: str, images: Images = ()) -> list[int]
 
 
 # ---------------------------------------------------------------- image features
-
-
-def pixel_values(processor: Any, images: Sequence[ImageRef]) -> torch.Tensor:
-    """[n, 3, H, W]: the images read (their sha256 checked) and prepared by the processor."""
-    out = processor.image_processor(images=[load_image(ref) for ref in images], return_tensors="pt")
-    pixels: torch.Tensor = out["pixel_values"]
-    return pixels
 
 
 def encode_images(model: Any, processor: Any, images: Sequence[ImageRef]) -> dict[str, torch.Tensor]:
