@@ -460,9 +460,32 @@ def flops_per_token(params_matmul: int, layers: int, hidden: int, context: float
     return 2 * params_matmul + 4 * layers * hidden * context
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")   # what the CPU kernels key on
+
+
+def machine() -> str:
+    """The CPU model, the ISA features among ISA_FLAGS it reports, and the kernel set torch chose
+    (so that every figure carries its machine: Intel with AMX, AMD with AVX-512 BF16, ...)."""
+    import torch
+
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    found = ", ".join(f for f in ISA_FLAGS if f in flags) or "none of " + "/".join(ISA_FLAGS)
+    return f"{model}; ISA: {found}; torch kernels: {torch.backends.cpu.get_cpu_capability()}"
+
+
 def print_table(spec: dict[str, Any], res: dict[str, dict[str, float]],
                 peaks: dict[str, tuple[float, float]], params: int) -> float:
     o, t = res["openk1"], res["trl"]
+    print(f"\nmachine: {machine()}")
     P = spec["prompts"] * spec["k"]
     T = spec["max_new_tokens"]
     print(f"\n{spec['prompts']} prompts x {spec['k']} samples = {P} responses of {T} tokens, "
