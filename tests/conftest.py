@@ -35,3 +35,29 @@ def tiny(tiny_model_dir: Path):
     from openk1.models.io import load_model
 
     return load_model(tiny_model_dir)
+
+
+@pytest.fixture()
+def refuse_sandbox_runs(monkeypatch: pytest.MonkeyPatch):
+    """`refuse_sandbox_runs(what)`: code-test generation (rewards/code_tests.py) gets a sandbox
+    pool whose every run fails the test with "<what> was run", and no generator sandbox."""
+    from openk1.rewards import code_tests
+
+    def refuse(what: str) -> None:
+        class NoRuns:   # stands in for the sandbox pool: any run is a failure
+            def __init__(self, *args: object) -> None:
+                pass
+
+            def __enter__(self) -> NoRuns:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+            def map(self, jobs: object) -> object:
+                raise AssertionError(f"{what} was run")
+
+        monkeypatch.setattr(code_tests, "SandboxPool", NoRuns)
+        monkeypatch.setattr(code_tests, "generator_sandbox", lambda modules: None)
+
+    return refuse

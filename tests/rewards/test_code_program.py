@@ -16,13 +16,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 
 from openk1.data.io import load_problems
 from openk1.errors import OpenK1Error
-from openk1.rewards import code, code_tests
+from openk1.rewards import code
 from openk1.rewards.code import Program, bad_test_reason, classify_test, run_program_test, verify_code
 from openk1.rewards.code_tests import generate_tests_for_problems, has_program_tests
 from openk1.sandbox import INSTALL_HINT, Limits, Sandbox
@@ -174,25 +174,12 @@ def test_cpp_cannot_answer_program_tests() -> None:
     assert (score.verdict, score.details["reason"]) == ("unsupported_language", "call and program tests need Python")
 
 
-def test_code_tests_tooling_excludes_program_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    class NoRuns:  # stands in for the sandbox pool: any run is a failure
-        def __init__(self, *args: Any) -> None:
-            pass
-
-        def __enter__(self) -> Self:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-        def map(self, jobs: Any) -> Any:
-            raise AssertionError("a program-test row was run")
+def test_code_tests_tooling_excludes_program_rows(refuse_sandbox_runs) -> None:
+    refuse_sandbox_runs("a program-test row")
 
     def never(requests: list[str], k: int) -> list[str]:
         raise AssertionError("the model was asked for a generator")
 
-    monkeypatch.setattr(code_tests, "SandboxPool", NoRuns)
-    monkeypatch.setattr(code_tests, "generator_sandbox", lambda modules: None)
     rows = [{"prompt": "HumanEval/0", "solutions": [HUMANEVAL_SOLUTION], "tests": [HUMANEVAL], "id": "he0"}]
     assert has_program_tests(rows[0]) and not has_program_tests({"tests": [{"input": "1", "output": "1"}]})
     kept, report = generate_tests_for_problems(rows, writer=never)

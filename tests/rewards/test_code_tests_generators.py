@@ -8,7 +8,7 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +16,6 @@ import torch
 from openk1.cli import main
 from openk1.data.io import write_jsonl
 from openk1.errors import OpenK1Error
-from openk1.rewards import code_tests
 from openk1.rewards.code_tests import (
     GENERATOR_PROMPT,
     CodeTestsConfig,
@@ -60,22 +59,8 @@ def test_special_judge_and_checker_mean_the_same() -> None:
     assert not needs_special_judge({})
 
 
-def test_special_judge_rows_are_excluded_before_any_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    class NoRuns:  # stands in for the sandbox pool: any run is a failure
-        def __init__(self, *args: Any) -> None:
-            pass
-
-        def __enter__(self) -> Self:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-        def map(self, jobs: Any) -> Any:
-            raise AssertionError("a special-judge problem was run")
-
-    monkeypatch.setattr(code_tests, "SandboxPool", NoRuns)
-    monkeypatch.setattr(code_tests, "generator_sandbox", lambda modules: None)
+def test_special_judge_rows_are_excluded_before_any_run(refuse_sandbox_runs) -> None:
+    refuse_sandbox_runs("a special-judge problem")
     rows: list[dict[str, Any]] = [
         {"prompt": "any order", "solutions": [ADD] * 3, "generator": GEN, "special_judge": True},
         {"prompt": "floats", "solutions": [ADD] * 3, "checker": "import sys\n", "id": "c"},

@@ -1,4 +1,4 @@
-"""Rollouts, RL and eval with images on the tiny VLM (rollout/vlm.py, rollout/hf.py, stages/rl.py,
+"""Rollouts, RL and eval with images on the tiny VLM (models/vlm.py, rollout/hf.py, stages/rl.py,
 stages/eval.py; docs/vision.md "Rollouts, RL and eval with images"): prompts expanded as the
 processor expands them, the rollout's log-probs = a fresh forward, image features computed once
 per distinct image and reused, mixed text/image batches, partial rollouts, one RL update (the
@@ -20,12 +20,12 @@ from openk1.models.forward import response_logprobs
 from openk1.models.io import load_model, processor_of
 from openk1.models.tiny import TinyModelConfig, char_tokenizer
 from openk1.models.vision import encode, save_vision_model, tiny_vlm, vlm_response_logprobs
+from openk1.models.vlm import freeze_vision_tower, prompt_tokens, scatter
 from openk1.optim import OptimConfig, make_optimizer
 from openk1.rollout import partial
 from openk1.rollout.engine import Request, requests_for
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.rollout.partial import PartialConfig, ReplayBuffer
-from openk1.rollout.vlm import freeze_vision_tower, prompt_tokens, scatter
 from openk1.stages import rl
 from openk1.stages.eval import EvalSettings, evaluate
 from openk1.types import Problem

@@ -20,6 +20,7 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -245,3 +246,12 @@ def pixel_values(processor: Any, images: Sequence[ImageRef]) -> Any:
     image processor, in order (SFT batches, rollout features: one preparation for both)."""
     out = processor.image_processor(images=[load_image(ref) for ref in images], return_tensors="pt")
     return out["pixel_values"]
+
+
+@lru_cache(maxsize=65536)
+def image_tokens(processor: Any, image: ImageRef) -> tuple[int, ...]:
+    """The tokens one `<image>` becomes for `image`: the processor's own expansion of the marker
+    alone (LLaVA: image_seq_length `<image>` tokens; cached per processor and image)."""
+    token = getattr(processor, "image_token", IMAGE_TOKEN)
+    out = processor(text=token, images=[load_image(image)], add_special_tokens=False)
+    return tuple(int(t) for t in out["input_ids"][0])

@@ -19,7 +19,6 @@ outside them (`fit_length`); `collate` gives the batch's `pixel_values`, in read
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any, Literal
 
 import torch
@@ -29,7 +28,7 @@ from openk1.data.images import (
     ImageRef,
     data_dir,
     image_token_id,
-    load_image,
+    image_tokens,
     messages_images,
     pixel_values,
     place_images,
@@ -113,15 +112,6 @@ def expand_images(example: Example, images: tuple[ImageRef, ...], processor: Any
         ids, mask, prev = ids + list(tokens), mask + [0] * len(tokens), pos + 1
     ids, mask = ids + example.ids[prev:], mask + example.action_mask[prev:]
     return replace(example, ids=ids, action_mask=mask, images=images, spans=tuple(spans))
-
-
-@lru_cache(maxsize=65536)
-def image_tokens(processor: Any, image: ImageRef) -> tuple[int, ...]:
-    """The tokens one `<image>` becomes for `image`: the processor's own expansion of the marker
-    alone (LLaVA: image_seq_length `<image>` tokens; cached per processor and image)."""
-    token = getattr(processor, "image_token", IMAGE_TOKEN)
-    out = processor(text=token, images=[load_image(image)], add_special_tokens=False)
-    return tuple(int(t) for t in out["input_ids"][0])
 
 
 def _encode_text(row: dict[str, Any], tokenizer: Any, max_response_tokens: int) -> Example:

@@ -81,13 +81,19 @@ def resident_bytes(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tens
     return sum(t.numel() * t.element_size() for t in tensors if t.device == device)
 
 
+def start_phase(device: torch.device) -> None:
+    """A phase begins: on CUDA, the allocator's peak counts from here."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def phase_memory(device: torch.device, optimizer: torch.optim.Optimizer,
                  params: Sequence[torch.Tensor]) -> dict[str, float]:
-    """What one phase holds on the device, in GB: on CUDA the allocator's peak since the last
-    call (all tensors: weights, KV cache, activations) and the trainer's resident state; on
-    the CPU the trainer's resident state only."""
+    """What the phase that ends holds on the device, in GB: on CUDA the allocator's peak since
+    `start_phase` (all tensors: weights, KV cache, activations) and the trainer's resident state;
+    on the CPU the trainer's resident state only. The next phase starts here."""
     out = {"train_state_gb": resident_bytes(optimizer, params, device) / 2**30}
     if device.type == "cuda":
         out["peak_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        torch.cuda.reset_peak_memory_stats(device)
+    start_phase(device)
     return out

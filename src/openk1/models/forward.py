@@ -65,7 +65,7 @@ def response_logprobs(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.T
     forward. `compile`: the lean layers through torch.compile (models/lean.py compiled_layer).
     `temperature` (> 0): RL passes its sampling temperature, so that log pi_theta is that of the
     tempered distribution the rollout sampled and recorded (rollout/hf.py); SFT, DPO and scoring
-    keep 1. `images` [B] (each row's, rollout/vlm.py) with the VLM's `processor`: a batch with
+    keep 1. `images` [B] (each row's, models/vlm.py) with the VLM's `processor`: a batch with
     images is scored by `vision_logprobs`.
     """
     if images is not None and any(images):
@@ -99,13 +99,13 @@ def vision_logprobs(model: Any, processor: Any, prompt_ids: torch.Tensor, prompt
     """`response_logprobs` of a VLM batch whose rows have images (images[b]: row b's, () for a
     text row): the features of each distinct image of the batch computed once (one vision-tower
     call, with gradients through the tower and projector where they require grad), scattered into
-    each row's first image tokens (rollout/vlm.py `scatter`), one HF forward over the embeddings
+    each row's first image tokens (models/vlm.py `scatter`), one HF forward over the embeddings
     (the lean forward is text only). As models/vision.py vlm_response_logprobs(features=...),
     which it equals, but with the images given per row and a shared image's features shared."""
-    from openk1.rollout.vlm import row_features, scatter
+    from openk1.models.vlm import row_features, scatter
 
     if processor is None:
-        raise OpenK1Error("scoring rows with images needs the model's processor (rollout/vlm.py processor_of)")
+        raise OpenK1Error("scoring rows with images needs the model's processor (models/vlm.py processor_of)")
     if dtype is not None and dtype != next(model.parameters()).dtype:
         with torch.autocast(prompt_ids.device.type, dtype=dtype):
             return vision_logprobs(model, processor, prompt_ids, prompt_mask, response_ids, action_mask, images,
@@ -132,7 +132,7 @@ def cached_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
 
     input_ids [B, n] are the new tokens (the whole prompt on the first call), attention_mask
     [B, P + t] covers every token so far. `inputs_embeds` [B, n, d], when given, are fed instead
-    of the ids' embeddings (a VLM's prompt with its image features; rollout/vlm.py). Transformers
+    of the ids' embeddings (a VLM's prompt with its image features; models/vlm.py). Transformers
     5 names the cache `cache`; 4.x named it `past_key_values`: both are accepted.
     """
     name = _cache_arg(model)
@@ -147,13 +147,18 @@ def cached_forward(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     return out.logits[:, -1].float(), new_cache
 
 
+def is_vlm(model: Any) -> bool:
+    """Whether `model` is a vision-language model (its config has a `vision_config`)."""
+    return getattr(getattr(model, "config", None), "vision_config", None) is not None
+
+
 def forward_path(model: Any, lean: bool = True) -> str:
     """Which forward pass runs `model` and why: "lean" (models/lean.py) or "hf (<reason>)".
 
     >>> forward_path(object(), lean=False)
     'hf (lean: false)'
     """
-    if getattr(getattr(model, "config", None), "vision_config", None) is not None:
+    if is_vlm(model):
         return f"hf ({VISION_PATH})"   # the lean forward is text only
     if not lean:
         return "hf (lean: false)"

@@ -28,14 +28,14 @@ import torch
 
 from openk1.data.images import ImageRef
 from openk1.models.forward import tokenize
-from openk1.rollout.vlm import prompt_tokens
+from openk1.models.vlm import prompt_tokens
 from openk1.types import Rollout
 
 
 @dataclass(frozen=True)
 class Request:
     """One response to sample, or to continue after `prefix`. `images`: the prompt's, in the order
-    of its `<image>` tokens, each already expanded to its token count (rollout/vlm.py
+    of its `<image>` tokens, each already expanded to its token count (models/vlm.py
     prompt_tokens); only a vision-language model's engine takes them (rollout/hf.py)."""
 
     prompt_ids: tuple[int, ...]
@@ -73,7 +73,7 @@ def requests_for(tokenizer: Any, prompts: list[str], samples_per_prompt: int, se
                  images: list[tuple[ImageRef, ...]] | None = None) -> list[Request]:
     """The requests of `generate`: row r samples prompts[r // k] with random stream (seed, r).
     `images[i]`: prompts[i]'s images (its `<image>` markers expanded through the processor on the
-    tokenizer, rollout/vlm.py prompt_tokens).
+    tokenizer, models/vlm.py prompt_tokens).
 
     >>> chars = lambda text, add_special_tokens: {"input_ids": [ord(c) for c in text]}
     >>> [(r.prompt_ids, r.stream) for r in requests_for(chars, ["a", "b"], 2, seed=7)]

@@ -27,7 +27,7 @@ waiting sequences are prefilled together and their KV-cache rows joined to the r
 (rollout/kv_cache.py). With `continuous_batching: false` the next batch starts only when the
 whole previous one has finished (the plain batched loop).
 
-Vision-language models (rollout/vlm.py): the lean decoder is text only, so a VLM decodes on
+Vision-language models (models/vlm.py): the lean decoder is text only, so a VLM decodes on
 HFCacheState, prefilling with input embeddings in which each row's prompt image tokens carry its
 images' features; decode steps feed token ids as for a text model. Features are computed once per
 distinct image (one vision-tower call per prefill that meets new images) and kept in the engine's
@@ -48,15 +48,15 @@ from openk1.algo.logprobs import token_logprobs
 from openk1.config import Section
 from openk1.data.images import ImageRef
 from openk1.errors import OpenK1Error
-from openk1.models.forward import cached_forward, eval_mode, forward_path, learned_positions
+from openk1.models.forward import cached_forward, eval_mode, forward_path, is_vlm, learned_positions
 from openk1.models.lean import LeanModel
 from openk1.models.prompting import stop_ids
+from openk1.models.vlm import FeatureCache, require_processor, scatter
 from openk1.padding import pad
 from openk1.rollout import kv_cache
 from openk1.rollout.engine import Request, requests_for
 from openk1.rollout.repeat import RepeatConfig, RepeatDetector
 from openk1.rollout.streams import fold, uniform_at
-from openk1.rollout.vlm import FeatureCache, is_vlm, require_processor, scatter
 from openk1.types import Rollout
 
 REFILL_FRACTION = 4     # refill once batch_size / 4 slots are free: one prefill per few finished rows
@@ -151,7 +151,7 @@ class HFCacheState:
                features: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Prefill new rows after the existing ones -> their next-token logits [n, V]. A VLM's
         rows come with `features` (each row's images', or None): the prefill's input embeddings
-        carry them (rollout/vlm.py scatter)."""
+        carry them (models/vlm.py scatter)."""
         ids, mask = (x.to(self.device) for x in pad(contexts, pad_id, "left"))
         embeds = scatter(self.model, ids, features) if features is not None else None
         logits, cache = cached_forward(self.model, ids, mask, inputs_embeds=embeds)   # [n, V]
@@ -221,7 +221,7 @@ class HFEngine:
         # which decoder runs and why (lean static cache, or HF's forward + DynamicCache); a cache
         # without row surgery adds why it decodes in whole batches (HFCacheState.note)
         self.forward_path = forward_path(model, sampling.lean)
-        self.vision = is_vlm(model)   # image features as prompt embeddings on HF's forward (rollout/vlm.py)
+        self.vision = is_vlm(model)   # image features as prompt embeddings on HF's forward (models/vlm.py)
         self.features = FeatureCache()
         self.stop = torch.tensor(stop_ids(tokenizer), device="cpu")   # models/prompting.py
         self.positions = learned_positions(model)       # GPT-2: responses end before they run out
@@ -317,7 +317,7 @@ class HFEngine:
     def _prefill(self, index: list[int], requests: list[Request], state: Any) -> _Rows:
         chosen = [requests[i] for i in index]
         contexts = [list(r.prompt_ids + r.prefix) for r in chosen]
-        if self.vision:   # each row's image features, encoded once per distinct image (rollout/vlm.py)
+        if self.vision:   # each row's image features, encoded once per distinct image (models/vlm.py)
             processor = require_processor(self.tokenizer) if any(r.images for r in chosen) else None
             features = self.features.rows(self.model, processor, [r.images for r in chosen])
             logits = state.extend(contexts, self.tokenizer.pad_token_id, features)

@@ -81,7 +81,7 @@ class Trajectory:
     logp: list[float] = field(default_factory=list)      # log pi of the policy that sampled each
     versions: list[int] = field(default_factory=list)    # RL iteration that sampled each token
     stop: str = ""                                       # "" or "budget" while unfinished
-    images: tuple[ImageRef, ...] = ()                    # the prompt's (a VLM; rollout/vlm.py)
+    images: tuple[ImageRef, ...] = ()                    # the prompt's (a VLM; models/vlm.py)
 
     @property
     def finished(self) -> bool:

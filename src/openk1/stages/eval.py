@@ -62,7 +62,7 @@ STOP_REASONS = ("normal", "max_tokens", "repeat", "budget")   # rollout `stop_re
 def evaluate(model: Any, tokenizer: Any, problems: list[Problem], settings: EvalSettings,
              keep_samples: bool = False, rewards: RewardConfig | None = None) -> dict[str, Any]:
     """Sample, verify and summarise; the same verifiers as RL (`score_many`). Problems with images
-    need a vision-language model with its processor on `tokenizer` (rollout/vlm.py)."""
+    need a vision-language model with its processor on `tokenizer` (models/vlm.py)."""
     if settings.max_problems:
         problems = problems[:settings.max_problems]
     k = settings.samples_per_prompt

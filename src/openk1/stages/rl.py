@@ -44,15 +44,16 @@ from openk1.data.io import load_problems
 from openk1.data.samplers import Sampler, SamplerConfig, make_sampler, sampler_metrics
 from openk1.data.sources import DataSource
 from openk1.distributed import fsdp, runtime
-from openk1.distributed.colocate import TrainState, phase_memory
+from openk1.distributed.colocate import TrainState, phase_memory, start_phase
 from openk1.distributed.rollout import ShardedEngine
 from openk1.distributed.settings import RaySettings
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.loop import Loop
-from openk1.models.forward import PRECISIONS, forward_path, response_logprobs, tokenize, trim
+from openk1.models.forward import PRECISIONS, forward_path, is_vlm, response_logprobs, tokenize, trim
 from openk1.models.io import load_model, processor_of
 from openk1.models.prompting import PromptSettings
+from openk1.models.vlm import freeze_vision_tower, prompt_tokens
 from openk1.optim import OptimConfig, make_optimizer
 from openk1.report.plots import plot_curves
 from openk1.rewards.length import length_penalty_weight, length_rewards
@@ -62,7 +63,6 @@ from openk1.rollout.engine import EngineFactory, RolloutEngine
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.rollout.partial import Group, PartialConfig, ReplayBuffer
 from openk1.rollout.vllm_engine import VLLMSettings
-from openk1.rollout.vlm import freeze_vision_tower, is_vlm, prompt_tokens
 from openk1.stages.eval import EvalSettings, by_difficulty, evaluate
 from openk1.types import Problem, Rollout
 
@@ -505,7 +505,7 @@ class Turns:
 
     def rollout(self) -> None:
         """Before the rollout: the trainer's state off the device, the engine awake."""
-        phase_memory(self.device, self.optimizer, self.params)   # resets the CUDA peak
+        start_phase(self.device)
         if self.colocate:
             self.state.offload()
             self.engine.wake_up()
@@ -527,7 +527,7 @@ def rollout_phase(engine: RolloutEngine, buffer: ReplayBuffer, problems: list[Pr
     """Start k responses to each new problem, add a segment to every unfinished one; returns
     the groups now complete (the others stay in `buffer`) and this iteration's segments."""
     images = [problems[i].images for i in indices]
-    if any(images):   # each <image> expanded for its image (rollout/vlm.py)
+    if any(images):   # each <image> expanded for its image (models/vlm.py)
         prompt_ids = [prompt_tokens(engine.tokenizer, problems[i].prompt, problems[i].images) for i in indices]
     else:
         prompt_ids = tokenize(engine.tokenizer, [problems[i].prompt for i in indices])

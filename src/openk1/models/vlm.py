@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from openk1.data.images import IMAGE_TOKEN, ImageRef, image_token_id, load_image, pixel_values
+from openk1.data.images import IMAGE_TOKEN, ImageRef, image_token_id, image_tokens, pixel_values
 from openk1.errors import OpenK1Error
 from openk1.models.io import PROCESSOR, processor_of
 from openk1.models.prompting import prompt_ids
@@ -41,24 +41,14 @@ def require_processor(tokenizer: Any) -> Any:
     return processor
 
 
-def is_vlm(model: Any) -> bool:
-    """Whether `model` is a vision-language model (its config has a `vision_config`)."""
-    return getattr(getattr(model, "config", None), "vision_config", None) is not None
-
-
 # ---------------------------------------------------------------- prompts
 
 
 def token_counts(processor: Any, images: Images) -> list[int]:
     """How many `<image>` tokens each image becomes: what the processor writes for one marker
-    (LLaVA at 32 px / patch 8: 16), asked once per distinct image."""
-    image_id, token = image_token_id(processor), getattr(processor, "image_token", IMAGE_TOKEN)
-    counts: dict[str, int] = {}
-    for ref in images:
-        if ref.digest not in counts:
-            out = processor(text=token, images=[load_image(ref)], return_tensors="pt")
-            counts[ref.digest] = int((out["input_ids"] == image_id).sum())
-    return [counts[ref.digest] for ref in images]
+    (LLaVA at 32 px / patch 8: 16; data/images.py `image_tokens`, cached per image)."""
+    image_id = image_token_id(processor)
+    return [sum(t == image_id for t in image_tokens(processor, ref)) for ref in images]
 
 
 def expand(ids: Sequence[int], image_id: int, counts: list[int]) -> list[int]:
