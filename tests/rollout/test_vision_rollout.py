@@ -296,11 +296,12 @@ def test_rl_stage_on_image_problems(tmp_path, vlm_dir, freeze):
     assert all(r["update/steps"] > 0 and r["partial/continued_frac"] > 0 for r in trained)
 
 
-def test_rl_refuses_images_it_cannot_roll_out(tiny, pictures):
+def test_rl_refuses_images_it_cannot_roll_out(tiny, vlm, pictures):
     model, _ = tiny
     cfg = rl.RLConfig()
-    with pytest.raises(OpenK1Error, match="vision-language model"):
-        rl.check_images(cfg, problems_with_images(pictures), model)
-    with pytest.raises(OpenK1Error, match="engine: hf"):
-        rl.check_images(cfg.model_copy(update={"engine": "vllm"}), problems_with_images(pictures), model)
+    vllm = cfg.model_copy(update={"engine": "vllm"})
+    for settings in (cfg, vllm):
+        with pytest.raises(OpenK1Error, match="vision-language model"):
+            rl.check_images(settings, problems_with_images(pictures), model)
+        rl.check_images(settings, problems_with_images(pictures), vlm[0])   # a VLM: either engine
     rl.check_images(cfg, problems_with_images(pictures)[2:], model)   # text problems: any model

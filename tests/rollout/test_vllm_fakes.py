@@ -4,12 +4,16 @@ The fake records every call the engine makes and behaves as vLLM 0.11's V1 engin
 that matters here: `collective_rpc` takes a method name (a function would go through msgpack),
 level 1 sleep backs the weights up and frees them, level 2 discards them, a sleep while any tag
 sleeps does nothing, `wake_up()` while the weights are awake maps them twice (an error), and
-writing weights or generating while they are freed is an error. What a fake cannot show (real
-kernels, memory, log-prob values) is scripts/gpu_check_vllm.py's.
+writing weights or generating while they are freed is an error. For a LLaVA folder it processes
+image prompts as vLLM's multi-modal processor does with token prompts: each image's first
+`<image>` id replaced by the image's feature tokens, counted from the vision config (llava.py
+`_get_prompt_updates`), the expanded ids returned as `prompt_token_ids`. What a fake cannot show
+(real kernels, memory, log-prob values) is scripts/gpu_check_vllm.py's.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -21,10 +25,16 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
+from openk1.data.images import ImageRef, resolve_image
+from openk1.errors import OpenK1Error
+from openk1.models.io import processor_of
 from openk1.models.prompting import stop_ids
+from openk1.models.tiny import TinyModelConfig, char_tokenizer
+from openk1.models.vision import save_vision_model, tiny_vlm
 from openk1.rollout import vllm_engine
-from openk1.rollout.engine import Request, RolloutEngine
+from openk1.rollout.engine import Request, RolloutEngine, requests_for
 from openk1.rollout.hf import SamplingConfig
 from openk1.rollout.repeat import RepeatConfig, first_repeat
 from openk1.rollout.vllm_engine import (
@@ -62,6 +72,7 @@ class Completion:
 @dataclass
 class Result:
     outputs: list[Completion]
+    prompt_token_ids: list[int]
 
 
 class SamplingParams:
@@ -117,6 +128,8 @@ class FakeLLM:
         self.sleeping: set[str] = set()
         self.backup: dict[str, torch.Tensor] | None = None
         self.params: list[Any] = []
+        self.prompts: list[dict[str, Any]] = []
+        self.image_id, self.image_tokens = image_layout(Path(model))
         self.script: Callable[[list[int], Any], Completion] = lambda prompt, p: completion([5] * p.max_tokens)
 
     @property
@@ -162,8 +175,38 @@ class FakeLLM:
         if self.sleeping:
             raise RuntimeError("generate while asleep")
         self.calls.append(("generate", len(prompts)))
-        self.params = params
-        return [Result([self.script(p["prompt_token_ids"], sp)]) for p, sp in zip(prompts, params)]
+        self.params, self.prompts = params, prompts
+        expanded = [self.processed(p) for p in prompts]
+        return [Result([self.script(ids, sp)], ids) for ids, sp in zip(expanded, params)]
+
+    def processed(self, prompt: dict[str, Any]) -> list[int]:
+        """vLLM's processing of a token prompt: each image replaces the next `<image>` id by
+        `image_tokens` of them; too few placeholders is an error (`_validate_mm_placeholders`)."""
+        ids = list(prompt["prompt_token_ids"])
+        images = prompt.get("multi_modal_data", {}).get("image", [])
+        out: list[int] = []
+        at = 0
+        for image in images:
+            assert isinstance(image, Image.Image) and image.mode == "RGB"
+            if self.image_id not in ids[at:]:
+                raise RuntimeError(f"Expected there to be {len(images)} prompt placeholders")
+            start = ids.index(self.image_id, at)
+            out += ids[at:start] + [self.image_id] * self.image_tokens
+            at = start + 1
+        return out + ids[at:]
+
+
+def image_layout(path: Path) -> tuple[int, int]:
+    """(image token id, feature tokens per image) of a LLaVA folder as vLLM computes them: CLIP's
+    (image_size / patch_size)^2 + CLS, less CLS for the `default` feature selection; (-1, 0) for a
+    text model (or a made-up path)."""
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if "vision_config" not in config:
+        return -1, 0
+    vision = config["vision_config"]
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    return int(config["image_token_index"]), tokens - (config["vision_feature_select_strategy"] == "default")
 
 
 @pytest.fixture()
@@ -484,6 +527,120 @@ def test_colocated_rollout_worker_wakes_only_what_it_needs(fake_vllm: Any, tiny_
         worker.load_weights(START, 1)
     engine.wake_up()
     assert float(llm.weights["layer.bias"][0]) == 5.0
+
+
+# ---------------------------------------------------------------- images (LLaVA)
+
+
+SMALL = TinyModelConfig(hidden=32, layers=2, heads=2, kv_heads=2, intermediate=64)
+TOKENS = 16   # one <image> of the tiny VLM: (32 / 8)^2 feature tokens (CLS dropped)
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("vlm") / "model"
+    save_vision_model(*tiny_vlm(SMALL, char_tokenizer(), seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> list[ImageRef]:
+    """Three random PNGs of different sizes (two RGBA: the engine must give vLLM RGB)."""
+    folder = tmp_path_factory.mktemp("pictures")
+    refs = []
+    for seed, (mode, h, w) in enumerate([("RGB", 36, 40), ("RGBA", 32, 32), ("RGBA", 20, 48)]):
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        pixels = torch.randint(0, 256, (h, w, len(mode)), generator=g, dtype=torch.uint8, device="cpu")
+        Image.fromarray(pixels.numpy(), mode).save(folder / f"p{seed}.png")
+        refs.append(resolve_image(f"p{seed}.png", folder, f"p{seed}"))
+    return refs
+
+
+def same_pixels(image: Any, ref: ImageRef) -> bool:
+    """`image` is the PNG of `ref`, decoded to RGB, pixel for pixel."""
+    with Image.open(ref.source) as png:
+        return bool(image.mode == "RGB" and image.size == png.size
+                    and image.tobytes() == png.convert("RGB").tobytes())
+
+
+def image_requests(engine: VLLMEngine, pictures: list[ImageRef], k: int = 1) -> list[Request]:
+    """k samples each of: two images (given in reverse file order), a text prompt, one image."""
+    prompts = ["<image> then <image>: same?", "1+1=", "<image>2+2="]
+    images = [(pictures[1], pictures[0]), (), (pictures[2],)]
+    return requests_for(engine.tokenizer, prompts, k, seed=3, images=images)
+
+
+def test_image_requests_reach_vllm_as_multi_modal_data(fake_vllm: Any, vlm_dir: Path,
+                                                      pictures: list[ImageRef]) -> None:
+    engine = make(vlm_dir)
+    assert processor_of(engine.tokenizer) is not None                 # prompt_tokens can expand <image>
+    image_id = engine.llm.image_id
+    requests = image_requests(engine, pictures)
+    assert [r.prompt_ids.count(image_id) for r in requests] == [2 * TOKENS, 0, TOKENS]
+    rollout = engine.sample(requests)
+    sent = engine.llm.prompts
+    assert "multi_modal_data" not in sent[1] and sent[1]["prompt_token_ids"] == list(requests[1].prompt_ids)
+    for row in (0, 2):
+        images = sent[row]["multi_modal_data"]["image"]
+        assert set(sent[row]) == {"prompt_token_ids", "multi_modal_data"}
+        assert len(images) == len(requests[row].images)
+        assert all(same_pixels(i, ref) for i, ref in zip(images, requests[row].images))   # in order
+        ids = sent[row]["prompt_token_ids"]                           # one placeholder per image ...
+        assert ids.count(image_id) == len(images)
+        assert engine.llm.processed(sent[row]) == list(requests[row].prompt_ids)   # ... vLLM's expansion
+    assert rollout.prompt_ids[0, -len(requests[0].prompt_ids):].tolist() == list(requests[0].prompt_ids)
+    assert rollout.images == [r.images for r in requests]
+
+
+def test_a_continued_segment_carries_its_images(fake_vllm: Any, vlm_dir: Path, pictures: list[ImageRef]) -> None:
+    engine = make(vlm_dir, max_new_tokens=12)
+    image_id = engine.llm.image_id
+    first = image_requests(engine, pictures)[0]
+    prefix = (7, image_id, 8)                                         # a sampled <image> stays a token
+    segment = Request(first.prompt_ids, first.stream, prefix, budget=4, images=first.images)
+    rollout = engine.sample([segment])
+    sent = engine.llm.prompts[0]
+    assert [same_pixels(i, ref) for i, ref in zip(sent["multi_modal_data"]["image"], first.images)] == [True] * 2
+    assert sent["prompt_token_ids"][-3:] == [7, image_id, 8]
+    assert sent["prompt_token_ids"].count(image_id) == 3
+    assert engine.llm.processed(sent) == list(first.prompt_ids + prefix)
+    assert rollout.images == [first.images] and rollout.prompt_ids[0].tolist()[-3:] == [7, image_id, 8]
+
+
+def test_each_image_is_decoded_once_per_call(fake_vllm: Any, vlm_dir: Path, pictures: list[ImageRef],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make(vlm_dir)
+    read: list[str] = []
+    load = vllm_engine.load_image
+    monkeypatch.setattr(vllm_engine, "load_image", lambda ref: read.append(ref.digest) or load(ref))
+    requests = image_requests(engine, pictures, k=4)                  # 4 samples, 3 distinct images
+    requests.append(Request(requests[8].prompt_ids, (3, 12), (5,), images=requests[8].images))   # continued
+    engine.sample(requests)
+    assert sorted(read) == sorted(p.digest for p in pictures)
+    shown = [p["multi_modal_data"]["image"][0] for p in engine.llm.prompts if "multi_modal_data" in p]
+    assert len(shown) == 4 + 4 + 1 and len({id(i) for i in shown[4:]}) == 1   # one object for the k + segment
+    engine.sample(requests[:4])                                       # the next call reads its images again
+    assert len(read) == 3 + 2
+
+
+def test_vllm_must_expand_images_as_the_processor_does(fake_vllm: Any, vlm_dir: Path,
+                                                       pictures: list[ImageRef]) -> None:
+    engine = make(vlm_dir)
+    engine.llm.image_tokens = TOKENS + 1                              # vLLM would count another size
+    expanded = r"row 0: .* 2 image\(s\) to 48 prompt tokens, the model's processor to 46"
+    with pytest.raises(EngineStateError, match=expanded):
+        engine.sample(image_requests(engine, pictures)[:2])
+    engine.llm.image_tokens = TOKENS
+    broken = image_requests(engine, pictures)[2]
+    with pytest.raises(OpenK1Error, match="image 0: no run of 16 image tokens"):
+        engine.sample([Request(broken.prompt_ids[:-8], (0, 0), images=broken.images)])   # cut short
+
+
+def test_images_need_a_vision_language_model(fake_vllm: Any, tiny_model_dir: Path, pictures: list[ImageRef]) -> None:
+    engine = make(tiny_model_dir)
+    assert processor_of(engine.tokenizer) is None
+    with pytest.raises(OpenK1Error, match="needs a vision-language model"):
+        engine.sample([Request((1, 2), (0, 0), images=(pictures[0],))])
 
 
 def test_doctests() -> None:

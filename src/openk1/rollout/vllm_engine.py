@@ -79,6 +79,22 @@ sampler), not the distribution.
 `sampling:` keys: temperature, top_p, max_new_tokens, stop and repeat as above; batch_size caps
 vLLM's running sequences (`max_num_seqs`); lean and continuous_batching choose HFEngine's decoder
 and are ignored (vLLM always batches continuously); any other key refuses the engine.
+
+Images (a LLaVA folder, docs/vision.md): the tokenizer carries the model's processor (as
+models/io.py load_model attaches it), so `prompt_tokens` expands `<image>` as for HFEngine. A
+request with images goes to vLLM as `TokensPrompt(prompt_token_ids=..., multi_modal_data={"image":
+[PIL RGB images, in order]})`, each distinct image (`ImageRef.digest`) read once per call and
+shared by the k samples and the continued segments that show it. vLLM expands token prompts
+itself: `BaseMultiModalProcessor._apply_hf_processor_main` (vllm/multimodal/processing.py, later
+processing/processor.py) passes token ids through and reports the prompt updates as not applied,
+so `_apply_prompt_updates` replaces the i-th `<image>` id by the image's feature tokens (llava.py
+`_get_prompt_updates`: `[image_token_index] * get_num_image_tokens(...)`); ids already expanded
+would be expanded again. So each image's run of `<image>` ids is sent as the one placeholder
+(`collapse`, the inverse of models/vlm.py `expand`), and vLLM's own expansion, returned in
+`RequestOutput.prompt_token_ids`, must equal the request's ids, or the call raises: the trainer
+rescores the rollout on those ids. Only a prompt's image runs are collapsed; an `<image>` id
+sampled in a continued prefix stays, and takes no features where vLLM places them by its
+placeholder ranges (`is_multimodal`), not by id.
 """
 
 from __future__ import annotations
@@ -96,9 +112,12 @@ import torch
 from pydantic import Field, field_validator
 
 from openk1.config import Section
+from openk1.data.images import ImageRef, image_token_id, load_image
+from openk1.errors import OpenK1Error
 from openk1.models import prompting
-from openk1.models.io import model_dir
+from openk1.models.io import PROCESSOR, model_dir
 from openk1.models.prompting import PromptSettings
+from openk1.models.vlm import require_processor, token_counts
 from openk1.padding import pad
 from openk1.rollout.engine import Request, requests_for
 from openk1.rollout.hf import SamplingConfig
@@ -305,11 +324,39 @@ class _Output:
         self.tokens, self.logp, self.stop = self.tokens[:at + 1], self.logp[:at + 1], stop
 
 
+def collapse(ids: Sequence[int], image_id: int, counts: list[int]) -> list[int]:
+    """`ids` with the i-th image's run of counts[i] `image_id`s (the first ones, in order) as one
+    `image_id`, the placeholder vLLM expands (module doc); models/vlm.py `expand` undone. Later
+    `image_id`s (sampled ones) stay.
+
+    >>> collapse([1, 9, 9, 2, 9, 9, 9, 9], 9, [2, 3])
+    [1, 9, 2, 9, 9]
+    """
+    out: list[int] = []
+    at = 0
+    for i, count in enumerate(counts):
+        start = next((j for j in range(at, len(ids)) if ids[j] == image_id), len(ids))
+        if list(ids[start:start + count]) != [image_id] * count:
+            raise OpenK1Error(f"image {i}: no run of {count} image tokens (id {image_id}) after position {at}")
+        out += [*ids[at:start], image_id]
+        at = start + count
+    return out + list(ids[at:])
+
+
+def decoded_images(requests: list[Request]) -> dict[str, Any]:
+    """digest -> decoded RGB image (PIL) of each distinct image of `requests`, each read once."""
+    distinct: dict[str, ImageRef] = {ref.digest: ref for r in requests for ref in r.images}
+    return {digest: load_image(ref) for digest, ref in distinct.items()}
+
+
 def _load_tokenizer(path: Path, prompts: PromptSettings) -> Any:
-    """The policy's tokenizer, prompt format and stop ids, as models/io.py load_model sets them."""
+    """The policy's tokenizer, prompt format and stop ids, as models/io.py load_model sets them;
+    a VLM's tokenizer is its processor's, the processor attached (`processor_of`)."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    from openk1.models.vision import is_vision
+
+    tokenizer = _processor_tokenizer(path) if is_vision(path) else AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     try:
@@ -319,6 +366,16 @@ def _load_tokenizer(path: Path, prompts: PromptSettings) -> Any:
     prompting.record_eos_ids(tokenizer, SimpleNamespace(generation_config=generation))
     prompting.load_record(tokenizer, path)
     prompting.configure(tokenizer, prompts.prompt_format, prompts.system_prompt)
+    return tokenizer
+
+
+def _processor_tokenizer(path: Path) -> Any:
+    """A VLM folder's processor's tokenizer, the processor on it (no model weights loaded here)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(path))
+    tokenizer = processor.tokenizer
+    setattr(tokenizer, PROCESSOR, processor)
     return tokenizer
 
 
@@ -381,22 +438,46 @@ class VLLMEngine:
 
     def sample(self, requests: list[Request]) -> Rollout:
         """Row i answers requests[i]: its context (prompt_ids) is the prompt then the prefix, its
-        response the tokens added by this call."""
-        from vllm.inputs import TokensPrompt
-
+        response the tokens added by this call; a request's images go with it (module doc)."""
         if self.state != "awake":
             raise EngineStateError(f"the vLLM engine is {self.state}, not awake: call wake_up() before sampling")
         for r in requests:
             if self._limit(r) < 1:
                 raise ValueError(f"nothing to sample: prefix {len(r.prefix)}, budget {r.budget}, "
                                  f"max_new_tokens {self.sampling.max_new_tokens}")
-        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids + r.prefix)) for r in requests]
+        pictures = decoded_images(requests)
+        prompts = [self._prompt(r, pictures) for r in requests]
         results = self.llm.generate(prompts, [self._params(r) for r in requests], use_tqdm=False)
         if len(results) != len(requests):
             raise EngineStateError(f"vLLM answered {len(results)} of {len(requests)} requests")
+        for row, (r, result) in enumerate(zip(requests, results)):
+            self._check_expansion(row, r, result)
         outputs = [self._output(r, result.outputs[0]) for r, result in zip(requests, results)]
         self._hf_stops(requests, outputs)
         return self._rollout(requests, outputs)
+
+    def _prompt(self, request: Request, pictures: dict[str, Any]) -> Any:
+        """vLLM's TokensPrompt of a request: the prompt then the prefix; with images, each image's
+        `<image>` run as one placeholder and the images (PIL, in order) as `multi_modal_data`."""
+        from vllm.inputs import TokensPrompt
+
+        ids = list(request.prompt_ids + request.prefix)
+        if not request.images:
+            return TokensPrompt(prompt_token_ids=ids)
+        processor = require_processor(self.tokenizer)
+        ids = collapse(ids, image_token_id(processor), token_counts(processor, request.images))
+        return TokensPrompt(prompt_token_ids=ids,
+                            multi_modal_data={"image": [pictures[ref.digest] for ref in request.images]})
+
+    def _check_expansion(self, row: int, request: Request, result: Any) -> None:
+        """vLLM's expansion of a request's images must give the request's ids (module doc)."""
+        if not request.images:
+            return
+        expanded = [int(t) for t in result.prompt_token_ids]
+        if expanded != list(request.prompt_ids + request.prefix):
+            raise EngineStateError(f"row {row}: vLLM expanded the prompt's {len(request.images)} image(s) to "
+                                   f"{len(expanded)} prompt tokens, the model's processor to "
+                                   f"{len(request.prompt_ids) + len(request.prefix)}: they must agree")
 
     def _output(self, request: Request, completion: Any) -> _Output:
         """One completion's tokens, log-probs and mapped stop reason."""
@@ -436,8 +517,9 @@ class VLLMEngine:
         for row, o in enumerate(outputs):
             logp[row, :len(o.logp)] = torch.tensor(o.logp, dtype=torch.float32, device="cpu")
         texts = [self.tokenizer.decode(o.tokens, skip_special_tokens=True) for o in outputs]
+        images = [r.images for r in requests] if any(r.images for r in requests) else None
         return Rollout(prompt_ids, prompt_mask, response_ids, action_mask, logp,
-                       [o.stop for o in outputs], texts=texts)
+                       [o.stop for o in outputs], texts=texts, images=images)
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """The next version's full state dict (HF parameter names), pushed into the running engine."""

@@ -540,11 +540,10 @@ def rollout_phase(engine: RolloutEngine, buffer: ReplayBuffer, problems: list[Pr
 
 
 def check_images(cfg: RLConfig, problems: list[Problem], model: Any) -> None:
-    """Problems with images need a vision-language model and the HF engine (no vLLM images yet)."""
+    """Problems with images need a vision-language model (either engine: vLLM takes them as
+    `multi_modal_data`, rollout/vllm_engine.py)."""
     if not any(p.images for p in problems):
         return
-    if cfg.engine == "vllm":
-        raise OpenK1Error("rl: problems with images need engine: hf (the vLLM engine takes no images yet)")
     if not is_vlm(model):
         raise OpenK1Error(f"rl: problems with images need a vision-language model; {cfg.model} is text only "
                           "(make one with `openk1 init-model --set vision=true`)")
