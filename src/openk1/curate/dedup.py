@@ -3,7 +3,9 @@ decontamination against evaluation sets.
 
 MinHash over token 3-gram shingles with LSH banding proposes candidate pairs; the exact Jaccard
 of the two shingle sets decides, and (by default) the two prompts must hold the same numbers, so
-that "5 red balls" and "6 red balls" stay two problems.
+that "5 red balls" and "6 red balls" stay two problems. A problem with images duplicates only a
+problem with the same images (their digests, in order): "<image> How many shapes?" over another
+image is another problem. The same rule holds for decontamination.
 
     >>> normalize_text("Compute $2^{10}$.") == normalize_text("compute 2^{10}")
     True
@@ -177,45 +179,57 @@ class NearDupIndex:
 # ---------------------------------------------------------------------------------------------
 # The step
 
-def eval_prompts(paths: list[str]) -> list[tuple[str, str]]:
-    """(where, prompt) of every row of the decontamination sets."""
+Images = tuple[str, ...]   # a prompt's image digests, in order (() for a text prompt)
+
+
+def eval_prompts(paths: list[str]) -> list[tuple[str, str, Images]]:
+    """(where, prompt, image digests) of every row of the decontamination sets (images read as
+    problem rows' are: data/io.py `to_problem`)."""
+    from openk1.data.images import data_dir, place_images, resolve_images
+
     out = []
     for path in paths:
         for where, row in iter_located(path):
             prompt = row.get("prompt")
             if not isinstance(prompt, str):
                 raise OpenK1Error(f"{where}: missing field 'prompt' (decontamination set)")
-            out.append((where, prompt))
+            images: Images = ()
+            if row.get("images") is not None:
+                images = tuple(ref.digest for ref in resolve_images(row["images"], data_dir(where), where))
+                prompt = place_images(prompt, len(images), where)
+            out.append((where, prompt, images))
     return out
 
 
 def dedup(rows: list[Row], settings: DedupSettings, seed: int, counts: Counter[str]) -> None:
     """Contamination first (a prompt of an eval set is contaminated even when repeated), then
-    exact duplicates, then near duplicates of an earlier kept row."""
+    exact duplicates, then near duplicates of an earlier kept row; only between prompts with the
+    same images (one near-duplicate index per image tuple)."""
     def index() -> NearDupIndex:
         return NearDupIndex(settings.threshold, settings.shingle_tokens, settings.num_perm,
                             settings.bands, seed, settings.same_numbers)
 
-    evals, within = index(), index()
-    eval_exact: dict[str, str] = {}
-    for where, prompt in eval_prompts(settings.decontaminate):
-        eval_exact.setdefault(normalize_text(prompt), where)
+    evals: dict[Images, NearDupIndex] = {}
+    within: dict[Images, NearDupIndex] = {}
+    eval_exact: dict[tuple[str, Images], str] = {}
+    for where, prompt, images in eval_prompts(settings.decontaminate):
+        eval_exact.setdefault((normalize_text(prompt), images), where)
         if settings.near:
-            evals.add(where, prompt)
-    seen: dict[str, str] = {}
+            evals.setdefault(images, index()).add(where, prompt)
+    seen: dict[tuple[str, Images], str] = {}
     for row in alive(rows):
         assert row.problem is not None
-        prompt, key = row.problem.prompt, normalize_text(row.problem.prompt)
+        images = tuple(ref.digest for ref in row.problem.images)
+        prompt, key = row.problem.prompt, (normalize_text(row.problem.prompt), images)
         if key in eval_exact:
             drop(row, "contaminated", counts, reason_detail=f"same prompt as {eval_exact[key]}")
-        elif settings.near and (hit := evals.query(prompt)):
+        elif settings.near and images in evals and (hit := evals[images].query(prompt)):
             drop(row, "contaminated", counts,
                  reason_detail=f"near duplicate of {hit[0]} (Jaccard {hit[1]:.2f})")
         elif settings.exact and key in seen:
             drop(row, "duplicate", counts, duplicate_of=seen[key])
-        elif settings.near and (hit := within.add_unless_duplicate(row.name, prompt)):
+        elif settings.near and (hit := within.setdefault(images, index()).add_unless_duplicate(row.name, prompt)):
             drop(row, "near_duplicate", counts, duplicate_of=hit[0],
                  reason_detail=f"Jaccard {hit[1]:.2f}")
         else:
             seen.setdefault(key, row.name)
-

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from openk1.config import Section
 from openk1.curate.rows import Row, alive, drop
+from openk1.data.images import data_dir, resolve_images
 from openk1.data.io import to_problem
 from openk1.errors import OpenK1Error
 from openk1.types import PROBLEM_TYPES
@@ -236,7 +237,7 @@ def detect_format(prompt: str, answer: str = "") -> FormatHit | None:
 
 def check_rows(rows: list[Row], settings: FormatSettings, counts: Counter[str]) -> None:
     """A row with no checkable reference is dropped (`no_answer`); a row that is not a problem
-    is an error. Every row kept gets its `problem`."""
+    is an error. Every row kept gets its `problem`; every row's images are read (`absolute_images`)."""
     for row in rows:
         where = row.where
         prompt = row.data.get("prompt")
@@ -253,6 +254,18 @@ def check_rows(rows: list[Row], settings: FormatSettings, counts: Counter[str]) 
             drop(row, "no_answer", counts, reason_detail=detail)
         else:
             row.problem = to_problem(row.data, where)
+        absolute_images(row)
+
+
+def absolute_images(row: Row) -> None:
+    """A row's `images` read and checked (a bad one names the file, row and image, also on a row
+    dropped for its answer) and written back as absolute paths or data URIs: curated.jsonl and
+    dropped.jsonl lie in the run directory, not beside the data file the paths were relative to."""
+    if row.data.get("images") is None:
+        return
+    refs = row.problem.images if row.problem is not None else resolve_images(
+        row.data["images"], data_dir(row.where), row.where)
+    row.data["images"] = [ref.source for ref in refs]
 
 
 def format_filter(rows: list[Row], counts: Counter[str]) -> None:

@@ -4,6 +4,9 @@
 
 The answers come from any rollout engine (rollout/engine.py): `engine_for(sampling)` gives the
 engine that samples with a filter's settings (each filter has its own temperature and length).
+A problem's images go with its prompt (`requests_for(..., images=...)`: a vision-language model
+sees them; docs/vision.md) and into its cache key (their digests), so two problems with the same
+text and other images are sampled and cached apart.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable, Iterable
 from openk1.curate.rows import Row, alive
 from openk1.data.prompt_cache import PromptCache
 from openk1.rewards.scoring import VERIFIERS, score_many
-from openk1.rollout.engine import RolloutEngine
+from openk1.rollout.engine import RolloutEngine, requests_for
 from openk1.rollout.hf import SamplingConfig
 from openk1.types import Problem
 
@@ -37,6 +40,8 @@ class Sampler:
         settings = sampling.model_dump(exclude={"batch_size"})
         parts = [kind, text, problem.type, problem.answer, list(problem.tests), self.fingerprint,
                  settings, k, self.seed, self.per_batch]
+        if problem.images:   # (text problems keep the keys they had)
+            parts.append([ref.digest for ref in problem.images])
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     def rewards(self, kind: str, problems: list[Problem], texts: list[str], k: int,
@@ -57,7 +62,10 @@ class Sampler:
             if not todo:
                 continue
             seed = self.seed * 1_000_003 + _KIND_SEED[kind] + b
-            answers = self.engine_for(sampling).generate([texts[i] for i in todo], k, seed).texts
+            engine = self.engine_for(sampling)
+            prompts, images = [texts[i] for i in todo], [problems[i].images for i in todo]
+            answers = (engine.sample(requests_for(engine.tokenizer, prompts, k, seed, images)).texts
+                       if any(images) else engine.generate(prompts, k, seed).texts)
             repeated = [problems[i] for i in todo for _ in range(k)]
             scores = [s.reward for s in score_many(answers, repeated, self.workers)]
             fresh = {keys[i]: scores[j * k:(j + 1) * k] for j, i in enumerate(todo)}

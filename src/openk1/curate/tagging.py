@@ -1,6 +1,7 @@
 """Tagging, `curate.tagging` (report §2.1, "diverse coverage"): a domain and discipline tags
 for every row that carries none, so that `balance` can mix domains. Keywords by default, or
-`method: model`: the domain whose name the model finds likeliest after the prompt.
+`method: model`: the domain whose name the model finds likeliest after the prompt (and its
+images, for a vision-language model).
 
     >>> keyword_tags("12+34=")
     ('math', ['arithmetic'])
@@ -17,6 +18,7 @@ from pydantic import Field, field_validator
 
 from openk1.config import Section
 from openk1.curate.rows import Row, alive
+from openk1.data.images import ImageRef
 from openk1.errors import OpenK1Error
 from openk1.padding import pad
 
@@ -120,18 +122,25 @@ def keyword_tags(prompt: str, problem_type: str = "math") -> tuple[str, list[str
 
 @torch.no_grad()
 def model_domains(model: Any, tokenizer: Any, prompts: list[str], domains: list[str],
-                  template: str) -> list[str]:
+                  template: str, images: list[tuple[ImageRef, ...]] | None = None) -> list[str]:
     """Zero-shot tagger: the domain whose name the model finds likeliest after `template`
-    (mean log-prob per token of " <domain>")."""
-    from openk1.models.forward import encode_prompts, eval_mode, response_logprobs
+    (mean log-prob per token of " <domain>"). `images[i]`: prompts[i]'s, shown to a
+    vision-language model (its `<image>` markers expanded, models/vlm.py `prompt_tokens`)."""
+    from openk1.models.forward import eval_mode, response_logprobs
+    from openk1.models.io import processor_of
+    from openk1.models.vlm import prompt_tokens
 
     names = [tokenizer(" " + d, add_special_tokens=False)["input_ids"] for d in domains]
     response, mask = pad(names, tokenizer.pad_token_id)                       # [D, T]
     out = []
     with eval_mode(model):
-        for prompt in prompts:
-            ids, prompt_mask = encode_prompts(tokenizer, [template.replace("{prompt}", prompt)] * len(domains))
-            logp = response_logprobs(model, ids, prompt_mask, response, mask)  # [D, T]
+        for i, prompt in enumerate(prompts):
+            shown = images[i] if images else ()
+            ids = prompt_tokens(tokenizer, template.replace("{prompt}", prompt), shown)
+            prompt_ids, prompt_mask = pad([ids] * len(domains), tokenizer.pad_token_id, side="left")
+            logp = response_logprobs(model, prompt_ids, prompt_mask, response, mask,   # [D, T]
+                                     images=[shown] * len(domains) if shown else None,
+                                     processor=processor_of(tokenizer))
             out.append(domains[int((logp.sum(-1) / mask.sum(-1)).argmax())])
     return out
 
@@ -145,9 +154,10 @@ def tag(rows: list[Row], settings: TaggingSettings, model: Any, tokenizer: Any) 
     if settings.method == "model" and need:
         if model is None:
             raise OpenK1Error("tagging.method=model needs a model (--model)")
-        prompts = [r.problem.prompt for r in need if r.problem is not None]
-        by_model = dict(zip([r.n for r in need], model_domains(model, tokenizer, prompts,
-                                                                settings.domains, settings.template)))
+        problems = [r.problem for r in need if r.problem is not None]
+        by_model = dict(zip([r.n for r in need], model_domains(
+            model, tokenizer, [p.prompt for p in problems], settings.domains, settings.template,
+            [p.images for p in problems])))
     for row in rows_left:
         assert row.problem is not None
         domain, tags = keyword_tags(row.problem.prompt, row.problem.type)

@@ -6,6 +6,12 @@ first model, and every tensor is read on its own (`safe_open(...).get_tensor`, m
 so memory stays near one output shard whatever the model size. Sums are taken in fp32 and cast
 back to the first model's dtype; integer tensors (buffers) must be equal and are copied.
 Everything is written to a temporary folder that replaces `out` only when complete.
+
+Vision-language checkpoints (a LLaVA: vision tower, projector and language model in one weight
+map) merge tensor by tensor like any other; the first model's processor files are copied with
+its config, so the merged folder loads as the same VLM. Their processors (image size,
+normalisation, image-token expansion) and the config's image settings must be the same, since
+the merged weights are read through one of them.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ def check_compatible(dirs: list[Path], maps: list[dict[str, str]]) -> None:
             where, other = (path, dirs[0]) if missing[0] not in names else (dirs[0], path)
             raise OpenK1Error(f"{where}: has no tensor {missing[0]!r}, which {other} has "
                               f"({len(missing)} tensor names differ)")
+        if _vision_signature(path) != _vision_signature(dirs[0]):
+            raise OpenK1Error(f"{path}: image settings (processor files, the config's vision_feature_* and "
+                              f"image token) differ from {dirs[0]}'s; merged weights would read other inputs")
         if _tokenizer_signature(path) != vocab:
             raise OpenK1Error(f"{path}: tokenizer differs from {dirs[0]}'s (vocabulary or "
                               "special tokens); merged weights would mean different tokens")
@@ -79,6 +88,19 @@ def _architecture(model_dir: Path) -> tuple[str, tuple[str, ...]]:
         raise OpenK1Error(f"{model_dir}: not a model directory (no config.json)")
     config = json.loads(path.read_text())
     return str(config.get("model_type")), tuple(config.get("architectures") or ())
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+VISION_KEYS = ("vision_feature_layer", "vision_feature_select_strategy", "image_token_id",
+               "image_token_index", "image_seq_length")
+
+
+def _vision_signature(model_dir: Path) -> tuple[Any, ...]:
+    """What a VLM's inputs depend on beyond its weights: its processor files and the config's
+    image settings (all empty for a text model)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    files = [json.loads(p.read_text()) if p.is_file() else None for p in map(model_dir.joinpath, PROCESSOR_FILES)]
+    return json.dumps(files, sort_keys=True), json.dumps([config.get(k) for k in VISION_KEYS])
 
 
 def _tokenizer_signature(model_dir: Path) -> tuple[Any, ...]:

@@ -14,6 +14,9 @@ Input template (`RM_TEMPLATE`), one string per example:
     Response: {response}
     Is the response correct?
 
+Text only: a vision-language model and problems with images are refused (`TEXT_ONLY`); a
+chain-of-thought judge (`openk1 rm train --set kind=cot`) can be a VLM.
+
 Over `max_tokens`, the reference and the last line stay whole, the response keeps its end
 (where the final answer is) and the question its beginning; the response gets at least half of
 what is left.
@@ -39,6 +42,10 @@ RM_REFERENCE = "\nReference answer: {answer}\nResponse: "
 RM_TAIL = "\nIs the response correct?"
 RM_TEMPLATE = RM_QUESTION + RM_REFERENCE + "{response}" + RM_TAIL
 NUM_LABELS = 2  # 0 = wrong, 1 = correct
+# why a vision-language model and rows with images are refused, and what to do instead
+TEXT_ONLY = ("the classic reward model reads text only (a sequence classifier on a text causal LM; "
+             "transformers has none for LLaVA): train a chain-of-thought judge on a vision-language "
+             "model instead (`openk1 rm train --set kind=cot`)")
 
 
 def load_reward_model(
@@ -50,9 +57,13 @@ def load_reward_model(
     `config.pad_token_id` is set (to EOS when the tokenizer has no pad token): the classifier
     finds each row's last real token through it.
     """
+    from openk1.models.vision import is_vision
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise OpenK1Error(f"{path}: not a model directory (no config.json)")
+    if is_vision(path):
+        raise OpenK1Error(f"{path}: a vision-language model; {TEXT_ONLY}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if tokenizer.pad_token_id is None:
@@ -172,6 +183,8 @@ class RewardModelVerifier:
         return self.score_batch([response], [problem])[0]
 
     def score_batch(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[Score]:
+        if any(p.images for p in problems):
+            raise OpenK1Error(f"reward_model: a problem with images; {TEXT_ONLY}")
         model, tokenizer = self.model()
         probs = correct_probability(
             model,

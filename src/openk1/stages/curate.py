@@ -24,6 +24,12 @@ Departures from the report:
 - Balancing only downsamples (no prompt is repeated to reach a target proportion).
 - Prompts are fed raw, as the RL stage feeds them (no chat template).
 - Rows whose type has no rule-based verifier (`freeform`) skip both model filters.
+
+Problems with images (docs/vision.md "DPO, reward models, curate and long2short with images"):
+their images are read when the rows are (a bad one names the file, row and image) and written
+to curated.jsonl / dropped.jsonl as absolute paths or data URIs; duplicates and contamination
+need the same images; the model filters show them to a vision-language model (a text model is
+refused for them) and cache per prompt and images.
 """
 
 from __future__ import annotations
@@ -199,6 +205,11 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
             from openk1.models.io import load_model
 
             model, tokenizer = load_model(cfg.model, prompts=cfg, device=runtime.resolve_device(cfg.device))
+            uses_model = cfg.hack.enabled or cfg.difficulty.enabled or cfg.tagging.method == "model"
+            if uses_model and any(row.get("images") for _, row in located):
+                from openk1.models.vlm import require_processor
+
+                require_processor(tokenizer)   # the model filters show the images: refused before writing
         frame.begin()
         kept, dropped, summary = curate([row for _, row in located], cfg, model, tokenizer,
                                         where=[where for where, _ in located])

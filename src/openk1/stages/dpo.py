@@ -10,11 +10,20 @@ wrong answer or a correct one at least 1.5x longer; any preference pairs work. R
 encoded like SFT responses (EOS appended, trained where `action_mask` is 1). The report gives no
 DPO hyper-parameters: beta, the learning rate and the optional SFT term (`nll_weight`) are ours.
 The data order is a function of (seed, epoch), so resume needs no data state.
+
+Rows may carry `images` (docs/vision.md "DPO, reward models, curate and long2short with
+images"): read and checked when the pairs load, as SFT rows' (data/packing.py `with_images`: a bad
+image names the file, line and image; no `<image>` marker = the images in front of the prompt).
+A VLM (its processor on the tokenizer) scores such a pair's prompt with its image tokens expanded
+(models/vlm.py `prompt_tokens`) and the image features in place (models/forward.py
+`response_logprobs(images=...)`), for the policy and the reference alike; a text model refuses them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,21 +34,39 @@ from pydantic import Field, model_validator
 from openk1.algo.dpo import dpo_loss
 from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
-from openk1.data.batching import encode_pairs
+from openk1.data.batching import encode_responses
+from openk1.data.images import ImageRef
 from openk1.data.io import _field, load_problems, read_located
+from openk1.data.packing import with_images
 from openk1.data.sources import DataSource
 from openk1.distributed import runtime
 from openk1.frame import StageRun
 from openk1.loop import Loop, accumulate_micro
 from openk1.models.forward import eval_mode, forward_path, response_logprobs, trim
-from openk1.models.io import load_model
+from openk1.models.io import load_model, processor_of
+from openk1.models.vlm import prompt_tokens, require_processor
 from openk1.optim import OptimConfig, check_decay, cosine_lr
+from openk1.padding import pad
 from openk1.report.run_dir import RunDir, atomic_file
 from openk1.rewards.scoring import RewardConfig
 from openk1.stages.eval import EvalSettings, evaluate
 
-Pair = tuple[str, str, str]   # (prompt, chosen, rejected)
 REFERENCE_FILE = "reference_logp.pt"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference row: the prompt (its `<image>` markers placed, one per image), the chosen
+    and the rejected response, and the prompt's images (() for a text row). Unpacks as its texts:
+    `prompt, chosen, rejected = pair`."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    images: tuple[ImageRef, ...] = ()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.prompt, self.chosen, self.rejected))
 
 
 class DPOConfig(StageConfig):
@@ -66,9 +93,17 @@ class DPOConfig(StageConfig):
 
 
 def load_pairs(path: str | Path) -> list[Pair]:
-    """(prompt, chosen, rejected) of every row; a missing field names the file and row."""
-    return [(_field(row, "prompt", str, where), _field(row, "chosen", str, where),
-             _field(row, "rejected", str, where)) for where, row in read_located(path)]
+    """The pair of every row; a missing field names the file and row, a bad image the file, row
+    and image (`images`: paths relative to the data file's folder, or data URIs)."""
+    pairs = []
+    for where, row in read_located(path):
+        prompt, chosen, rejected = (_field(row, name, str, where) for name in ("prompt", "chosen", "rejected"))
+        images: tuple[ImageRef, ...] = ()
+        if row.get("images") is not None:
+            read = with_images(row, where)     # each image read and decoded, the prompt's markers placed
+            prompt, images = read["prompt"], tuple(read["images"])
+        pairs.append(Pair(prompt, chosen, rejected, images))
+    return pairs
 
 
 def total_steps(cfg: DPOConfig, pairs: int) -> int:
@@ -94,16 +129,22 @@ def step_indices(step: int, pairs: int, batch_size: int, seed: int) -> torch.Ten
 def sequence_logps(model: Any, tokenizer: Any, pairs: list[Pair],
                    max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed log-probs of chosen [b] and rejected [b] responses (one forward over 2b rows), and
-    the number of chosen tokens [b]."""
+    the number of chosen tokens [b]. Prompts are tokenized as the rollout engine does, each
+    `<image>` expanded for its image (models/vlm.py `prompt_tokens`); a batch with images runs
+    the VLM path with its features (models/forward.py `vision_logprobs`), a text batch as before."""
     b = len(pairs)
-    prompts = [p for p, _, _ in pairs] * 2
-    responses = [c for _, c, _ in pairs] + [r for _, _, r in pairs]
-    batch = encode_pairs(tokenizer, prompts, responses, max_tokens)
+    rows = list(pairs) * 2                                                # [chosen rows | rejected rows]
+    prompt_ids, prompt_mask = pad([prompt_tokens(tokenizer, p.prompt, p.images) for p in rows],
+                                  tokenizer.pad_token_id, side="left")     # [2b, P]
+    response_ids, action_mask, _ = encode_responses(
+        tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs], max_tokens)   # [2b, T]
     device = next(model.parameters()).device
     prompt_ids, prompt_mask, response_ids, action_mask = (x.to(device) for x in trim(
-        batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["action_mask"]))
-    logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask)   # [2b, T]
-    seq = logp.sum(-1)                                                                    # [2b]
+        prompt_ids, prompt_mask, response_ids, action_mask))
+    images = [p.images for p in rows] if any(p.images for p in pairs) else None
+    logp = response_logprobs(model, prompt_ids, prompt_mask, response_ids, action_mask,
+                             images=images, processor=processor_of(tokenizer))   # [2b, T]
+    seq = logp.sum(-1)                                                    # [2b]
     return seq[:b], seq[b:], action_mask[:b].sum(-1)
 
 
@@ -146,6 +187,8 @@ def run(cfg: DPOConfig) -> dict[str, Any]:
             check_resume_step(latest_checkpoint(frame.path), total_steps(cfg, len(pairs)), "steps")
         model, tokenizer = load_model(str(latest_checkpoint(frame.path) / "model") if cfg.resume else cfg.model,
                                       prompts=cfg)
+        if any(p.images for p in pairs):
+            require_processor(tokenizer)   # pairs with images need a VLM: refused before anything is written
         frame.begin()   # the inputs are valid: the run starts writing
         frame.note_forward("update", forward_path(model))
         reference = _reference(cfg, frame.dir, pairs)

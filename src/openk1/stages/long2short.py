@@ -16,6 +16,11 @@ with accuracy, mean_tokens, model), a markdown table (also printed) and DIR/trad
 (accuracy vs mean tokens, the report's Figure 7). A response counts as correct for sampling when
 its reward is 1 and it stopped normally (EOS; not cut at the token limit). Departures: the report gives
 no merge ratio, DPO or RL hyper-parameters; all values here are ours.
+
+Problems with images (docs/vision.md "DPO, reward models, curate and long2short with images"),
+on a vision-language model: the samples are drawn with each problem's images, the SFT rows and
+DPO pairs carry them (absolute paths or data URIs), RL and the evaluation take them as they do,
+and merging two VLM checkpoints gives a VLM (models/merge.py: the same processor settings).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from openk1.frame import StageRun
 from openk1.models.io import load_model
 from openk1.report.plots import plot_tradeoff
 from openk1.rewards.scoring import RewardConfig, score_many
+from openk1.rollout.engine import requests_for
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.stages import dpo as dpo_stage
 from openk1.stages import merge as merge_stage
@@ -111,9 +117,15 @@ class Long2ShortConfig(StageConfig):
 def shortest_rows(problems: list[Problem], groups: list[list[Sample]]) -> list[dict[str, Any]]:
     """SFT rows: each problem's shortest correct response (problems with none are skipped)."""
     rng = random.Random(0)
-    return [{"prompt": p.prompt, "response": text, "id": p.id}
+    return [{"prompt": p.prompt, "response": text, "id": p.id, **image_field(p)}
             for p, group in zip(problems, groups)
             for text in choose([(t, n) for t, n, ok in group if ok], "shortest", rng)]
+
+
+def image_field(problem: Problem) -> dict[str, list[str]]:
+    """`images` of a row made from `problem` (absolute paths or data URIs: the rows are written
+    to DIR, not beside the data file), or nothing for a text problem."""
+    return {"images": [ref.source for ref in problem.images]} if problem.images else {}
 
 
 def preference_pairs(problems: list[Problem], groups: list[list[Sample]], length_ratio: float,
@@ -137,8 +149,8 @@ def preference_pairs(problems: list[Problem], groups: list[list[Sample]], length
                     if t != chosen and (n >= length_ratio * tokens if ok else n > tokens)]
         rejected = list(dict.fromkeys(rejected))
         rejected = rejected[:pairs_per_prompt] if pairs_per_prompt else rejected
-        rows += [{"prompt": problem.prompt, "chosen": chosen, "rejected": r, "id": problem.id}
-                 for r in rejected]
+        rows += [{"prompt": problem.prompt, "chosen": chosen, "rejected": r, "id": problem.id,
+                  **image_field(problem)} for r in rejected]
     return rows
 
 
@@ -150,8 +162,9 @@ def draw_samples(cfg: Long2ShortConfig, root: Path, model_dir: str = "",
     problems = problems[:cfg.samples.problems] if cfg.samples.problems else problems
     model, tokenizer = load_model(model_dir or cfg.model, prompts=cfg, device=runtime.resolve_device(cfg.device))
     k = cfg.samples.samples_per_prompt
-    rollout = HFEngine(model, tokenizer, cfg.samples.sampling).generate([p.prompt for p in problems], k,
-                                                                        cfg.seed + round_ - 1)
+    engine = HFEngine(model, tokenizer, cfg.samples.sampling)
+    rollout = engine.sample(requests_for(tokenizer, [p.prompt for p in problems], k, cfg.seed + round_ - 1,
+                                         [p.images for p in problems]))   # = generate() for text problems
     scores = score_many(rollout.texts, [p for p in problems for _ in range(k)], cfg.samples.score_workers,
                         rewards=cfg.rewards)
     samples = [(text, int(n), s.reward >= 1.0 and stop == "normal")
@@ -269,9 +282,24 @@ def run(cfg: Long2ShortConfig) -> dict[str, Any]:
                           "problems) and eval_data (held-out problems)")
     with StageRun(cfg, tensorboard=False) as frame:
         held_out = load_problems(cfg.eval_data)
-        load_problems(cfg.data)   # the training problems are checked before anything is written
+        train = load_problems(cfg.data)   # the training problems are checked before anything is written
+        if any(p.images for p in held_out + train):
+            check_vision(cfg)
         frame.begin()
         return _run_methods(cfg, frame, held_out)
+
+
+def check_vision(cfg: Long2ShortConfig) -> None:
+    """Problems with images: the long model (and the short model a merge averages it with) must
+    be vision-language models."""
+    from openk1.models.io import model_dir
+    from openk1.models.vision import is_vision
+
+    merged = [cfg.merge.short_model] if "merge" in cfg.methods and cfg.merge.short_model else []
+    for path in [cfg.model, *merged]:
+        if (model_dir(path) / "config.json").is_file() and not is_vision(path):   # (a hub name: load_model's to check)
+            raise OpenK1Error(f"long2short: problems with images need a vision-language model; {path} is text "
+                              "only (make one with `openk1 init-model --set vision=true`)")
 
 
 def _run_methods(cfg: Long2ShortConfig, frame: StageRun, held_out: list[Problem]) -> dict[str, Any]:

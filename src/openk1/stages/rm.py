@@ -19,6 +19,14 @@ same epochs, batch size and AdamW warm-up + cosine LR settings; an example longe
 verdict vs label; a malformed verdict counts as wrong (`heldout_malformed`). DIR/model is a
 causal LM directory for the `cot_verifier` reward term.
 
+Rows with images (docs/vision.md "DPO, reward models, curate and long2short with images"):
+`images` on a row are the question's (paths relative to the data file's folder, or data URIs;
+read when the rows load, a bad one naming the file, line and image; no `<image>` marker in the
+prompt = the images in front of it). kind cot trains a vision-language judge on them: the judge's
+prompt holds the question's markers, its SFT row the images, and the held-out judging shows them
+(`ImageJudge`). kind classic refuses them: its model is a text sequence classifier
+(`AutoModelForSequenceClassification` has no LLaVA class), and so is a VLM refused as its model.
+
 Departures from the report (§2.3.5): its classic RM is a value head on a large model; here it
 is transformers' 2-way classification head on the last real token (P(correct) =
 softmax[:, 1]). Its CoT RM's training data is not described; here it is whatever rows (and
@@ -30,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -39,24 +48,56 @@ from pydantic import Field, model_validator
 
 from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
+from openk1.data.images import ImageRef
 from openk1.data.io import read_located, write_jsonl
-from openk1.data.packing import encode_row
+from openk1.data.packing import encode_row, with_images
 from openk1.distributed import fsdp, runtime
 from openk1.errors import OpenK1Error
 from openk1.frame import StageRun
 from openk1.loop import Loop, accumulate_micro
 from openk1.models.io import load_model, model_dir
+from openk1.models.vlm import require_processor
 from openk1.optim import OptimConfig, check_decay, cosine_lr
 from openk1.report.run_dir import RunDir
+from openk1.rewards.base import Score
 from openk1.rewards.cot_verifier import COT_TEMPLATE, CoTVerifier, render_prompt
-from openk1.rewards.reward_model import correct_probability, encode_rm_inputs, load_reward_model
+from openk1.rewards.reward_model import TEXT_ONLY, correct_probability, encode_rm_inputs, load_reward_model
+from openk1.rollout.engine import requests_for
 from openk1.schedules import LRSchedule, Stage
 from openk1.stages.sft import SFTConfig
 from openk1.trainer import train_lm
 from openk1.types import Problem
 
 Example = tuple[str, str, str, int]  # (prompt, reference answer, response, label)
-Labelled = tuple[str, str, str, int, str]  # an Example + its reasoning ("" = none)
+Images = tuple[ImageRef, ...]
+
+
+class Labelled(tuple[str, str, str, int, str]):
+    """A labelled row: (prompt, answer, response, label, reasoning) ("" = no reasoning), which it
+    unpacks, slices and compares as, and `images`, the question's (() for a text row; a row with
+    images equals only a row with the same images)."""
+
+    images: Images
+
+    def __new__(cls, prompt: str, answer: str, response: str, label: int, reasoning: str = "",
+                images: Images = ()) -> Labelled:
+        row = super().__new__(cls, (prompt, answer, response, label, reasoning))
+        row.images = images
+        return row
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, tuple) and tuple(self) == tuple(other)
+                and self.images == images_of(other))
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.images)) if self.images else hash(tuple(self))
+
+
+def images_of(row: tuple[Any, ...]) -> Images:
+    """A row's images: a `Labelled`'s, () for a plain tuple."""
+    return getattr(row, "images", ())
+
+
 R = TypeVar("R", Example, Labelled)
 
 
@@ -99,11 +140,13 @@ class RMTrainConfig(StageConfig):
 
 def load_labelled(path: str | Path) -> list[Example]:
     """Validated (prompt, answer, response, label) rows; a bad row names file, row and field."""
-    return [row[:4] for row in load_rows(path)]
+    return [row[:4] for row in load_rows(path, images=False)]
 
 
-def load_rows(path: str | Path) -> list[Labelled]:
-    """Validated (prompt, answer, response, label, reasoning) rows (reasoning "" when absent)."""
+def load_rows(path: str | Path, images: bool = True) -> list[Labelled]:
+    """Validated (prompt, answer, response, label, reasoning) rows (reasoning "" when absent) and
+    their images (read and decoded: a bad image names file, row and image); `images=False`
+    (classic): a row with images is an error naming the file and row."""
     examples = []
     for where, row in read_located(path):
         for name, kinds in (
@@ -123,9 +166,11 @@ def load_rows(path: str | Path) -> list[Labelled]:
         reasoning = row.get("reasoning")
         if reasoning is not None and not isinstance(reasoning, str):
             raise OpenK1Error(f"{where}: field 'reasoning' must be str, got {reasoning!r}")
-        examples.append(
-            (row["prompt"], str(row["answer"]), row["response"], int(label), reasoning or "")
-        )
+        if row.get("images") is not None and not images:
+            raise OpenK1Error(f"{where}: a row with images; {TEXT_ONLY}")
+        read = with_images(row, where) if row.get("images") is not None else row   # markers placed
+        examples.append(Labelled(read["prompt"], str(row["answer"]), row["response"], int(label), reasoning or "",
+                                 tuple(read.get("images") or ())))
     return examples
 
 
@@ -268,13 +313,16 @@ def cot_target(label: int, reasoning: str) -> str:
     return f"{reasoning}\n{verdict}" if reasoning else verdict
 
 
-def cot_row(row: Labelled, tokenizer: Any, template: str = COT_TEMPLATE) -> dict[str, str]:
+def cot_row(row: Labelled, tokenizer: Any, template: str = COT_TEMPLATE) -> dict[str, Any]:
     """A labelled row as an SFT row: the judge's prompt, rendered as `CoTVerifier` renders it
-    (chat template, response cut to its default `max_response_chars`) -> target."""
+    (chat template, response cut to its default `max_response_chars`) -> target; a row with
+    images adds them (absolute paths or data URIs), their markers inside the question."""
     prompt, answer, response, label, reasoning = row
+    images = images_of(row)
     return {
         "prompt": render_prompt(tokenizer, prompt, answer, response, template=template),
         "response": cot_target(label, reasoning),
+        **({"images": [ref.source for ref in images]} if images else {}),
     }
 
 
@@ -297,11 +345,25 @@ def cot_sft_config(cfg: RMTrainConfig, data: Path, out: Path) -> SFTConfig:
     )
 
 
+class ImageJudge(CoTVerifier):
+    """`CoTVerifier` that shows a vision-language judge each question's images: the judge's
+    prompt keeps the question's `<image>` markers, expanded for the problem's images
+    (rollout/engine.py `requests_for`); a batch without images is judged as `CoTVerifier` does."""
+
+    def score_batch(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[Score]:
+        if not any(p.images for p in problems):
+            return super().score_batch(responses, problems)
+        engine = self.engine()
+        prompts = [self.prompt(r, p) for r, p in zip(responses, problems, strict=True)]
+        rollout = engine.sample(requests_for(engine.tokenizer, prompts, 1, 0, [p.images for p in problems]))
+        return self.judge(rollout.texts)
+
+
 def cot_accuracy(judge: CoTVerifier, held: list[Labelled]) -> tuple[float, int]:
     """(fraction of rows whose verdict matches the label, malformed verdicts): greedy judging;
     a malformed verdict matches neither label."""
     scores = judge.score_batch(
-        [r[2] for r in held], [Problem(r[0], r[1], "freeform") for r in held]
+        [r[2] for r in held], [Problem(r[0], r[1], "freeform", images=images_of(r)) for r in held]
     )
     hits = [s.verdict == ("cot_correct" if r[3] else "cot_wrong") for s, r in zip(scores, held)]
     return sum(hits) / len(held), sum(s.verdict == "cot_malformed" for s in scores)
@@ -314,6 +376,8 @@ def train_cot(data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, fr
     sft_cfg = cot_sft_config(cfg, rows_path, frame.path / "sft")
     model, tokenizer = load_model(str(latest_checkpoint(Path(sft_cfg.out)) / "model") if cfg.resume else cfg.model,
                                   prompts=cfg)
+    if any(images_of(r) for r in data + held):
+        check_images(tokenizer, cfg.template)
     frame.begin()   # with --overwrite: the old run is gone before DIR/sft opens
     if not cfg.resume:
         write_jsonl(rows_path, [cot_row(r, tokenizer, cfg.template) for r in data])
@@ -326,7 +390,7 @@ def train_cot(data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, fr
     result["dropped"] = trained.get("dropped", 0)  # examples over max_tokens
     result["verifier_options"] = verifier_options(cfg)
     if held:
-        judge = CoTVerifier(
+        judge = ImageJudge(
             frame.path / "model",
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
@@ -336,6 +400,15 @@ def train_cot(data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, fr
         result.update(heldout_accuracy=accuracy, heldout_malformed=malformed)
         frame.dir.log(trained["steps"], {"heldout_accuracy": accuracy, "heldout_malformed": malformed})
     return result
+
+
+def check_images(tokenizer: Any, template: str) -> None:
+    """Rows with images need a vision-language judge, and a template that shows the question
+    (its `<image>` markers), before anything is written."""
+    require_processor(tokenizer)
+    if "{prompt}" not in template:
+        raise OpenK1Error("rm train: rows with images need {prompt} in the template (the question's "
+                          "<image> markers go there)")
 
 
 TRAINERS = {"classic": train_classic, "cot": train_cot}
@@ -351,7 +424,7 @@ def run(cfg: RMTrainConfig) -> dict[str, Any]:
     if not cfg.model or not cfg.data or not cfg.out:
         raise OpenK1Error("rm train: needs --model DIR --data labelled.jsonl --out DIR")
     with StageRun(cfg) as frame:   # the run-directory contract: a new, --overwrite'd or --resume'd DIR
-        rows = load_rows(cfg.data.plain_path("rm train"))
+        rows = load_rows(cfg.data.plain_path("rm train"), images=cfg.kind == "cot")
         data, held = split(rows, cfg.heldout_fraction, cfg.seed)
         torch.manual_seed(cfg.seed)
         result = TRAINERS[cfg.kind](data, held, cfg, frame)
