@@ -37,6 +37,7 @@ from typing import Any
 from openk1.models.io import load_model
 from openk1.models.prompting import PromptSettings
 from openk1.rewards.base import Score
+from openk1.rollout.engine import requests_for
 from openk1.rollout.hf import HFEngine, SamplingConfig
 from openk1.types import Problem
 
@@ -219,9 +220,15 @@ class CoTVerifier:
         return self.score_batch([response], [problem])[0]
 
     def score_batch(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[Score]:
+        """One greedy verdict per response. Problems with images show a vision-language judge
+        their images: the judge's prompt keeps the question's `<image>` markers, expanded for the
+        problem's images (rollout/engine.py `requests_for`)."""
         prompts = [self.prompt(r, p) for r, p in zip(responses, problems, strict=True)]
-        outputs = self.engine().generate(prompts, 1, seed=0).texts
-        return self.judge(outputs)
+        engine = self.engine()
+        if not any(p.images for p in problems):
+            return self.judge(engine.generate(prompts, 1, seed=0).texts)
+        rollout = engine.sample(requests_for(engine.tokenizer, prompts, 1, 0, [p.images for p in problems]))
+        return self.judge(rollout.texts)
 
     def judge(self, outputs: Sequence[str]) -> list[Score]:
         """Scores of the judge's raw outputs (the parsing step, separate for testing)."""

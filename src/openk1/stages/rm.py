@@ -24,7 +24,7 @@ Rows with images (docs/vision.md "DPO, reward models, curate and long2short with
 read when the rows load, a bad one naming the file, line and image; no `<image>` marker in the
 prompt = the images in front of it). kind cot trains a vision-language judge on them: the judge's
 prompt holds the question's markers, its SFT row the images, and the held-out judging shows them
-(`ImageJudge`). kind classic refuses them: its model is a text sequence classifier
+(`CoTVerifier.score_batch`). kind classic refuses them: its model is a text sequence classifier
 (`AutoModelForSequenceClassification` has no LLaVA class), and so is a VLM refused as its model.
 
 Departures from the report (§2.3.5): its classic RM is a value head on a large model; here it
@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -59,10 +58,8 @@ from openk1.models.io import load_model, model_dir
 from openk1.models.vlm import require_processor
 from openk1.optim import OptimConfig, check_decay, cosine_lr
 from openk1.report.run_dir import RunDir
-from openk1.rewards.base import Score
 from openk1.rewards.cot_verifier import COT_TEMPLATE, CoTVerifier, render_prompt
 from openk1.rewards.reward_model import TEXT_ONLY, correct_probability, encode_rm_inputs, load_reward_model
-from openk1.rollout.engine import requests_for
 from openk1.schedules import LRSchedule, Stage
 from openk1.stages.sft import SFTConfig
 from openk1.trainer import train_lm
@@ -345,20 +342,6 @@ def cot_sft_config(cfg: RMTrainConfig, data: Path, out: Path) -> SFTConfig:
     )
 
 
-class ImageJudge(CoTVerifier):
-    """`CoTVerifier` that shows a vision-language judge each question's images: the judge's
-    prompt keeps the question's `<image>` markers, expanded for the problem's images
-    (rollout/engine.py `requests_for`); a batch without images is judged as `CoTVerifier` does."""
-
-    def score_batch(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[Score]:
-        if not any(p.images for p in problems):
-            return super().score_batch(responses, problems)
-        engine = self.engine()
-        prompts = [self.prompt(r, p) for r, p in zip(responses, problems, strict=True)]
-        rollout = engine.sample(requests_for(engine.tokenizer, prompts, 1, 0, [p.images for p in problems]))
-        return self.judge(rollout.texts)
-
-
 def cot_accuracy(judge: CoTVerifier, held: list[Labelled]) -> tuple[float, int]:
     """(fraction of rows whose verdict matches the label, malformed verdicts): greedy judging;
     a malformed verdict matches neither label."""
@@ -390,7 +373,7 @@ def train_cot(data: list[Labelled], held: list[Labelled], cfg: RMTrainConfig, fr
     result["dropped"] = trained.get("dropped", 0)  # examples over max_tokens
     result["verifier_options"] = verifier_options(cfg)
     if held:
-        judge = ImageJudge(
+        judge = CoTVerifier(
             frame.path / "model",
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
