@@ -141,6 +141,27 @@ def dpo_killed_and_resumed(rank: int, values: dict[str, Any]) -> None:
     dpo.run(build(dpo.DPOConfig, {**values, "resume": True}))
 
 
+def sft_killed_and_resumed(rank: int, values: dict[str, Any]) -> None:
+    """`openk1 sft` on 2 ranks checkpointing every 2 steps, "killed" after step 2 (the step-4
+    checkpoint and the model removed), then resumed: Adam's full state comes back sharded."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from openk1.config import build
+    from openk1.stages import sft
+
+    values = {**values, "checkpoint_every": 2, "keep_checkpoints": 0}
+    sft.run(build(sft.SFTConfig, values))
+    dist.barrier()
+    if rank == 0:
+        out = Path(values["out"])
+        shutil.rmtree(out / "checkpoints" / "step_000004")
+        shutil.rmtree(out / "model")
+    dist.barrier()
+    sft.run(build(sft.SFTConfig, {**values, "resume": True}))
+
+
 def sft_one_rank(rank: int, values: dict[str, Any]) -> None:
     """`torchrun --nproc_per_node 1`: a process group of one, the FSDP2 path taken."""
     from torch.distributed.fsdp import FSDPModule
@@ -170,3 +191,23 @@ def several(rank: int, calls: list[tuple[str, tuple[Any, ...]]]) -> None:
     """Run several workers in one process group (one spawn: process start-up dominates)."""
     for name, args in calls:
         globals()[name](rank, *args)
+
+
+def counting_vision_forwards(rank: int, name: str, args: tuple[Any, ...], out_path: str) -> None:
+    """Worker `name` on a sharded VLM, counting this rank's forwards by what ran the vision units
+    (fsdp.VisionAgreement): its own images, the blank stand-in (another rank had images), neither."""
+    counts = {"images": 0, "stand_in": 0, "text": 0}
+    original = fsdp.VisionAgreement.before_root
+
+    def counting(self: Any, module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        had_images = self.agreed
+        out = original(self, module, args, kwargs)
+        counts["images" if had_images else "stand_in" if out is not None else "text"] += 1
+        return out
+
+    fsdp.VisionAgreement.before_root = counting   # type: ignore[method-assign]   (this process only)
+    try:
+        globals()[name](rank, *args)
+    finally:
+        fsdp.VisionAgreement.before_root = original   # type: ignore[method-assign]
+    torch.save(counts, f"{out_path}.rank{rank}")

@@ -1,4 +1,4 @@
-"""FSDP2 for Hugging Face causal LMs: a sharded training copy beside the full model.
+"""FSDP2 for Hugging Face causal LMs (and LLaVA VLMs): a sharded training copy beside the full model.
 
 Under torchrun every rank keeps two views of the policy:
 
@@ -11,6 +11,11 @@ the full state dict (an all-gather per tensor: every rank must call it) into the
 the same hand-over a vLLM engine gets (rollout/vllm_engine.py). In one process `trainee(model)`
 is `model` itself and `sync_weights` does nothing, so single-process runs are unchanged.
 
+A vision-language model (LLaVA) runs its vision tower, projector and embedding lookup outside the
+root's forward (models/vision.py `image_features`): `shard_model` makes them units of their own,
+and `VisionAgreement` keeps the ranks' collectives paired when some ranks' rows have images and
+others' have none.
+
 Gradients are SUMMED across ranks (divide factor 1): each rank's loss is already its exact share
 of the global mini-batch loss (algo/aggregate.py `global_normaliser(all_reduce=True)`).
 """
@@ -18,7 +23,7 @@ of the global mini-batch loss (algo/aggregate.py `global_normaliser(all_reduce=T
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -27,17 +32,46 @@ from torch.distributed.tensor import DTensor
 from openk1.distributed import runtime
 
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks of a HF causal LM (Llama/Qwen/Mistral: model.model.layers)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
-        module: Any = model
+def _module_list(root: Any, paths: tuple[str, ...]) -> list[torch.nn.Module] | None:
+    """The first of `paths` (dotted attribute names under `root`) that is a ModuleList."""
+    for path in paths:
+        module: Any = root
         for name in path.split("."):
             module = getattr(module, name, None)
             if module is None:
                 break
         if isinstance(module, torch.nn.ModuleList):
             return list(module)
-    raise ValueError(f"{type(model).__name__}: no decoder layer list found to shard")
+    return None
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a HF causal LM (Llama/Qwen/Mistral: model.model.layers) or of a
+    LLaVA's language model (model.model.language_model.layers)."""
+    layers = _module_list(model, ("model.layers", "model.language_model.layers", "transformer.h",
+                                  "gpt_neox.layers", "model.decoder.layers"))
+    if layers is None:
+        raise ValueError(f"{type(model).__name__}: no decoder layer list found to shard")
+    return layers
+
+
+def vision_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """A LLaVA-layout VLM's modules that run outside the root's forward (models/vision.py
+    `image_features` calls them directly), in the order they are sharded: the vision tower's
+    encoder layers (CLIP, SigLIP: `encoder.layers`), the tower's other parts (embeddings, layer
+    norms), the projector. [] for a text model.
+
+    Not the tower itself: transformers looks up which hidden states a model records by its class,
+    and fully_shard swaps the class (FSDPCLIPVisionModel records none: no features)."""
+    base = getattr(model, "model", None)
+    tower = getattr(base, "vision_tower", None)
+    projector = getattr(base, "multi_modal_projector", None)
+    if tower is None or projector is None:
+        return []
+    layers = _module_list(tower, ("encoder.layers", "vision_model.encoder.layers")) or []
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    parts = [child for child in tower.children() if any(id(p) not in in_layers for p in child.parameters())]
+    return [*layers, *parts, projector]
 
 
 def mixed_precision(precision: str) -> MixedPrecisionPolicy:
@@ -52,16 +86,90 @@ def shard_model(model: torch.nn.Module, reshard_after_forward: bool = True,
                 precision: str = "fp32") -> torch.nn.Module:
     """fully_shard every decoder layer, then the root (embeddings, final norm, LM head: tied
     weights stay in one unit), with `mixed_precision(precision)`; gradients summed over ranks.
-    Modifies `model` in place."""
+    Modifies `model` in place.
+
+    A vision-language model (LLaVA) computes its image features and input embeddings outside
+    the root's forward (models/vision.py `image_features`, `embed`; models/vlm.py `scatter`), so
+    what runs there is sharded in units of its own, each gathered by its own hooks when called:
+    `vision_units` (the tower's encoder layers and other parts, the projector) and the input
+    embeddings grouped with the LM head (tied weights share one unit; it stays gathered from the
+    lookup to the head). The root is initialised at once, as its first forward would, since the
+    first unit to run is now the tower's; `VisionAgreement` keeps the ranks' collectives in step."""
     policy = mixed_precision(precision)
-    for layer in decoder_layers(model):
-        fully_shard(layer, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    vision = vision_units(model)
+    for unit in vision:
+        unit.register_forward_hook(_copy_of_view)   # before FSDP's hooks
+    for unit in [*vision, *decoder_layers(model)]:
+        fully_shard(unit, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    if vision:
+        hf: Any = model
+        fully_shard([hf.get_input_embeddings(), hf.get_output_embeddings()],
+                    reshard_after_forward=reshard_after_forward, mp_policy=policy)
     fully_shard(model, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)   # gloo has no PREMUL_SUM
+    if vision:
+        cast(FSDPModule, model)._get_fsdp_state()._lazy_init()   # no public call does it
+        VisionAgreement(model)
     return model
+
+
+def _copy_of_view(module: torch.nn.Module, args: Any, output: Any) -> Any:
+    """A unit's output that is a view (the projector's, SigLIP's pooling head's), copied: FSDP
+    hooks the unit's backward on its output tensor, which an in-place op on a view would drop
+    (FSDP warns about every such output); None (the output kept) otherwise."""
+    return output.clone() if isinstance(output, torch.Tensor) and output._base is not None else None
+
+
+class VisionAgreement:
+    """The hooks that keep a sharded VLM's collectives the same on every rank.
+
+    Each FSDP unit gathers its parameters when it runs and reduces their gradients after the
+    backward: every rank must run the same units in the same order. A forward with images runs
+    the vision units (and the embedding lookup) before the root, one without images does not, so
+    in a step where one rank's rows have images and another's have none the ranks would pair
+    different collectives. Before each forward the ranks therefore agree (one all-reduce) whether
+    any of them has images: the tower's pre-hook on a rank with images, the root's pre-hook on a
+    rank without. If some rank has, each rank without runs the vision units on a blank stand-in
+    image whose features enter its input embeddings times 0: the same gathers and reductions,
+    a zero gradient. If none has, none runs them and the vision parameters get no gradient, as in
+    one process (AdamW leaves them alone). Callers pass the forward's inputs by keyword."""
+
+    def __init__(self, model: Any) -> None:
+        vision = model.config.vision_config
+        self.model = model
+        self.blank = torch.zeros(1, getattr(vision, "num_channels", 3), vision.image_size, vision.image_size)
+        self.agreed = False   # this forward's agreement is done (reset when the root's forward ends)
+        model.model.vision_tower.register_forward_pre_hook(self.before_tower)
+        model.register_forward_pre_hook(self.before_root, with_kwargs=True, prepend=True)   # before FSDP's
+        model.register_forward_hook(self.after_root, always_call=True)
+
+    def before_tower(self, module: torch.nn.Module, args: Any) -> None:
+        if not self.agreed:
+            self.agreed = True
+            runtime.all_reduce_max(1.0)   # this rank has images
+
+    def before_root(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> Any:
+        if self.agreed:                   # the images ran before the root (image_features)
+            return None
+        if kwargs.get("pixel_values") is not None:   # HF's own forward runs the tower inside
+            self.before_tower(module, args)
+            return None
+        self.agreed = True                # the stand-in's tower call must not agree again
+        if runtime.all_reduce_max(0.0) == 0.0:
+            return None                   # no rank has images
+        from openk1.models.vision import image_features
+
+        features = image_features(self.model, self.blank)                     # [1, tokens, d]
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            embeds = self.model.get_input_embeddings()(kwargs["input_ids"])   # [B, L, d]
+        return args, {**kwargs, "input_ids": None, "inputs_embeds": embeds + features.sum() * 0.0}
+
+    def after_root(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self.agreed = False
 
 
 def sharded_copy(model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
@@ -112,14 +220,22 @@ def optimizer_state(trainee_: torch.nn.Module, optimizer: torch.optim.Optimizer)
 
 def load_optimizer_state(trainee_: torch.nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict[str, Any]) -> None:
-    """Restore what `optimizer_state` saved (under FSDP2 each rank keeps its shards of it)."""
+    """Restore what `optimizer_state` saved (under FSDP2 each rank keeps its shards of it).
+
+    A parameter that never had a gradient (a LLaVA tower's `post_layernorm`: the features are
+    taken before it) has no Adam state in the checkpoint, and gets none back, as in one process:
+    `strict` off accepts it, and the zero state set_optimizer_state_dict makes for it is dropped
+    (its first step must be Adam's first)."""
     if not runtime.is_distributed():
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(trainee_, optimizer, optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True))
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    for name, param in trainee_.named_parameters():
+        if name not in state["state"]:
+            optimizer.state.pop(param, None)
 
 
 def local_numel(model: torch.nn.Module) -> int:
