@@ -48,6 +48,7 @@ from openk1.algo.logprobs import token_logprobs
 from openk1.config import Section
 from openk1.data.images import ImageRef
 from openk1.errors import OpenK1Error
+from openk1.models import lean_compiled
 from openk1.models.forward import cached_forward, eval_mode, forward_path, is_vlm, learned_positions
 from openk1.models.lean import LeanModel
 from openk1.models.prompting import stop_ids
@@ -112,13 +113,14 @@ class _Rows:
     position: torch.Tensor    # [b] response position of the next token (prefix included)
     left: torch.Tensor        # [b] tokens this call may still add
     end: torch.Tensor         # [b] response length at which it stops for max_tokens
-    logits: torch.Tensor      # [b, V] next-token logits
+    token: torch.Tensor       # [b] next token, drawn as soon as its logits exist (device of the model)
+    logp: torch.Tensor        # [b] its log-prob (see the module docstring)
     detector: RepeatDetector | None
 
     def take(self, order: torch.Tensor) -> _Rows:
         """Rows `order` [n] (old row indices), in that order."""
         return _Rows(self.index[order], self.stream[order], self.position[order], self.left[order],
-                     self.end[order], self.logits[order],
+                     self.end[order], self.token[order], self.logp[order],
                      self.detector.select(order) if self.detector is not None else None)
 
     def join(self, other: _Rows) -> _Rows:
@@ -127,7 +129,8 @@ class _Rows:
                     if self.detector is not None and other.detector is not None else None)
         return _Rows(torch.cat([self.index, other.index]), torch.cat([self.stream, other.stream]),
                      torch.cat([self.position, other.position]), torch.cat([self.left, other.left]),
-                     torch.cat([self.end, other.end]), torch.cat([self.logits, other.logits]), detector)
+                     torch.cat([self.end, other.end]), torch.cat([self.token, other.token]),
+                     torch.cat([self.logp, other.logp]), detector)
 
 
 class HFCacheState:
@@ -210,13 +213,16 @@ class HFEngine:
     (`sampling.lean`, the default), else on HF's forward and DynamicCache (HFCacheState): the same
     tokens either way (the forward passes agree to fp32 rounding). `dtype` (default: the model's)
     is the decoder's compute dtype: bfloat16 packs bf16 weights and KV cache for this call.
+    `compile`: the lean decoder's step through torch.compile with the sampling fused in
+    (models/lean_compiled.py; top_p 1; else the eager step).
     `sleep`, `wake_up` and `close` do nothing: the model is the caller's module, and the KV cache
     lives for one `sample` call only.
     """
 
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, compile: bool = False) -> None:
         self.model, self.tokenizer, self.sampling, self.dtype = model, tokenizer, sampling, dtype
+        self.compile = compile
         self.progress: Callable[[int], Any] | None = None   # called with each step's finished rows
         # which decoder runs and why (lean static cache, or HF's forward + DynamicCache); a cache
         # without row surgery adds why it decodes in whole batches (HFCacheState.note)
@@ -284,13 +290,17 @@ class HFEngine:
         require_processor(self.tokenizer)
 
     def _state(self, requests: list[Request]) -> Any:
-        """The decode state for this call: a lean static-cache decoder sized for these requests,
+        """The decode state for this call: a lean static-cache decoder sized for these requests
+        (with `compile`, its compiled step that also draws the tokens: models/lean_compiled.py),
         or HF's DynamicCache (always for a VLM)."""
         lean = LeanModel.of(self.model, self.dtype) if self.sampling.lean and not self.vision else None
         if lean is None:
             return HFCacheState(self.model)
         length = max(len(r.prompt_ids) + len(r.prefix) + self._limit(r) for r in requests)
-        return lean.decoder(min(self.sampling.batch_size, len(requests)), length)
+        slots = min(self.sampling.batch_size, len(requests))
+        if self.compile and lean_compiled.unsupported_reason(lean, self.sampling.top_p) is None:
+            return lean_compiled.CompiledDecoder(lean, slots, length, self.sampling.temperature)
+        return lean.decoder(slots, length)
 
     def _end(self, request: Request) -> int:
         """The response length at which `request` stops for max_tokens: max_new_tokens, or
@@ -331,17 +341,25 @@ class HFEngine:
             return torch.tensor(values, device="cpu")
 
         keys = torch.tensor([r.stream for r in chosen], device="cpu")        # [n, 2]
-        return _Rows(cpu(index), fold(keys[:, 0], keys[:, 1]), cpu([len(r.prefix) for r in chosen]),
-                     cpu([self._limit(r) for r in chosen]), cpu([self._end(r) for r in chosen]), logits, detector)
+        stream, position = fold(keys[:, 0], keys[:, 1]), cpu([len(r.prefix) for r in chosen])
+        return _Rows(cpu(index), stream, position, cpu([self._limit(r) for r in chosen]),
+                     cpu([self._end(r) for r in chosen]), *self._draw(logits, stream, position), detector)
+
+    def _draw(self, logits: torch.Tensor, stream: torch.Tensor,
+              position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next token of each row from its logits [b, V], and its log-prob [b]."""
+        uniforms = uniform_at(stream, position)                      # = counter_uniform(seed, seq, t)
+        temperature = self.sampling.temperature
+        token = sample_tokens(logits, temperature, self.sampling.top_p, uniforms)
+        # log softmax(z / T)[token]: the trainer's arithmetic (token_logprobs); greedy: T = 1
+        logp = token_logprobs(logits[:, None], token[:, None],
+                              temperature=temperature if temperature > 0 else 1.0)[:, 0]   # [b]
+        return token, logp
 
     def _step(self, rows: _Rows, outputs: list[_Output], state: Any) -> _Rows | None:
-        """Sample one token per row, record it, drop finished rows, run the next forward pass."""
-        uniforms = uniform_at(rows.stream, rows.position)            # = counter_uniform(seed, seq, t)
-        temperature = self.sampling.temperature
-        token = sample_tokens(rows.logits, temperature, self.sampling.top_p, uniforms)
-        # log softmax(z / T)[token]: the trainer's arithmetic (token_logprobs); greedy: T = 1
-        logp = token_logprobs(rows.logits[:, None], token[:, None],
-                              temperature=temperature if temperature > 0 else 1.0)[:, 0]   # [b]
+        """Record each row's drawn token, drop finished rows, run the next forward pass and draw
+        the next tokens (in the compiled step itself: models/lean_compiled.py)."""
+        token, logp = rows.token, rows.logp
         chosen = token.cpu()                    # [b] bookkeeping (stops, repeats, outputs) on the CPU
         stops = self._stops(rows, chosen)
         if self.sampling.stop:
@@ -357,7 +375,10 @@ class HFEngine:
         if not len(order):
             return None
         running = rows.take(order)
-        running.logits = state.step(token[order])
+        if isinstance(state, lean_compiled.CompiledDecoder):
+            running.token, running.logp = state.step_sample(token[order], uniform_at(running.stream, running.position))
+        else:
+            running.token, running.logp = self._draw(state.step(token[order]), running.stream, running.position)
         return running
 
     def _stops(self, rows: _Rows, token: torch.Tensor) -> list[str]:

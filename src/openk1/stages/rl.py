@@ -89,6 +89,12 @@ class RLConfig(StageConfig):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16: mixed precision in rollout and update (fp32 master weights); auto: bf16 on CUDA")
     compile: bool = Field(False, description="torch.compile the update's layers (Llama-family; models/lean.py)")
+    rollout_compile: bool = Field(
+        False, description="engine hf: the lean decode step through torch.compile with the sampling fused in "
+                           "(models/lean_compiled.py; top_p 1; CUDA graphs on CUDA). On a CPU core the demo's "
+                           "rollout decodes 1.24-1.49x faster after 28-34 s of compilation per process (3-7 s "
+                           "from inductor's disk cache, ~/.cache/openk1/inductor): more than the demo's 20 "
+                           "iterations win back (~0.3 s each), hence off (docs/performance.md)")
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="rollout engine of `openk1 rl` (rl --ray: ray.engine): hf, the trainer's own model; vllm, "
                           "an in-process vLLM on this rank's GPU with its own weights, pushed after each iteration")
@@ -479,7 +485,7 @@ def rollout_engine(cfg: RLConfig, model: Any, tokenizer: Any, model_source: str)
 
         return ShardedEngine(VLLMEngine(model_source, cfg.sampling, cfg.vllm,
                                         PromptSettings(cfg.prompt_format, cfg.system_prompt)))
-    return ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision]))
+    return ShardedEngine(HFEngine(model, tokenizer, cfg.sampling, PRECISIONS[cfg.precision], cfg.rollout_compile))
 
 
 def push_weights(engine: RolloutEngine, model: Any) -> dict[str, float]:
