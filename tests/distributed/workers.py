@@ -120,46 +120,39 @@ def dpo_run(rank: int, values: dict[str, Any]) -> None:
     assert runtime.world_size() == 2
 
 
-def dpo_killed_and_resumed(rank: int, values: dict[str, Any]) -> None:
-    """`openk1 dpo` on 2 ranks checkpointing every step, "killed" after step 2 (the step-3
-    checkpoint and the model removed), then resumed: Adam's full state comes back sharded."""
+def killed_and_resumed(run: Any, config: type, values: dict[str, Any], every: int, cut: int) -> None:
+    """A stage on 2 ranks checkpointing every `every` steps, "killed" after step `cut - every`
+    (the step-`cut` checkpoint and the model removed), then resumed: Adam's full state comes
+    back sharded."""
     import shutil
 
     import torch.distributed as dist
 
     from openk1.config import build
-    from openk1.stages import dpo
 
-    values = {**values, "checkpoint_every": 1, "keep_checkpoints": 0}
-    dpo.run(build(dpo.DPOConfig, values))
+    values = {**values, "checkpoint_every": every, "keep_checkpoints": 0}
+    run(build(config, values))
     dist.barrier()
-    if rank == 0:
+    if runtime.rank() == 0:
         out = Path(values["out"])
-        shutil.rmtree(out / "checkpoints" / "step_000003")
+        shutil.rmtree(out / "checkpoints" / f"step_{cut:06d}")
         shutil.rmtree(out / "model")
     dist.barrier()
-    dpo.run(build(dpo.DPOConfig, {**values, "resume": True}))
+    run(build(config, {**values, "resume": True}))
+
+
+def dpo_killed_and_resumed(rank: int, values: dict[str, Any]) -> None:
+    """`openk1 dpo`, checkpoints every step, killed after step 2."""
+    from openk1.stages import dpo
+
+    killed_and_resumed(dpo.run, dpo.DPOConfig, values, every=1, cut=3)
 
 
 def sft_killed_and_resumed(rank: int, values: dict[str, Any]) -> None:
-    """`openk1 sft` on 2 ranks checkpointing every 2 steps, "killed" after step 2 (the step-4
-    checkpoint and the model removed), then resumed: Adam's full state comes back sharded."""
-    import shutil
-
-    import torch.distributed as dist
-
-    from openk1.config import build
+    """`openk1 sft`, checkpoints every 2 steps, killed after step 2."""
     from openk1.stages import sft
 
-    values = {**values, "checkpoint_every": 2, "keep_checkpoints": 0}
-    sft.run(build(sft.SFTConfig, values))
-    dist.barrier()
-    if rank == 0:
-        out = Path(values["out"])
-        shutil.rmtree(out / "checkpoints" / "step_000004")
-        shutil.rmtree(out / "model")
-    dist.barrier()
-    sft.run(build(sft.SFTConfig, {**values, "resume": True}))
+    killed_and_resumed(sft.run, sft.SFTConfig, values, every=2, cut=4)
 
 
 def sft_one_rank(rank: int, values: dict[str, Any]) -> None:
