@@ -140,7 +140,8 @@ class VisionAgreement:
     def __init__(self, model: Any) -> None:
         vision = model.config.vision_config
         self.model = model
-        self.blank = torch.zeros(1, getattr(vision, "num_channels", 3), vision.image_size, vision.image_size)
+        self.blank = torch.zeros(1, getattr(vision, "num_channels", 3), vision.image_size, vision.image_size,
+                                 device=next(model.parameters()).device)   # [1, C, H, W] on this rank's device
         self.agreed = False   # this forward's agreement is done (reset when the root's forward ends)
         model.model.vision_tower.register_forward_pre_hook(self.before_tower)
         model.register_forward_pre_hook(self.before_root, with_kwargs=True, prepend=True)   # before FSDP's
