@@ -130,6 +130,12 @@ def _check_decodes(data: bytes, label: str, item: str) -> None:
         raise OpenK1Error(f"{label}: not a readable image ({_why(exc)}) ({_shown(item)})") from None
 
 
+def image_field(images: Sequence[ImageRef]) -> dict[str, list[str]]:
+    """The `images` field of a row written elsewhere than its data file (absolute paths or data
+    URIs), or nothing when there are no images."""
+    return {"images": [ref.source for ref in images]} if images else {}
+
+
 def load_image(ref: ImageRef) -> Image.Image:
     """The decoded image of `ref`, in RGB; bytes that changed since the rows were loaded (another
     digest) are an error, since features cached under the digest would no longer match."""

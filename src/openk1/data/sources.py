@@ -329,6 +329,8 @@ def messages_problem(raw: RawRow) -> Row:
     """prompt: the last user turn before the final assistant turn (its image parts as `<image>`
     markers, their images in `images`); answer: the answer column when present, else the final
     assistant turn's last \\boxed{}."""
+    from openk1.data.images import image_field
+
     messages, images = _messages(raw)
     final = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
     users = [i for i, m in enumerate(messages[:final]) if m["role"] == "user"]
@@ -343,7 +345,7 @@ def messages_problem(raw: RawRow) -> Row:
     row = {"prompt": _turn_text(messages[users[-1]]["content"]), "answer": str(answer)}
     before = sum(_image_parts(m["content"]) for m in messages[:users[-1]])
     mine = images[before:before + _image_parts(messages[users[-1]]["content"])]
-    return raw.with_id(row | ({"images": [ref.source for ref in mine]} if mine else {}))
+    return raw.with_id(row | image_field(mine))
 
 
 def messages_sft(raw: RawRow) -> Row:

@@ -224,9 +224,7 @@ class CoTVerifier:
         their images: the judge's prompt keeps the question's `<image>` markers, expanded for the
         problem's images (rollout/engine.py `requests_for`)."""
         prompts = [self.prompt(r, p) for r, p in zip(responses, problems, strict=True)]
-        engine = self.engine()
-        if not any(p.images for p in problems):
-            return self.judge(engine.generate(prompts, 1, seed=0).texts)
+        engine = self.engine()   # requests_for: = engine.generate(prompts, 1, 0) for text problems
         rollout = engine.sample(requests_for(engine.tokenizer, prompts, 1, 0, [p.images for p in problems]))
         return self.judge(rollout.texts)
 

@@ -36,6 +36,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from openk1.config import Section, StageConfig, build, merge, read_yaml
+from openk1.data.images import image_field
 from openk1.data.io import load_problems, write_jsonl
 from openk1.data.sources import DataSource
 from openk1.distributed import runtime
@@ -117,15 +118,9 @@ class Long2ShortConfig(StageConfig):
 def shortest_rows(problems: list[Problem], groups: list[list[Sample]]) -> list[dict[str, Any]]:
     """SFT rows: each problem's shortest correct response (problems with none are skipped)."""
     rng = random.Random(0)
-    return [{"prompt": p.prompt, "response": text, "id": p.id, **image_field(p)}
+    return [{"prompt": p.prompt, "response": text, "id": p.id, **image_field(p.images)}
             for p, group in zip(problems, groups)
             for text in choose([(t, n) for t, n, ok in group if ok], "shortest", rng)]
-
-
-def image_field(problem: Problem) -> dict[str, list[str]]:
-    """`images` of a row made from `problem` (absolute paths or data URIs: the rows are written
-    to DIR, not beside the data file), or nothing for a text problem."""
-    return {"images": [ref.source for ref in problem.images]} if problem.images else {}
 
 
 def preference_pairs(problems: list[Problem], groups: list[list[Sample]], length_ratio: float,
@@ -150,7 +145,7 @@ def preference_pairs(problems: list[Problem], groups: list[list[Sample]], length
         rejected = list(dict.fromkeys(rejected))
         rejected = rejected[:pairs_per_prompt] if pairs_per_prompt else rejected
         rows += [{"prompt": problem.prompt, "chosen": chosen, "rejected": r, "id": problem.id,
-                  **image_field(problem)} for r in rejected]
+                  **image_field(problem.images)} for r in rejected]
     return rows
 
 

@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 
 from openk1.checkpoint import check_resume_step, latest_checkpoint
 from openk1.config import StageConfig
-from openk1.data.images import ImageRef
+from openk1.data.images import ImageRef, image_field
 from openk1.data.io import read_located, write_jsonl
 from openk1.data.packing import encode_row, with_images
 from openk1.distributed import fsdp, runtime
@@ -319,7 +319,7 @@ def cot_row(row: Labelled, tokenizer: Any, template: str = COT_TEMPLATE) -> dict
     return {
         "prompt": render_prompt(tokenizer, prompt, answer, response, template=template),
         "response": cot_target(label, reasoning),
-        **({"images": [ref.source for ref in images]} if images else {}),
+        **image_field(images),
     }
 
 
